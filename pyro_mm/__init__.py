@@ -1,0 +1,42 @@
+"""pyro_mm: Pyro models for multimodal learning.
+
+A multimodal Dirichlet-process Gaussian mixture (:class:`MultimodalDPMixture`) with
+amortised guides (:class:`MultimodalGuide`), auxiliary multimodal factors
+(:mod:`pyro_mm.factors`), SVI training (:func:`fit`) and held-out evaluation
+(:func:`predict`, :func:`evaluate`).
+
+Importing the package needs only torch, pyro-ppl, numpy and xarray (the latter only
+when used); ArviZ and matplotlib are imported by the diagnostics that need them.
+"""
+
+from . import datasets, factors
+from .data import MultimodalData, TensorBatch
+from .devices import resolve_device
+from .errors import CheckpointError, DataValidationError, TrainingDivergedError
+from .guides import MultimodalGuide
+from .inference import evaluate, log_likelihood, predict
+from .models import MixtureParams, MultimodalDPMixture
+from .training import FitResult, History, fit, load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "DataValidationError",
+    "FitResult",
+    "History",
+    "MixtureParams",
+    "MultimodalData",
+    "MultimodalDPMixture",
+    "MultimodalGuide",
+    "TensorBatch",
+    "TrainingDivergedError",
+    "datasets",
+    "evaluate",
+    "factors",
+    "fit",
+    "load",
+    "log_likelihood",
+    "predict",
+    "resolve_device",
+]

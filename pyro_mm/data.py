@@ -1,0 +1,436 @@
+"""The data container: named modalities sharing one example axis.
+
+:class:`MultimodalData` is what every public function takes. It validates at the
+boundary (so the model never sees NaN, a ragged example axis or an impossible label),
+copies what it is given (so user arrays are never mutated) and converts to tensors on a
+chosen device with :meth:`MultimodalData.to_tensors`.
+
+Conventions
+-----------
+* ``features[name]`` has shape ``(N, d_name)``, float32.
+* ``masks[name]`` has shape ``(N,)``, bool: ``True`` where the modality is observed.
+  Entries of an unobserved row may hold anything (NaN included); they are replaced by
+  zeros in the stored copy and never reach a likelihood.
+* ``labels`` has shape ``(N,)``, int64, with ``-1`` for a missing label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataValidationError
+
+MISSING_LABEL = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorBatch:
+    """Tensors of a :class:`MultimodalData` on one device, in the model's order.
+
+    Attributes:
+        features: ``name -> (N, d_name)`` float tensors (standardised when produced by
+            :meth:`pyro_mm.models.MultimodalDPMixture.prepare`).
+        masks: ``(N, M)`` bool, column ``j`` for the ``j``-th modality.
+        labels: ``(N,)`` int64 with missing labels replaced by 0, or ``None``.
+        label_mask: ``(N,)`` bool, ``True`` where a label is observed, or ``None``.
+    """
+
+    features: dict[str, torch.Tensor]
+    masks: torch.Tensor
+    labels: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.masks.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.masks.device
+
+    def index(self, idx: torch.Tensor) -> "TensorBatch":
+        """Rows ``idx`` of every tensor (``idx`` is a 1-D index tensor)."""
+        return TensorBatch(
+            features={k: v[idx] for k, v in self.features.items()},
+            masks=self.masks[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            label_mask=None if self.label_mask is None else self.label_mask[idx],
+        )
+
+
+def _as_numpy(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # pragma: no cover - numpy's own message is kept
+        raise DataValidationError(f"{what}: cannot be read as an array ({exc})") from exc
+
+
+class MultimodalData:
+    """Named modalities with a shared example axis, optional labels and masks.
+
+    Args:
+        features: ``name -> array (N, d_name)``. Arrays or tensors; copied to float32.
+        labels: optional ``(N,)`` integer labels; ``-1`` (or NaN in a float array)
+            marks a missing label.
+        masks: optional ``name -> (N,)`` bool, ``True`` where observed. Modalities not
+            named are fully observed.
+        num_classes: number of classes; inferred from the labels when omitted.
+        metadata: free-form information (citation, descriptions, ground truth).
+
+    Raises:
+        DataValidationError: naming the modality and the problem, for an empty set,
+            a rank other than 2, example counts that disagree, NaN/inf in an observed
+            entry, labels out of range, or masks of the wrong shape.
+    """
+
+    def __init__(
+        self,
+        features: Mapping[str, Any],
+        labels: Any = None,
+        masks: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ):
+        if not isinstance(features, Mapping) or len(features) == 0:
+            raise DataValidationError("features: need at least one modality (got none)")
+        masks = dict(masks or {})
+        unknown = set(masks) - set(features)
+        if unknown:
+            raise DataValidationError(
+                f"masks: modalities {sorted(unknown)} are not among the features "
+                f"{list(features)}"
+            )
+        self._features: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
+        num_examples = None
+        for name, value in features.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise DataValidationError(
+                    f"modality name {name!r}: must be a string usable as an identifier"
+                )
+            array = _as_numpy(value, f"modality {name!r}")
+            if array.ndim != 2:
+                raise DataValidationError(
+                    f"modality {name!r}: expected a 2-D array (examples, features), "
+                    f"got shape {array.shape}"
+                )
+            if num_examples is None:
+                num_examples = array.shape[0]
+                first = name
+            elif array.shape[0] != num_examples:
+                raise DataValidationError(
+                    f"modality {name!r}: has {array.shape[0]} examples but modality "
+                    f"{first!r} has {num_examples}"
+                )
+            if array.shape[1] == 0:
+                raise DataValidationError(f"modality {name!r}: has zero features")
+            if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+                raise DataValidationError(
+                    f"modality {name!r}: expected real numbers, got dtype {array.dtype}"
+                )
+            mask = masks.get(name)
+            if mask is None:
+                mask = np.ones(array.shape[0], dtype=bool)
+            else:
+                mask = _as_numpy(mask, f"mask of {name!r}")
+                if mask.shape != (array.shape[0],):
+                    raise DataValidationError(
+                        f"mask of {name!r}: expected shape ({array.shape[0]},), "
+                        f"got {mask.shape}"
+                    )
+                if mask.dtype != bool:
+                    if not np.isin(mask, (0, 1)).all():
+                        raise DataValidationError(
+                            f"mask of {name!r}: must be boolean (True = observed)"
+                        )
+                    mask = mask.astype(bool)
+            array = array.astype(np.float32, copy=True)
+            bad = ~np.isfinite(array[mask])
+            if bad.any():
+                rows = np.flatnonzero(mask)[np.flatnonzero(bad.any(axis=1))]
+                raise DataValidationError(
+                    f"modality {name!r}: {int(bad.sum())} NaN/inf value(s) in observed "
+                    f"examples (first rows {rows[:5].tolist()}); mark missing examples "
+                    "with `masks` instead"
+                )
+            array[~mask] = 0.0
+            self._features[name] = array
+            self._masks[name] = mask.copy()
+        if num_examples == 0:
+            raise DataValidationError("features: the data set has no examples")
+        self._num_examples = int(num_examples)
+        observed = np.stack(list(self._masks.values()), axis=1)
+        empty = np.flatnonzero(~observed.any(axis=1))
+        if empty.size:
+            raise DataValidationError(
+                f"masks: {empty.size} example(s) have no observed modality "
+                f"(first rows {empty[:5].tolist()}); remove them or observe one modality"
+            )
+        self._labels, self._num_classes = self._check_labels(labels, num_classes)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    def _check_labels(self, labels, num_classes):
+        if labels is None:
+            if num_classes is not None and int(num_classes) < 1:
+                raise DataValidationError(f"num_classes: must be >= 1, got {num_classes}")
+            return None, num_classes
+        array = _as_numpy(labels, "labels")
+        if array.shape != (self._num_examples,):
+            raise DataValidationError(
+                f"labels: expected shape ({self._num_examples},), got {array.shape}"
+            )
+        if np.issubdtype(array.dtype, np.floating):
+            missing = np.isnan(array)
+            if np.isinf(array).any():
+                raise DataValidationError("labels: contain inf")
+            whole = np.where(missing, MISSING_LABEL, array)
+            if not np.equal(np.round(whole), whole).all():
+                raise DataValidationError("labels: must be whole numbers")
+            array = whole.astype(np.int64)
+        elif np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+            array = array.astype(np.int64, copy=True)
+        else:
+            raise DataValidationError(f"labels: expected integers, got dtype {array.dtype}")
+        if (array < MISSING_LABEL).any():
+            raise DataValidationError(
+                f"labels: negative value {int(array.min())}; use -1 for a missing label"
+            )
+        observed = array[array != MISSING_LABEL]
+        if num_classes is None:
+            num_classes = int(observed.max()) + 1 if observed.size else None
+        else:
+            num_classes = int(num_classes)
+            if num_classes < 1:
+                raise DataValidationError(f"num_classes: must be >= 1, got {num_classes}")
+            if observed.size and observed.max() >= num_classes:
+                raise DataValidationError(
+                    f"labels: value {int(observed.max())} is out of range for "
+                    f"num_classes={num_classes} (expected 0..{num_classes - 1})"
+                )
+        return array, num_classes
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_arrays(
+        cls,
+        features: Mapping[str, Any],
+        labels: Any = None,
+        masks: Mapping[str, Any] | None = None,
+        num_classes: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> "MultimodalData":
+        """Build from a dict ``name -> (N, d)`` of NumPy arrays or tensors."""
+        return cls(features, labels=labels, masks=masks, num_classes=num_classes,
+                   metadata=metadata)
+
+    @classmethod
+    def from_xarray(
+        cls,
+        dataset,
+        example_dim: str = "example",
+        label: str | None = None,
+        modalities: Sequence[str] | None = None,
+        mask_suffix: str = "_mask",
+        num_classes: int | None = None,
+    ) -> "MultimodalData":
+        """Build from an ``xarray.Dataset`` whose variables share ``example_dim``.
+
+        Every variable with two dims, one of them ``example_dim``, is a modality (or
+        only those named in ``modalities``); ``label`` names a 1-D label variable; a
+        1-D boolean variable ``<modality><mask_suffix>`` is that modality's mask.
+        """
+        if example_dim not in dataset.dims:
+            raise DataValidationError(
+                f"example_dim: {example_dim!r} is not a dimension of the dataset "
+                f"(dims: {list(dataset.dims)})"
+            )
+        if label is not None and label not in dataset.data_vars:
+            raise DataValidationError(f"label: no variable {label!r} in the dataset")
+        if modalities is None:
+            modalities = [
+                name for name, var in dataset.data_vars.items()
+                if name != label and var.ndim == 2 and example_dim in var.dims
+            ]
+        features, masks = {}, {}
+        for name in modalities:
+            if name not in dataset.data_vars:
+                raise DataValidationError(f"modality {name!r}: no such variable")
+            var = dataset[name]
+            if example_dim not in var.dims or var.ndim != 2:
+                raise DataValidationError(
+                    f"modality {name!r}: expected dims ({example_dim!r}, <features>), "
+                    f"got {var.dims}"
+                )
+            features[str(name)] = var.transpose(example_dim, ...).values
+            mask_name = f"{name}{mask_suffix}"
+            if mask_name in dataset.data_vars:
+                masks[str(name)] = dataset[mask_name].values
+        labels = None if label is None else dataset[label].values
+        return cls(features, labels=labels, masks=masks, num_classes=num_classes,
+                   metadata=dict(dataset.attrs))
+
+    @classmethod
+    def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
+             ) -> "MultimodalData":
+        """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
+        ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`)."""
+        path = str(path)
+        if path.endswith(".nc"):
+            import xarray as xr
+
+            with xr.open_dataset(path) as ds:
+                ds = ds.load()
+            return cls.from_xarray(ds, example_dim=example_dim,
+                                   label=label if label in ds.data_vars else None)
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            labels = arrays.pop(label, None) if label else None
+            masks = {k[: -len("_mask")]: arrays.pop(k) for k in list(arrays)
+                     if k.endswith("_mask")}
+            return cls(arrays, labels=labels, masks=masks)
+        raise DataValidationError(f"data file {path!r}: expected a .npz or .nc file")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self._features)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """``name -> number of features``, in modality order."""
+        return {k: v.shape[1] for k, v in self._features.items()}
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
+
+    def __len__(self) -> int:
+        return self._num_examples
+
+    @property
+    def features(self) -> dict[str, np.ndarray]:
+        """Read-only views of the feature arrays."""
+        out = {}
+        for k, v in self._features.items():
+            view = v.view()
+            view.flags.writeable = False
+            out[k] = view
+        return out
+
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self._masks.items()}
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return None if self._labels is None else self._labels.copy()
+
+    @property
+    def has_labels(self) -> bool:
+        return self._labels is not None and bool((self._labels != MISSING_LABEL).any())
+
+    @property
+    def num_classes(self) -> int | None:
+        return self._num_classes
+
+    def __repr__(self) -> str:
+        views = ", ".join(f"{k}: {d}" for k, d in self.dims.items())
+        observed = "" if self._labels is None else (
+            f", labelled={int((self._labels != MISSING_LABEL).sum())}"
+        )
+        return f"MultimodalData(N={self._num_examples}, {{{views}}}{observed})"
+
+    # ------------------------------------------------------------------ selection
+    def subset(self, index: Iterable[int] | np.ndarray) -> "MultimodalData":
+        """Examples ``index`` (integer positions or a boolean mask), as a new object."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return MultimodalData(
+            {k: v[index] for k, v in self._features.items()},
+            labels=None if self._labels is None else self._labels[index],
+            masks={k: v[index] for k, v in self._masks.items()},
+            num_classes=self._num_classes,
+            metadata=self.metadata,
+        )
+
+    def select(self, modalities: Sequence[str]) -> "MultimodalData":
+        """Only the named modalities, in the given order."""
+        missing = [m for m in modalities if m not in self._features]
+        if missing:
+            raise DataValidationError(
+                f"modalities {missing}: not in this data set (have {list(self.modalities)})"
+            )
+        if len(modalities) == 0:
+            raise DataValidationError("modalities: select at least one")
+        return MultimodalData(
+            {k: self._features[k] for k in modalities},
+            labels=self._labels,
+            masks={k: self._masks[k] for k in modalities},
+            num_classes=self._num_classes,
+            metadata=self.metadata,
+        )
+
+    def split(self, test_fraction: float = 0.2, seed: int = 0, stratify: bool = True
+              ) -> tuple["MultimodalData", "MultimodalData"]:
+        """Random train/test split, stratified by label when labels are present."""
+        if not 0.0 < test_fraction < 1.0:
+            raise DataValidationError(
+                f"test_fraction: must be strictly between 0 and 1, got {test_fraction}"
+            )
+        rng = np.random.default_rng(seed)
+        n = self._num_examples
+        if stratify and self._labels is not None:
+            test = []
+            for value in np.unique(self._labels):
+                members = np.flatnonzero(self._labels == value)
+                rng.shuffle(members)
+                test.append(members[: int(round(test_fraction * members.size))])
+            test = np.sort(np.concatenate(test))
+        else:
+            test = np.sort(rng.permutation(n)[: int(round(test_fraction * n))])
+        is_test = np.zeros(n, dtype=bool)
+        is_test[test] = True
+        if is_test.all() or not is_test.any():
+            raise DataValidationError(
+                f"test_fraction={test_fraction}: leaves an empty train or test set "
+                f"for {n} examples"
+            )
+        return self.subset(~is_test), self.subset(is_test)
+
+    # ------------------------------------------------------------------ conversion
+    def to_tensors(self, device: torch.device | str = "cpu",
+                   modalities: Sequence[str] | None = None) -> TensorBatch:
+        """Tensors on ``device`` (features as stored: not standardised)."""
+        names = list(modalities or self.modalities)
+        features = {k: torch.as_tensor(self._features[k], device=device) for k in names}
+        masks = torch.as_tensor(np.stack([self._masks[k] for k in names], axis=1),
+                                device=device)
+        labels = label_mask = None
+        if self._labels is not None:
+            label_mask = torch.as_tensor(self._labels != MISSING_LABEL, device=device)
+            labels = torch.as_tensor(np.maximum(self._labels, 0), device=device)
+        return TensorBatch(features, masks, labels, label_mask)
+
+    def to_xarray(self, example_dim: str = "example"):
+        """An ``xarray.Dataset``: one variable per modality (dims ``example``,
+        ``<name>_feature``), ``<name>_mask`` variables and ``labels``."""
+        import xarray as xr
+
+        variables = {}
+        for name, array in self._features.items():
+            variables[name] = ((example_dim, f"{name}_feature"), array)
+            variables[f"{name}_mask"] = ((example_dim,), self._masks[name])
+        if self._labels is not None:
+            variables["labels"] = ((example_dim,), self._labels)
+        attrs = {k: v for k, v in self.metadata.items() if isinstance(v, (str, int, float))}
+        return xr.Dataset(variables, coords={example_dim: np.arange(self._num_examples)},
+                          attrs=attrs)

@@ -1,0 +1,180 @@
+"""Stick breaking and the multimodal Gaussian mixture with assignments marginalised.
+
+Shapes: ``K`` components, ``M`` modalities, ``d_m`` features of modality ``m`` (all equal
+to the latent size ``D`` when the mixture sits on representations), ``B`` examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def stick_breaking_log_weights(sticks: torch.Tensor) -> torch.Tensor:
+    """Log mixture weights from ``K - 1`` stick proportions, keeping all the mass.
+
+    ``pi_k = v_k prod_{j<k} (1 - v_j)`` for ``k < K`` and ``pi_K = prod_{j<K} (1 - v_j)``.
+
+    Args:
+        sticks: ``(..., K - 1)`` values in ``(0, 1)``.
+
+    Returns:
+        ``(..., K)`` log weights; ``logsumexp`` over the last dim is 0.
+    """
+    tiny = torch.finfo(sticks.dtype).tiny
+    log_v = sticks.clamp_min(tiny).log()
+    log_rest = torch.log1p(-sticks.clamp_max(1.0 - torch.finfo(sticks.dtype).eps))
+    before = torch.cumsum(log_rest, dim=-1)
+    zero = torch.zeros_like(before[..., :1])
+    return torch.cat([log_v, zero], dim=-1) + torch.cat([zero, before], dim=-1)
+
+
+def stick_breaking_weights(sticks: torch.Tensor) -> torch.Tensor:
+    """Mixture weights ``(..., K)`` from sticks ``(..., K - 1)``; they sum to 1."""
+    return stick_breaking_log_weights(sticks).exp()
+
+
+def gaussian_component_log_density(
+    value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """``log N(value_b; locs_k, diag scales_k^2)`` for every example and component.
+
+    Expands the square into three matrix products so memory is ``O(B K)`` instead of
+    ``O(B K d)``, which is what makes large ``N`` cheap.
+
+    Args:
+        value: ``(..., B, d)``.
+        locs, scales: ``(K, d)``.
+
+    Returns:
+        ``(B, K)``.
+    """
+    precision = scales.pow(-2)
+    quadratic = (
+        value.pow(2) @ precision.T
+        - 2.0 * value @ (locs * precision).T
+        + (locs.pow(2) * precision).sum(-1)
+    )
+    log_norm = scales.log().sum(-1) + 0.5 * value.shape[-1] * _LOG_2PI
+    return -0.5 * quadratic.clamp_min(0.0) - log_norm
+
+
+class MultimodalMixture(TorchDistribution):
+    """A Gaussian mixture over several modalities with the assignment summed out.
+
+    ``joint``: one component per example shared by its modalities,
+    ``log p(x_i) = logsumexp_k [log pi_k + sum_m o_im log N(x_im; mu_mk, sigma_mk)]``.
+    ``independent``: each modality picks its own component from the same weights,
+    ``log p(x_i) = sum_m o_im logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]``.
+    ``o_im`` is the observation mask: a missing modality is marginalised out (its
+    Gaussian integrates to one), so it contributes nothing.
+
+    Args:
+        log_weights: ``(K,)`` log mixture weights.
+        locs, scales: one ``(K, d_m)`` tensor per modality.
+        mixture: ``"joint"`` or ``"independent"``.
+        mask: ``(B, M)`` bool observation mask, or ``None`` for all observed.
+        batch_size: ``B``, the examples in the plate.
+        stacked: if ``True`` (all ``d_m`` equal), values have event shape ``(M, d)``;
+            otherwise modalities are concatenated, event shape ``(sum_m d_m,)``.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(
+        self,
+        log_weights: torch.Tensor,
+        locs: Sequence[torch.Tensor],
+        scales: Sequence[torch.Tensor],
+        mixture: str = "joint",
+        mask: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        stacked: bool = True,
+        validate_args=None,
+    ):
+        if mixture not in ("joint", "independent"):
+            raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
+        self.log_weights = log_weights
+        self.locs = list(locs)
+        self.scales = list(scales)
+        self.mixture = mixture
+        self.mask = mask
+        self.sizes = [loc.shape[-1] for loc in self.locs]
+        self.stacked = stacked
+        if stacked and len(set(self.sizes)) != 1:
+            raise ValueError(f"stacked=True needs equal sizes, got {self.sizes}")
+        if batch_size is None:
+            batch_size = 1 if mask is None else mask.shape[0]
+        event_shape = (
+            torch.Size([len(self.locs), self.sizes[0]]) if stacked
+            else torch.Size([sum(self.sizes)])
+        )
+        super().__init__(torch.Size([batch_size]), event_shape, validate_args=False)
+
+    def split(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """Per-modality views ``[(B, d_m)]`` of a value of this distribution."""
+        if self.stacked:
+            return list(value.unbind(-2))
+        return list(value.split(self.sizes, dim=-1))
+
+    def component_log_density(self, value: torch.Tensor) -> torch.Tensor:
+        """``(B, M, K)``: ``log N(x_im; mu_mk, sigma_mk)``, zero where masked out."""
+        out = self._unmasked(value)
+        if self.mask is not None:
+            out = out * self.mask.unsqueeze(-1).to(out.dtype)
+        return out
+
+    def modality_log_density(self, value: torch.Tensor) -> torch.Tensor:
+        """``(B, M)``: each modality's own mixture log-density
+        ``logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]`` (the prominence
+        used by the ``dp`` fusion gate); ``-inf`` where masked out."""
+        per = torch.logsumexp(self.log_weights + self._unmasked(value), dim=-1)
+        if self.mask is not None:
+            per = per.masked_fill(~self.mask, -math.inf)
+        return per
+
+    def _unmasked(self, value: torch.Tensor) -> torch.Tensor:
+        parts = [
+            gaussian_component_log_density(x, loc, scale)
+            for x, loc, scale in zip(self.split(value), self.locs, self.scales)
+        ]
+        return torch.stack(parts, dim=-2)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lp = self.component_log_density(value)
+        if self.mixture == "joint":
+            return torch.logsumexp(self.log_weights + lp.sum(-2), dim=-1)
+        per = torch.logsumexp(self.log_weights + lp, dim=-1)
+        if self.mask is not None:
+            per = per * self.mask.to(per.dtype)
+        return per.sum(-1)
+
+    def responsibilities(self, value: torch.Tensor) -> torch.Tensor:
+        """Posterior assignment probabilities ``p(c = k | x)``.
+
+        ``(B, K)`` for ``joint``; ``(B, M, K)`` (one per modality) for ``independent``.
+        """
+        lp = self.component_log_density(value)
+        if self.mixture == "joint":
+            return torch.softmax(self.log_weights + lp.sum(-2), dim=-1)
+        return torch.softmax(self.log_weights + lp, dim=-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        num_modalities = len(self.locs)
+        if self.mixture == "joint":
+            comp = torch.distributions.Categorical(logits=self.log_weights).sample(shape)
+            comps = [comp] * num_modalities
+        else:
+            comps = torch.distributions.Categorical(logits=self.log_weights).sample(
+                shape + (num_modalities,)).unbind(-1)
+        with torch.no_grad():
+            parts = [loc[c] + scale[c] * torch.randn_like(loc[c])
+                     for c, loc, scale in zip(comps, self.locs, self.scales)]
+        return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)

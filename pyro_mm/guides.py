@@ -1,0 +1,225 @@
+"""The variational guide: amortised local posteriors and a mean-field global posterior.
+
+* Local (``representation="latent"``): ``q(z_im | x_im) = Normal(loc_m(x_im),
+  scale_m(x_im))`` from one encoder per modality. Encoders are ordinary
+  :class:`torch.nn.Module` s; pass your own (a ResNet, a text model) as a backbone.
+* Missing modality ``m`` of example ``i``: its encoder never sees the (meaningless)
+  input. ``q(z_im)`` is instead the mixture's prediction from the modalities that are
+  present: responsibilities ``r_ik`` from the present representations (``joint``; the
+  weights ``pi`` for ``independent``), then the moments of ``sum_k r_ik N(mu_mk,
+  sigma_mk^2)``, matched by a Gaussian.
+* Global: Pyro's :class:`~pyro.infer.autoguide.AutoNormal` (mean-field) or
+  :class:`~pyro.infer.autoguide.AutoDelta` (MAP) over the global sites only (the model
+  is wrapped in ``poutine.block``).
+
+Initialisation (:meth:`MultimodalGuide.initialize`) is data-dependent, as mixture
+fitting needs: component means start at k-means++ seeds of the representations the
+mixture sees at the start (the features, or the untrained encoders' means), component
+scales at the pooled within-cluster spread, and sticks at 0.5, so the weights start
+geometric (1/2, 1/4, ...) and later, redundant seeds start light: the
+richer-gets-richer dynamics then empties them instead of splitting clusters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
+from torch import nn
+
+from ._pyro_local import LocalParamsModule, local_params
+from .data import TensorBatch
+from .distributions import stick_breaking_log_weights
+from .models import MultimodalDPMixture
+from .networks import GaussianEncoder, default_encoder
+
+
+def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices ``(k,)`` of k-means++ seeds among ``points (N, d)`` (seeds repeat if
+    ``N < k``)."""
+    n = points.shape[0]
+    first = torch.randint(n, (1,), generator=generator, device=points.device)
+    chosen = [int(first)]
+    dist2 = (points - points[first]).pow(2).sum(-1)
+    for _ in range(1, k):
+        total = dist2.sum()
+        if not total > 0:
+            nxt = torch.randint(n, (1,), generator=generator, device=points.device)
+        else:
+            nxt = torch.multinomial(dist2 / total, 1, generator=generator)
+        chosen.append(int(nxt))
+        dist2 = torch.minimum(dist2, (points - points[nxt]).pow(2).sum(-1))
+    return torch.tensor(chosen, device=points.device)
+
+
+class MultimodalGuide(LocalParamsModule):
+    """Guide for :class:`~pyro_mm.models.MultimodalDPMixture`.
+
+    Args:
+        model: the model this guide approximates the posterior of.
+        encoders: ``modality -> nn.Module``; each maps ``(B, d_m)`` to ``(B, H)``
+            features (a Gaussian head to ``(loc, scale)`` of size ``D`` is added), or is
+            a :class:`~pyro_mm.networks.GaussianEncoder`. Missing modalities get the
+            default MLP encoder.
+        global_guide: ``"meanfield"`` (AutoNormal) or ``"map"`` (AutoDelta).
+        init_scale: initial posterior scale of the global sites (meanfield).
+        hidden: hidden sizes of the default encoders (default: the model's).
+    """
+
+    def __init__(
+        self,
+        model: MultimodalDPMixture,
+        encoders: Mapping[str, nn.Module] | None = None,
+        global_guide: str = "meanfield",
+        init_scale: float = 0.05,
+        hidden=None,
+    ):
+        super().__init__()
+        if global_guide not in ("meanfield", "map"):
+            raise ValueError(f"global_guide: expected 'meanfield' or 'map', got {global_guide!r}")
+        encoders = dict(encoders or {})
+        unknown = set(encoders) - set(model.modalities)
+        if unknown:
+            raise ValueError(f"encoders: modalities {sorted(unknown)} are not in the model")
+        if encoders and model.representation == "observed":
+            raise ValueError("encoders: representation='observed' has no encoders")
+        self.modalities = model.modalities
+        self.mixture = model.mixture
+        self.latent = model.representation == "latent"
+        self.learn_alpha = model.learn_alpha
+        self.global_guide_name = global_guide
+        self.custom_encoders = sorted(encoders)
+        hidden = tuple(model.hidden if hidden is None else hidden)
+        self._config = {"global_guide": global_guide, "init_scale": float(init_scale),
+                        "hidden": list(hidden), "custom_encoders": self.custom_encoders}
+        self._init_values: dict[str, torch.Tensor] = {}
+        global_names = {"sticks"} | {f"component_{p}_{m}" for m in model.modalities
+                                     for p in ("loc", "scale")}
+        if model.learn_alpha:
+            global_names.add("alpha")
+        self.global_sites = tuple(sorted(global_names))
+        blocked = poutine.block(model, expose=list(global_names))
+        with local_params():
+            if global_guide == "meanfield":
+                self.global_guide = AutoNormal(blocked, init_loc_fn=self._init_loc,
+                                               init_scale=init_scale)
+            else:
+                self.global_guide = AutoDelta(blocked, init_loc_fn=self._init_loc)
+            self.encoders = nn.ModuleDict()
+            if self.latent:
+                for m, d in model.dims.items():
+                    enc = encoders.get(m)
+                    if enc is None:
+                        enc = default_encoder(d, model.latent_dim, hidden)
+                    elif not isinstance(enc, GaussianEncoder):
+                        enc = GaussianEncoder(enc, model.latent_dim)
+                    self.encoders[m] = enc
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    # ------------------------------------------------------------------ initialisation
+    def _init_loc(self, site):
+        value = self._init_values.get(site["name"])
+        if value is not None:
+            return value.to(site["fn"].sample().device)
+        if site["name"].startswith("component_loc_"):
+            return init_to_sample(site)
+        return init_to_median(site)
+
+    @torch.no_grad()
+    def initialize(self, model: MultimodalDPMixture, batch: TensorBatch,
+                   generator: torch.Generator, max_points: int = 20000) -> None:
+        """Data-dependent initial values (see the module docstring), then one pass of
+        the global guide so every parameter exists before an optimiser is created."""
+        n = batch.size
+        if n > max_points:
+            idx = torch.randperm(n, generator=generator, device=batch.device)[:max_points]
+            batch = batch.index(idx)
+        reps = self.representations(batch)
+        seeds = kmeans_plus_plus(torch.cat(reps, dim=-1), model.num_components, generator)
+        nearest = torch.cdist(torch.cat(reps, -1), torch.cat(reps, -1)[seeds]).argmin(-1)
+        values = {"sticks": torch.full((model.num_components - 1,), 0.5, device=batch.device)}
+        for m, rep in zip(self.modalities, reps):
+            spread = (rep - rep[seeds][nearest]).pow(2).mean(0).div(2).sqrt()
+            spread = spread.clamp_min(1e-2 * rep.std(0).clamp_min(1e-3))
+            values[f"component_loc_{m}"] = rep[seeds].clone()
+            values[f"component_scale_{m}"] = spread.expand(model.num_components, -1).clone()
+        if self.learn_alpha:
+            values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
+        self._init_values = values
+        with torch.enable_grad(), local_params():
+            self.global_guide(batch)
+        self._init_values = {}
+        self.initialized.fill_(True)
+
+    def representations(self, batch: TensorBatch) -> list[torch.Tensor]:
+        """What the mixture sees for each modality: the features (observed) or the
+        encoders' posterior means (latent); ``[(B, d_m)]``."""
+        if not self.latent:
+            return [batch.features[m] for m in self.modalities]
+        loc, _ = self.encode_present(batch)
+        return list(loc.unbind(-2))
+
+    # ------------------------------------------------------------------ encoding
+    def encode_present(self, batch: TensorBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)``, each ``(B, M, D)``, from every modality's own encoder.
+
+        Rows of a missing modality hold meaningless values here; :meth:`encode`
+        replaces them.
+        """
+        locs, scales = [], []
+        for m in self.modalities:
+            loc, scale = self.encoders[m](batch.features[m])
+            locs.append(loc)
+            scales.append(scale)
+        return torch.stack(locs, -2), torch.stack(scales, -2)
+
+    def encode(self, batch: TensorBatch, globals_: Mapping[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``(loc, scale)`` of ``z``, each ``(B, M, D)``, missing modalities
+        filled in from the present ones through the mixture (module docstring)."""
+        loc, scale = self.encode_present(batch)
+        mask = batch.masks
+        if bool(mask.all()):
+            return loc, scale
+        log_w = stick_breaking_log_weights(globals_["sticks"])
+        locs = torch.stack([globals_[f"component_loc_{m}"] for m in self.modalities])
+        scales = torch.stack([globals_[f"component_scale_{m}"] for m in self.modalities])
+        # log N(loc_im; mu_mk, sigma_mk): (B, M, K), present modalities only.
+        comp = dist.Normal(locs, scales).log_prob(loc.detach().unsqueeze(-2)).sum(-1)
+        if self.mixture == "joint":
+            logits = log_w + (comp * mask.unsqueeze(-1)).sum(-2)
+        else:
+            logits = log_w.expand(loc.shape[0], -1)
+        resp = torch.softmax(logits, dim=-1)                             # (B, K)
+        mean = torch.einsum("bk,mkd->bmd", resp, locs)
+        second = torch.einsum("bk,mkd->bmd", resp, scales.pow(2) + locs.pow(2))
+        fill_scale = (second - mean.pow(2)).clamp_min(1e-6).sqrt()
+        present = mask.unsqueeze(-1)
+        return torch.where(present, loc, mean), torch.where(present, scale, fill_scale)
+
+    # ------------------------------------------------------------------ the guide
+    def forward(self, batch: TensorBatch, subsample: torch.Tensor | None = None,
+                kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """Sample the global sites, then ``z`` for the minibatch (same arguments as
+        the model). Returns the global values."""
+        globals_ = self.global_guide(batch, subsample, kl_weight)
+        if self.latent:
+            with pyro.plate("data", batch.size, subsample=subsample) as idx:
+                part = batch if subsample is None else batch.index(idx)
+                loc, scale = self.encode(part, globals_)
+                with poutine.scale(scale=kl_weight):
+                    pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+        return globals_
+
+    def point_estimate(self) -> dict[str, torch.Tensor]:
+        """Posterior medians of the global sites (the MAP values for ``"map"``)."""
+        with local_params():
+            return self.global_guide.median()

@@ -1,0 +1,158 @@
+"""Predictions and held-out metrics from a fitted model.
+
+Predictions are plug-in: the global parameters at their posterior medians (AutoNormal)
+or MAP values, and each representation at its posterior mean. The one exception is the
+feature log-likelihood of a latent model without a classifier, an importance-sampled
+estimate over ``z`` (see :func:`log_likelihood`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+
+from .data import MultimodalData, TensorBatch
+from .guides import MultimodalGuide
+from .metrics import adjusted_rand_index, effective_components
+from .models import MixtureParams, MultimodalDPMixture
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .training import FitResult
+
+
+def point_params(model: MultimodalDPMixture, guide: MultimodalGuide) -> MixtureParams:
+    """The global parameters at the guide's point estimate."""
+    from .distributions import stick_breaking_log_weights
+
+    point = guide.point_estimate()
+    sticks = point["sticks"]
+    return MixtureParams(
+        log_weights=stick_breaking_log_weights(sticks),
+        locs=[point[f"component_loc_{m}"] for m in model.modalities],
+        scales=[point[f"component_scale_{m}"] for m in model.modalities],
+        alpha=point.get("alpha", model.alpha),
+        sticks=sticks,
+    )
+
+
+def _chunks(batch: TensorBatch, size: int):
+    for start in range(0, batch.size, size):
+        idx = torch.arange(start, min(start + size, batch.size), device=batch.device)
+        yield batch.index(idx)
+
+
+@torch.no_grad()
+def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+                  chunk_size: int = 4096) -> dict[str, torch.Tensor]:
+    """:func:`predict` on an already prepared batch; returns tensors."""
+    params = point_params(model, guide)
+    globals_ = guide.point_estimate()
+    out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
+                                          "latent_mean": []}
+    for part in _chunks(batch, chunk_size):
+        if model.representation == "latent":
+            z, _ = guide.encode(part, globals_)
+            mixture = params.mixture(model.mixture, batch_size=part.size)
+            out["latent_mean"].append(z)
+        else:
+            z = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
+                                     stacked=False)
+        out["responsibilities"].append(mixture.responsibilities(z))
+        if model.classifier is not None:
+            out["probs"].append(torch.softmax(model.class_logits(z, params, part.masks), -1))
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def predict(result: "FitResult", data: MultimodalData, chunk_size: int = 4096
+            ) -> dict[str, np.ndarray]:
+    """Predictions for ``data``.
+
+    Returns:
+        dict with ``"responsibilities"`` (``(N, K)`` for ``joint``; ``(N, M, K)`` for
+        ``independent``), ``"probs"`` (``(N, C)``, models with a classifier) and
+        ``"latent_mean"`` (``(N, M, D)``, latent models).
+    """
+    batch = result.model.prepare(data)
+    with torch.no_grad():
+        out = predict_batch(result.model, result.guide, batch, chunk_size)
+    return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+@torch.no_grad()
+def log_likelihood(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+                   num_samples: int = 32, chunk_size: int = 4096) -> torch.Tensor:
+    """Held-out log predictive density per example, ``(N,)`` nats.
+
+    * ``representation="observed"``: ``log p(x_i)`` of the original features (the
+      standardisation Jacobian is included), assignments summed out exactly.
+    * latent, with a classifier and labels: ``log p(y_i | x_i)``.
+    * latent, otherwise: ``log p(x_i)`` of the original features, estimated by
+      importance sampling with ``num_samples`` draws from ``q(z | x)`` (a stochastic
+      lower bound in expectation).
+    """
+    params = point_params(model, guide)
+    globals_ = guide.point_estimate()
+    out = []
+    for part in _chunks(batch, chunk_size):
+        if model.representation == "observed":
+            x = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
+                                     stacked=False)
+            out.append(mixture.log_prob(x) + model.feature_log_jacobian(part.masks))
+        elif model.classifier is not None and part.labels is not None:
+            loc, _ = guide.encode(part, globals_)
+            logits = model.class_logits(loc, params, part.masks)
+            out.append(torch.log_softmax(logits, -1).gather(-1, part.labels[:, None])[:, 0])
+        else:
+            if not model.reconstruct:
+                raise ValueError("log_likelihood: a latent model without decoder or "
+                                 "classifier has no likelihood to evaluate")
+            loc, scale = guide.encode(part, globals_)
+            q = dist.Normal(loc, scale).to_event(2)
+            z = q.sample((num_samples,))                                  # (S, B, M, D)
+            log_w = params.mixture(model.mixture, batch_size=part.size).log_prob(z) - q.log_prob(z)
+            for j, m in enumerate(model.modalities):
+                mean, sd = model.decoders[m](z[..., j, :])
+                lp = dist.Normal(mean, sd).to_event(1).log_prob(part.features[m])
+                log_w = log_w + lp * part.masks[:, j]
+            estimate = torch.logsumexp(log_w, 0) - math.log(num_samples)
+            out.append(estimate + model.feature_log_jacobian(part.masks))
+    return torch.cat(out)
+
+
+def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
+    """Held-out metrics on ``data``.
+
+    Returns:
+        ``accuracy`` (labelled examples, models with a classifier), ``log_likelihood``
+        (mean per example, nats; see :func:`log_likelihood`), ``ari`` (adjusted Rand
+        index of the most responsible component against the labels),
+        ``effective_components`` (perplexity of the fitted weights) and
+        ``num_examples``.
+    """
+    model, guide = result.model, result.guide
+    batch = model.prepare(data)
+    with torch.no_grad():
+        pred = predict_batch(model, guide, batch)
+        metrics: dict[str, float] = {"num_examples": float(batch.size)}
+        labelled = None if batch.label_mask is None else batch.label_mask
+        raw_labels = data.labels
+        if "probs" in pred and labelled is not None and bool(labelled.any()):
+            hit = (pred["probs"].argmax(-1) == batch.labels)[labelled]
+            metrics["accuracy"] = float(hit.float().mean())
+        metrics["log_likelihood"] = float(log_likelihood(model, guide, batch).mean())
+        if raw_labels is not None and (raw_labels >= 0).any():
+            resp = pred["responsibilities"]
+            if resp.dim() == 3:  # independent: average the modalities' assignments
+                resp = resp.mean(-2)
+            keep = raw_labels >= 0
+            metrics["ari"] = adjusted_rand_index(raw_labels[keep],
+                                                 resp.argmax(-1).cpu().numpy()[keep])
+        weights = point_params(model, guide).log_weights.exp()
+        metrics["effective_components"] = float(effective_components(weights))
+    return metrics

@@ -1,0 +1,392 @@
+"""The multimodal Dirichlet-process Gaussian mixture as a Pyro model.
+
+Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
+
+    alpha            fixed, or ~ Gamma(a0, b0)                       site "alpha"
+    v_k              ~ Beta(1, alpha),  k = 1..K-1                    site "sticks"
+    pi               = stick_breaking(v)     (all mass kept)
+    mu_mk            ~ Normal(0, s0^2 I)                              site "component_loc_<m>"
+    sigma_mk         ~ LogNormal(log s1, t1) per dimension            site "component_scale_<m>"
+    for i in plate("data", N, subsample=...):
+        z_i          ~ MultimodalMixture(pi, mu, sigma)  (B, M, D)    site "z"
+        x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
+        y_i          ~ Categorical(logits=classifier(fuse(z_i)))           site "y"
+        factors      pyro.factor(<factor name>, -weight * loss)
+
+With ``representation="observed"`` there is no ``z`` and no decoder: the mixture is the
+likelihood of the (standardised) features, site ``"x"``, event shape ``(sum_m d_m,)``,
+with missing modalities marginalised out; the classifier, if any, reads the features.
+
+Component assignments are summed out exactly (no discrete site). The sites above are the
+model's public interface: diagnostics and users rely on these names.
+
+Decisions not fixed by the design:
+
+* Features are standardised with statistics fitted on the training data
+  (:meth:`MultimodalDPMixture.fit_standardization`) and stored in buffers; every
+  likelihood is on that scale, and :meth:`MultimodalDPMixture.feature_log_jacobian`
+  converts to the original scale.
+* A missing modality's representation still has the mixture prior (it is a latent
+  variable like any other); only its likelihood ``x_im`` is masked out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from ._pyro_local import LocalParamsModule, local_params
+from .data import MultimodalData, TensorBatch
+from .distributions import MultimodalMixture, stick_breaking_log_weights
+from .errors import DataValidationError
+from .factors.base import AuxiliaryFactor, FactorContext
+from .fusion import make_fusion
+from .networks import GaussianDecoder, mlp
+
+#: Names of the global latent sites (``<m>`` is each modality's name).
+GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>")
+
+
+@dataclasses.dataclass
+class MixtureParams:
+    """One draw (or point estimate) of the global parameters.
+
+    Attributes:
+        log_weights: ``(K,)`` log mixture weights.
+        locs, scales: one ``(K, d_m)`` tensor per modality.
+        alpha: concentration (scalar tensor).
+        sticks: ``(K - 1,)`` stick proportions.
+    """
+
+    log_weights: torch.Tensor
+    locs: list[torch.Tensor]
+    scales: list[torch.Tensor]
+    alpha: torch.Tensor
+    sticks: torch.Tensor
+
+    def mixture(self, mixture: str, mask=None, batch_size=None, stacked=True
+                ) -> MultimodalMixture:
+        return MultimodalMixture(self.log_weights, self.locs, self.scales, mixture=mixture,
+                                 mask=mask, batch_size=batch_size, stacked=stacked)
+
+    def mean_representation(self) -> torch.Tensor:
+        """``(M, D)``: the mixture's expected value ``sum_k pi_k mu_mk`` per modality."""
+        weights = self.log_weights.exp()
+        return torch.stack([weights @ loc for loc in self.locs])
+
+
+class MultimodalDPMixture(LocalParamsModule):
+    """Multimodal Dirichlet-process Gaussian mixture (see the module docstring).
+
+    Args:
+        dims: ``modality name -> number of features`` (``MultimodalData.dims``).
+        num_classes: classes of the supervised head; ``None`` for no head.
+        latent_dim: ``D``, the size of every modality's representation.
+        num_components: ``K``, the truncation level (an upper bound, not the number
+            used).
+        mixture: ``"joint"`` (one component per example shared by its modalities) or
+            ``"independent"`` (each modality picks its own).
+        representation: ``"latent"`` (amortised representations ``z``) or
+            ``"observed"`` (the mixture sits on the standardised features).
+        reconstruct: decode ``z`` back to the features (default: ``True`` for latent).
+        fusion: ``"concat"`` or ``"dp"`` (prominence gate); see :mod:`pyro_mm.fusion`.
+        alpha: concentration: a positive number (fixed) or ``"learned"``
+            (``Gamma(*alpha_prior)`` prior).
+        alpha_prior: ``(a0, b0)``, shape and rate of the Gamma prior.
+        prior_loc_scale: ``s0``, prior scale of the component means.
+        prior_scale: ``s1``, prior median of the component scales.
+        prior_scale_spread: ``t1``, log-scale spread of the component scales.
+        hidden: hidden sizes of the decoders and the classifier.
+        factors: auxiliary factors (e.g. :class:`pyro_mm.factors.PMRL`).
+    """
+
+    def __init__(
+        self,
+        dims: Mapping[str, int],
+        num_classes: int | None = None,
+        latent_dim: int = 16,
+        num_components: int = 20,
+        *,
+        mixture: str = "joint",
+        representation: str = "latent",
+        reconstruct: bool | None = None,
+        fusion: str = "concat",
+        alpha: float | str = 1.0,
+        alpha_prior: tuple[float, float] = (1.0, 1.0),
+        prior_loc_scale: float = 3.0,
+        prior_scale: float = 1.0,
+        prior_scale_spread: float = 1.0,
+        hidden: Sequence[int] = (256,),
+        factors: Sequence[AuxiliaryFactor] = (),
+    ):
+        super().__init__()
+        if not isinstance(dims, Mapping) or not dims:
+            raise ValueError("dims: need a mapping 'modality -> number of features'")
+        for name, d in dims.items():
+            if not isinstance(d, (int, np.integer)) or d < 1:
+                raise ValueError(f"dims[{name!r}]: must be a positive integer, got {d!r}")
+        if num_classes is not None and int(num_classes) < 2:
+            raise ValueError(f"num_classes: must be >= 2 or None, got {num_classes}")
+        if int(latent_dim) < 1:
+            raise ValueError(f"latent_dim: must be >= 1, got {latent_dim}")
+        if int(num_components) < 2:
+            raise ValueError(f"num_components: must be >= 2, got {num_components}")
+        if mixture not in ("joint", "independent"):
+            raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
+        if representation not in ("latent", "observed"):
+            raise ValueError(
+                f"representation: expected 'latent' or 'observed', got {representation!r}")
+        if reconstruct is None:
+            reconstruct = representation == "latent"
+        if representation == "observed" and reconstruct:
+            raise ValueError("reconstruct: not available with representation='observed'")
+        if representation == "observed" and fusion != "concat":
+            raise ValueError("fusion: only 'concat' with representation='observed'")
+        if representation == "observed" and factors:
+            raise ValueError("factors: need representation='latent' (they act on z)")
+        if alpha != "learned" and not (isinstance(alpha, (int, float)) and alpha > 0):
+            raise ValueError(f"alpha: expected a positive number or 'learned', got {alpha!r}")
+        for arg, value in (("prior_loc_scale", prior_loc_scale), ("prior_scale", prior_scale),
+                           ("prior_scale_spread", prior_scale_spread)):
+            if not value > 0:
+                raise ValueError(f"{arg}: must be positive, got {value!r}")
+
+        self.modalities = tuple(str(m) for m in dims)
+        self.dims = {m: int(d) for m, d in dims.items()}
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.latent_dim = int(latent_dim)
+        self.num_components = int(num_components)
+        self.mixture = mixture
+        self.representation = representation
+        self.reconstruct = bool(reconstruct)
+        self.fusion_name = fusion
+        self.learn_alpha = alpha == "learned"
+        self.hidden = tuple(int(h) for h in hidden)
+        self._config = dict(
+            dims=self.dims, num_classes=self.num_classes, latent_dim=self.latent_dim,
+            num_components=self.num_components, mixture=mixture,
+            representation=representation, reconstruct=self.reconstruct, fusion=fusion,
+            alpha=alpha, alpha_prior=list(alpha_prior), prior_loc_scale=prior_loc_scale,
+            prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
+            hidden=list(self.hidden),
+        )
+
+        # Hyperparameters live in buffers so `.to(device)` moves everything.
+        self.register_buffer("alpha", torch.tensor(1.0 if self.learn_alpha else float(alpha)))
+        self.register_buffer("alpha_prior", torch.tensor([float(a) for a in alpha_prior]))
+        self.register_buffer("prior_loc_scale", torch.tensor(float(prior_loc_scale)))
+        self.register_buffer("prior_log_scale", torch.tensor(math.log(prior_scale)))
+        self.register_buffer("prior_scale_spread", torch.tensor(float(prior_scale_spread)))
+        self.register_buffer("standardized", torch.tensor(False))
+        for m, d in self.dims.items():
+            self.register_buffer(f"feature_loc_{m}", torch.zeros(d))
+            self.register_buffer(f"feature_scale_{m}", torch.ones(d))
+        # ARM's dynamic fusion writes here; 1 = neutral.
+        self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
+
+        with local_params():
+            self.fusion = make_fusion(fusion)
+            self.decoders = nn.ModuleDict(
+                {m: GaussianDecoder(self.latent_dim, d, self.hidden)
+                 for m, d in self.dims.items()} if self.reconstruct else {}
+            )
+            self.classifier = None
+            if self.num_classes is not None:
+                width = (len(self.modalities) * self.latent_dim
+                         if representation == "latent" else sum(self.dims.values()))
+                self.classifier = mlp(width, self.hidden, self.num_classes)
+            self.factors = nn.ModuleList(factors)
+        self._records: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ configuration
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (factors included)."""
+        from .factors import factor_config
+
+        return {**self._config, "factors": [factor_config(f) for f in self.factors]}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MultimodalDPMixture":
+        from .factors import make_factor
+
+        config = dict(config)
+        factors = [make_factor(spec) for spec in config.pop("factors", [])]
+        config["alpha_prior"] = tuple(config["alpha_prior"])
+        config["hidden"] = tuple(config["hidden"])
+        dims = config.pop("dims")
+        return cls(dims, factors=factors, **config)
+
+    @property
+    def site_sizes(self) -> dict[str, int]:
+        """Size of each modality's mixture component (``D`` or ``d_m``)."""
+        if self.representation == "latent":
+            return {m: self.latent_dim for m in self.modalities}
+        return dict(self.dims)
+
+    @property
+    def device(self) -> torch.device:
+        return self.alpha.device
+
+    # ------------------------------------------------------------------ data
+    def check_data(self, data: MultimodalData) -> None:
+        """Raise :class:`DataValidationError` if ``data`` does not fit this model."""
+        missing = [m for m in self.modalities if m not in data.dims]
+        if missing:
+            raise DataValidationError(
+                f"modalities {missing}: the model was built for {list(self.modalities)} "
+                f"but the data has {list(data.modalities)}"
+            )
+        for m in self.modalities:
+            if data.dims[m] != self.dims[m]:
+                raise DataValidationError(
+                    f"modality {m!r}: has {data.dims[m]} features but the model expects "
+                    f"{self.dims[m]}"
+                )
+        if (self.num_classes is not None and data.num_classes is not None
+                and data.has_labels and data.labels.max() >= self.num_classes):
+            raise DataValidationError(
+                f"labels: value {int(data.labels.max())} is out of range for a model "
+                f"with num_classes={self.num_classes}"
+            )
+
+    def fit_standardization(self, data: MultimodalData) -> None:
+        """Fit per-feature mean and standard deviation on (training) ``data``.
+
+        Only observed rows count; a constant feature keeps scale 1.
+        """
+        self.check_data(data)
+        features, masks = data.features, data.masks
+        for m in self.modalities:
+            x = features[m][masks[m]].astype(np.float64)
+            loc = x.mean(0)
+            scale = x.std(0)
+            scale[~(scale > 1e-8 * np.maximum(1.0, np.abs(loc)))] = 1.0
+            getattr(self, f"feature_loc_{m}").copy_(torch.as_tensor(loc))
+            getattr(self, f"feature_scale_{m}").copy_(torch.as_tensor(scale))
+        self.standardized.fill_(True)
+
+    def prepare(self, data: MultimodalData) -> TensorBatch:
+        """Validate ``data`` against the model, standardise it and move it to the
+        model's device. Missing entries stay exactly zero."""
+        self.check_data(data)
+        raw = data.to_tensors(self.device, modalities=self.modalities)
+        features = {}
+        for j, m in enumerate(self.modalities):
+            x = (raw.features[m] - getattr(self, f"feature_loc_{m}")) / getattr(
+                self, f"feature_scale_{m}")
+            features[m] = x * raw.masks[:, j : j + 1]
+        labels, label_mask = raw.labels, raw.label_mask
+        if self.num_classes is None:
+            labels = label_mask = None
+        return TensorBatch(features, raw.masks, labels, label_mask)
+
+    def feature_log_jacobian(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: add to a log-density of standardised features to get the density
+        of the original features (``-sum log scale`` over observed modalities)."""
+        per = torch.stack([getattr(self, f"feature_scale_{m}").log().sum()
+                           for m in self.modalities])
+        return -(masks.to(per.dtype) * per).sum(-1)
+
+    # ------------------------------------------------------------------ model pieces
+    def sample_globals(self) -> MixtureParams:
+        """Sample the global sites (``alpha``, ``sticks``, component locs and scales)."""
+        K = self.num_components
+        if self.learn_alpha:
+            alpha = pyro.sample("alpha", dist.Gamma(self.alpha_prior[0], self.alpha_prior[1]))
+        else:
+            alpha = self.alpha
+        sticks = pyro.sample(
+            "sticks", dist.Beta(torch.ones_like(alpha).expand(K - 1), alpha.expand(K - 1))
+            .to_event(1))
+        locs, scales = [], []
+        for m, size in self.site_sizes.items():
+            locs.append(pyro.sample(
+                f"component_loc_{m}",
+                dist.Normal(torch.zeros_like(self.prior_loc_scale), self.prior_loc_scale)
+                .expand([K, size]).to_event(2)))
+            scales.append(pyro.sample(
+                f"component_scale_{m}",
+                dist.LogNormal(self.prior_log_scale, self.prior_scale_spread)
+                .expand([K, size]).to_event(2)))
+        return MixtureParams(stick_breaking_log_weights(sticks), locs, scales, alpha, sticks)
+
+    def fuse(self, z: torch.Tensor, params: MixtureParams,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, M, D) -> (B, M * D)`` classifier input, by the model's fusion."""
+        log_density = None
+        if self.fusion_name == "dp":
+            log_density = params.mixture(self.mixture, mask=mask,
+                                         batch_size=z.shape[0]).modality_log_density(z)
+        return self.fusion(z, log_density, self.modality_weights)
+
+    def class_logits(self, z: torch.Tensor, params: MixtureParams,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C)`` classifier logits from representations ``(B, M, D)`` (latent) or
+        concatenated standardised features ``(B, sum d)`` (observed)."""
+        if self.classifier is None:
+            raise ValueError("this model has no classifier (num_classes=None)")
+        inputs = self.fuse(z, params, mask) if self.representation == "latent" else z
+        return self.classifier(inputs)
+
+    def record(self, name: str, value: torch.Tensor) -> None:
+        """Keep a detached scalar for the training history (read by the trainer)."""
+        self._records[name] = value.detach()
+
+    def pop_records(self) -> dict[str, float]:
+        out = {k: float(v) for k, v in self._records.items()}
+        self._records.clear()
+        return out
+
+    # ------------------------------------------------------------------ the model
+    def forward(self, batch: TensorBatch, subsample: torch.Tensor | None = None,
+                kl_weight: float = 1.0) -> torch.Tensor | None:
+        """Run the generative model on ``batch`` (the whole prepared data set).
+
+        Args:
+            batch: from :meth:`prepare`, ``N`` examples.
+            subsample: ``(B,)`` indices of the minibatch (``None``: all ``N``); the
+                data plate scales local terms by ``N / B``.
+            kl_weight: multiplies the representation prior and posterior (KL warm-up);
+                the guide must receive the same value.
+
+        Returns:
+            ``(B, M, D)`` representations (latent) or ``None`` (observed).
+        """
+        params = self.sample_globals()
+        with pyro.plate("data", batch.size, subsample=subsample) as idx:
+            part = batch if subsample is None else batch.index(idx)
+            if self.representation == "observed":
+                values = torch.cat([part.features[m] for m in self.modalities], dim=-1)
+                pyro.sample("x", params.mixture(self.mixture, mask=part.masks,
+                                                batch_size=part.size, stacked=False),
+                            obs=values)
+                self._observe_labels(values, params, part)
+                return None
+            with pyro.poutine.scale(scale=kl_weight):
+                z = pyro.sample("z", params.mixture(self.mixture, batch_size=part.size))
+            for j, m in enumerate(self.modalities):
+                if self.reconstruct:
+                    loc, scale = self.decoders[m](z[..., j, :])
+                    pyro.sample(f"x_{m}", dist.Normal(loc, scale).to_event(1)
+                                .mask(part.masks[:, j]), obs=part.features[m])
+            self._observe_labels(z, params, part)
+            if len(self.factors):
+                context = FactorContext(self, z, part, params, self.record)
+                for factor in self.factors:
+                    factor.attach(context)
+            return z
+
+    def _observe_labels(self, inputs, params, part: TensorBatch) -> None:
+        if self.classifier is None or part.labels is None:
+            return
+        logits = self.class_logits(inputs, params, part.masks)
+        pyro.sample("y", dist.Categorical(logits=logits).mask(part.label_mask),
+                    obs=part.labels)
