@@ -32,7 +32,7 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
 from torch import nn
 
-from ._pyro_local import LocalParamsModule, local_params
+from ._naming import UniquelyNamedModule
 from .data import TensorBatch
 from .distributions import stick_breaking_log_weights
 from .models import MultimodalDPMixture
@@ -57,7 +57,7 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
     return torch.tensor(chosen, device=points.device)
 
 
-class MultimodalGuide(LocalParamsModule):
+class MultimodalGuide(UniquelyNamedModule):
     """Guide for :class:`~pyro_mm.models.MultimodalDPMixture`.
 
     Args:
@@ -79,7 +79,7 @@ class MultimodalGuide(LocalParamsModule):
         init_scale: float = 0.05,
         hidden=None,
     ):
-        super().__init__()
+        super().__init__("pyro_mm_guide")
         if global_guide not in ("meanfield", "map"):
             raise ValueError(f"global_guide: expected 'meanfield' or 'map', got {global_guide!r}")
         encoders = dict(encoders or {})
@@ -104,21 +104,20 @@ class MultimodalGuide(LocalParamsModule):
             global_names.add("alpha")
         self.global_sites = tuple(sorted(global_names))
         blocked = poutine.block(model, expose=list(global_names))
-        with local_params():
-            if global_guide == "meanfield":
-                self.global_guide = AutoNormal(blocked, init_loc_fn=self._init_loc,
-                                               init_scale=init_scale)
-            else:
-                self.global_guide = AutoDelta(blocked, init_loc_fn=self._init_loc)
-            self.encoders = nn.ModuleDict()
-            if self.latent:
-                for m, d in model.dims.items():
-                    enc = encoders.get(m)
-                    if enc is None:
-                        enc = default_encoder(d, model.latent_dim, hidden)
-                    elif not isinstance(enc, GaussianEncoder):
-                        enc = GaussianEncoder(enc, model.latent_dim)
-                    self.encoders[m] = enc
+        if global_guide == "meanfield":
+            self.global_guide = AutoNormal(blocked, init_loc_fn=self._init_loc,
+                                           init_scale=init_scale)
+        else:
+            self.global_guide = AutoDelta(blocked, init_loc_fn=self._init_loc)
+        self.encoders = nn.ModuleDict()
+        if self.latent:
+            for m, d in model.dims.items():
+                enc = encoders.get(m)
+                if enc is None:
+                    enc = default_encoder(d, model.latent_dim, hidden)
+                elif not isinstance(enc, GaussianEncoder):
+                    enc = GaussianEncoder(enc, model.latent_dim)
+                self.encoders[m] = enc
         self.register_buffer("initialized", torch.tensor(False))
 
     def config(self) -> dict:
@@ -154,7 +153,7 @@ class MultimodalGuide(LocalParamsModule):
         if self.learn_alpha:
             values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
         self._init_values = values
-        with torch.enable_grad(), local_params():
+        with torch.enable_grad():
             self.global_guide(batch)
         self._init_values = {}
         self.initialized.fill_(True)
@@ -221,5 +220,4 @@ class MultimodalGuide(LocalParamsModule):
 
     def point_estimate(self) -> dict[str, torch.Tensor]:
         """Posterior medians of the global sites (the MAP values for ``"map"``)."""
-        with local_params():
-            return self.global_guide.median()
+        return self.global_guide.median()

@@ -43,7 +43,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ._pyro_local import LocalParamsModule, local_params
+from ._naming import UniquelyNamedModule
 from .data import MultimodalData, TensorBatch
 from .distributions import MultimodalMixture, stick_breaking_log_weights
 from .errors import DataValidationError
@@ -83,7 +83,7 @@ class MixtureParams:
         return torch.stack([weights @ loc for loc in self.locs])
 
 
-class MultimodalDPMixture(LocalParamsModule):
+class MultimodalDPMixture(UniquelyNamedModule):
     """Multimodal Dirichlet-process Gaussian mixture (see the module docstring).
 
     Args:
@@ -127,7 +127,7 @@ class MultimodalDPMixture(LocalParamsModule):
         hidden: Sequence[int] = (256,),
         factors: Sequence[AuxiliaryFactor] = (),
     ):
-        super().__init__()
+        super().__init__("pyro_mm_model")
         if not isinstance(dims, Mapping) or not dims:
             raise ValueError("dims: need a mapping 'modality -> number of features'")
         for name, d in dims.items():
@@ -192,18 +192,17 @@ class MultimodalDPMixture(LocalParamsModule):
         # ARM's dynamic fusion writes here; 1 = neutral.
         self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
 
-        with local_params():
-            self.fusion = make_fusion(fusion)
-            self.decoders = nn.ModuleDict(
-                {m: GaussianDecoder(self.latent_dim, d, self.hidden)
-                 for m, d in self.dims.items()} if self.reconstruct else {}
-            )
-            self.classifier = None
-            if self.num_classes is not None:
-                width = (len(self.modalities) * self.latent_dim
-                         if representation == "latent" else sum(self.dims.values()))
-                self.classifier = mlp(width, self.hidden, self.num_classes)
-            self.factors = nn.ModuleList(factors)
+        self.fusion = make_fusion(fusion)
+        self.decoders = nn.ModuleDict(
+            {m: GaussianDecoder(self.latent_dim, d, self.hidden)
+             for m, d in self.dims.items()} if self.reconstruct else {}
+        )
+        self.classifier = None
+        if self.num_classes is not None:
+            width = (len(self.modalities) * self.latent_dim
+                     if representation == "latent" else sum(self.dims.values()))
+            self.classifier = mlp(width, self.hidden, self.num_classes)
+        self.factors = nn.ModuleList(factors)
         self._records: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ configuration

@@ -32,7 +32,6 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
 from . import checkpoint as ckpt
-from ._pyro_local import local_params
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .errors import CheckpointError, TrainingDivergedError
@@ -190,10 +189,9 @@ def local_elbo(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tensor
     """``(B,)`` single-sample ELBO terms of each example: the log-likelihood of its
     observations plus ``log p(z_i) - log q(z_i)``; the global KL is left out, so the
     value does not depend on the size of ``batch``. Factors are included."""
-    with local_params():
-        guide_trace = poutine.trace(guide).get_trace(batch, subsample)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            batch, subsample)
+    guide_trace = poutine.trace(guide).get_trace(batch, subsample)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        batch, subsample)
     model.pop_records()
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
@@ -335,7 +333,7 @@ def fit(
     loss_fn = elbo_cls(num_particles=num_particles)(model, guide)
     n = batch.size
     bsz = min(batch_size, n)
-    with torch.no_grad(), local_params():  # warm-up: every lazy parameter now exists
+    with torch.no_grad():  # warm-up: every lazy parameter now exists
         loss_fn(batch, torch.arange(bsz, device=device))
     model.pop_records()
     params = list(loss_fn.parameters())

@@ -1,0 +1,195 @@
+"""The Pyro model and guide: site shapes, scaling, masks, composition with user code."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+
+import pyro_mm as pm
+from pyro_mm.guides import MultimodalGuide
+
+
+def _prepared(data, **kwargs):
+    model = pm.MultimodalDPMixture(data.dims, **kwargs)
+    model.fit_standardization(data)
+    batch = model.prepare(data)
+    guide = MultimodalGuide(model)
+    guide.initialize(model, batch, torch.Generator().manual_seed(0))
+    return model, guide, batch
+
+
+def _traces(model, guide, batch, subsample=None):
+    guide_trace = poutine.trace(guide).get_trace(batch, subsample)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        batch, subsample)
+    return model_trace, guide_trace
+
+
+@pytest.mark.parametrize("mixture", ["joint", "independent"])
+@pytest.mark.parametrize("fusion", ["concat", "dp"])
+def test_latent_site_shapes(tiny_data, mixture, fusion):
+    model, guide, batch = _prepared(tiny_data, num_classes=3, latent_dim=2,
+                                    num_components=5, mixture=mixture, fusion=fusion)
+    idx = torch.arange(10)
+    model_trace, _ = _traces(model, guide, batch, idx)
+    model_trace.compute_log_prob()
+    nodes = model_trace.nodes
+    assert nodes["sticks"]["value"].shape == (4,)
+    assert nodes["component_loc_a"]["value"].shape == (5, 2)
+    assert nodes["component_scale_b"]["value"].shape == (5, 2)
+    assert nodes["z"]["value"].shape == (10, 2, 2)
+    assert nodes["z"]["log_prob"].shape == (10,)
+    assert nodes["x_a"]["log_prob"].shape == (10,)
+    assert nodes["y"]["log_prob"].shape == (10,)
+    assert torch.isfinite(nodes["z"]["log_prob"]).all()
+
+
+def test_observed_site_shapes(tiny_data):
+    model, guide, batch = _prepared(tiny_data, num_components=4, representation="observed")
+    model_trace, guide_trace = _traces(model, guide, batch)
+    assert "z" not in model_trace.nodes
+    assert model_trace.nodes["x"]["value"].shape == (len(tiny_data), 7)
+    sampled = {name for name in guide_trace.stochastic_nodes
+               if not name.endswith("_unconstrained")}  # AutoNormal's auxiliary sites
+    assert sampled == set(guide.global_sites)
+
+
+def test_minibatch_scaling_is_n_over_b(tiny_data):
+    model, guide, batch = _prepared(tiny_data, latent_dim=2, num_components=3)
+    idx = torch.arange(12)
+    model_trace, _ = _traces(model, guide, batch, idx)
+    assert model_trace.nodes["z"]["scale"] == pytest.approx(len(tiny_data) / 12)
+    assert model_trace.nodes["x_a"]["scale"] == pytest.approx(len(tiny_data) / 12)
+    assert model_trace.nodes["sticks"]["scale"] == 1.0
+
+
+def test_learned_alpha_is_a_latent_site(tiny_data):
+    model, guide, batch = _prepared(tiny_data, latent_dim=2, num_components=3,
+                                    alpha="learned")
+    model_trace, guide_trace = _traces(model, guide, batch)
+    assert "alpha" in model_trace.nodes and "alpha" in guide_trace.nodes
+    assert guide_trace.nodes["alpha"]["value"] > 0
+
+
+def test_missing_modality_never_reaches_a_likelihood(tiny_data):
+    """Garbage in a masked-out row changes no loss and no gradient."""
+    masks = {"a": torch.arange(len(tiny_data)) % 3 != 0}
+    data = pm.MultimodalData(tiny_data.features, labels=tiny_data.labels,
+                             masks={k: v.numpy() for k, v in masks.items()})
+    model, guide, batch = _prepared(data, num_classes=3, latent_dim=2, num_components=3)
+    poisoned = dict(batch.features)
+    poisoned["a"] = torch.where(batch.masks[:, :1], batch.features["a"],
+                                torch.full_like(batch.features["a"], 1e6))
+    losses = []
+    for features in (batch.features, poisoned):
+        pyro.set_rng_seed(3)
+        b = pm.TensorBatch(features, batch.masks, batch.labels, batch.label_mask)
+        losses.append(Trace_ELBO().differentiable_loss(model, guide, b))
+    assert torch.isfinite(losses[0])
+    assert torch.equal(losses[0], losses[1])
+
+
+def test_missing_modality_posterior_comes_from_the_mixture(tiny_data):
+    model, guide, batch = _prepared(tiny_data, latent_dim=2, num_components=3)
+    masks = batch.masks.clone()
+    masks[:5, 0] = False
+    part = pm.TensorBatch(batch.features, masks)
+    loc, scale = guide.encode(part, guide.point_estimate())
+    own_loc, _ = guide.encode_present(part)
+    assert torch.allclose(loc[5:], own_loc[5:])
+    assert not torch.allclose(loc[:5, 0], own_loc[:5, 0])
+    point = guide.point_estimate()
+    hull = point["component_loc_a"]
+    # A moment-matched mixture mean lies inside the components' bounding box.
+    assert (loc[:5, 0] >= hull.min(0).values - 1e-5).all()
+    assert (loc[:5, 0] <= hull.max(0).values + 1e-5).all()
+    assert (scale[:5, 0] > 0).all()
+
+
+def test_semi_supervised_unlabelled_examples_only_drop_the_label_term(tiny_data):
+    labels = tiny_data.labels.copy()
+    labels[::2] = -1
+    data = pm.MultimodalData(tiny_data.features, labels=labels, num_classes=3)
+    model, guide, batch = _prepared(data, num_classes=3, latent_dim=2, num_components=3)
+    model_trace, _ = _traces(model, guide, batch)
+    model_trace.compute_log_prob()
+    y = model_trace.nodes["y"]
+    assert torch.equal(y["log_prob"] == 0, ~batch.label_mask)
+
+
+def test_user_model_composes_with_ours(tiny_data):
+    """A user's own model calls ours and adds a site; ordinary Pyro SVI trains both."""
+    model, guide, batch = _prepared(tiny_data, num_classes=3, latent_dim=2,
+                                    num_components=3)
+
+    def user_model(batch):
+        z = model(batch)
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        pyro.factor("user_penalty", -(z.mean() - shift) ** 2)
+        return z
+
+    def user_guide(batch):
+        guide(batch)
+        loc = pyro.param("shift_loc", torch.tensor(0.5))
+        pyro.sample("shift", dist.Normal(loc, 0.1))
+
+    trace = poutine.trace(user_model).get_trace(batch)
+    assert {"shift", "user_penalty", "z", "y", "sticks"} <= set(trace.nodes)
+    svi = SVI(user_model, user_guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()
+              if k.startswith("classifier")}
+    losses = [svi.step(batch) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    after = {k: v for k, v in model.state_dict().items() if k.startswith("classifier")}
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert pyro.param("shift_loc").item() != 0.5
+
+
+def test_two_models_in_one_session_do_not_share_parameters(tiny_data):
+    """Pyro's global store would hand a second same-named module the first's weights."""
+    first, first_guide, batch = _prepared(tiny_data, num_classes=3, latent_dim=2,
+                                          num_components=3)
+    second, second_guide, _ = _prepared(tiny_data, num_classes=3, latent_dim=2,
+                                        num_components=3)
+    Trace_ELBO().differentiable_loss(first, first_guide, batch)
+    Trace_ELBO().differentiable_loss(second, second_guide, batch)
+    assert not torch.equal(first.classifier[0].weight, second.classifier[0].weight)
+    assert first_guide.global_guide.locs.sticks is not second_guide.global_guide.locs.sticks
+    names = set(pyro.get_param_store().keys())
+    assert any(n.startswith(first._pyro_name + ".") for n in names)
+    assert any(n.startswith(second._pyro_name + ".") for n in names)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_components": 1}, "num_components"),
+    ({"mixture": "shared"}, "mixture"),
+    ({"representation": "raw"}, "representation"),
+    ({"representation": "observed", "reconstruct": True}, "reconstruct"),
+    ({"fusion": "sum"}, "fusion"),
+    ({"alpha": -1.0}, "alpha"),
+    ({"num_classes": 1}, "num_classes"),
+    ({"prior_scale": 0.0}, "prior_scale"),
+])
+def test_bad_model_arguments_name_the_argument(tiny_data, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pm.MultimodalDPMixture(tiny_data.dims, **kwargs)
+
+
+def test_prepare_standardises_with_stored_training_statistics(tiny_data):
+    train, test = tiny_data.split(0.5, seed=0)
+    model = pm.MultimodalDPMixture(train.dims, representation="observed")
+    model.fit_standardization(train)
+    batch = model.prepare(train)
+    assert torch.allclose(batch.features["a"].mean(0), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(batch.features["a"].std(0, unbiased=False), torch.ones(4), atol=1e-4)
+    expected = (torch.tensor(test.features["a"]) - model.feature_loc_a) / model.feature_scale_a
+    assert torch.allclose(model.prepare(test).features["a"], expected)
+
+
+def test_model_to_moves_hyperparameters_as_buffers(tiny_data):
+    model = pm.MultimodalDPMixture(tiny_data.dims)
+    names = dict(model.named_buffers())
+    for key in ("alpha", "prior_loc_scale", "prior_log_scale", "feature_loc_a"):
+        assert key in names
