@@ -17,6 +17,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -282,6 +283,8 @@ class MultimodalData:
         """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
         ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`)."""
         path = str(path)
+        if not os.path.isfile(path):
+            raise DataValidationError(f"data file {path!r}: not found")
         if path.endswith(".nc"):
             import xarray as xr
 
@@ -411,9 +414,10 @@ class MultimodalData:
                    modalities: Sequence[str] | None = None) -> TensorBatch:
         """Tensors on ``device`` (features as stored: not standardised)."""
         names = list(modalities or self.modalities)
-        features = {k: torch.as_tensor(self._features[k], device=device) for k in names}
-        masks = torch.as_tensor(np.stack([self._masks[k] for k in names], axis=1),
-                                device=device)
+        # torch.tensor copies: a caller writing to the tensors cannot reach our arrays.
+        features = {k: torch.tensor(self._features[k], device=device) for k in names}
+        masks = torch.tensor(np.stack([self._masks[k] for k in names], axis=1),
+                             device=device)
         labels = label_mask = None
         if self._labels is not None:
             label_mask = torch.as_tensor(self._labels != MISSING_LABEL, device=device)

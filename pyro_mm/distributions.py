@@ -127,7 +127,8 @@ class MultimodalMixture(TorchDistribution):
         """``(B, M, K)``: ``log N(x_im; mu_mk, sigma_mk)``, zero where masked out."""
         out = self._unmasked(value)
         if self.mask is not None:
-            out = out * self.mask.unsqueeze(-1).to(out.dtype)
+            # where, not multiply: a masked-out value may be inf/NaN (0 * inf = NaN).
+            out = torch.where(self.mask.unsqueeze(-1), out, out.new_zeros(()))
         return out
 
     def modality_log_density(self, value: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ class MultimodalMixture(TorchDistribution):
             return torch.logsumexp(self.log_weights + lp.sum(-2), dim=-1)
         per = torch.logsumexp(self.log_weights + lp, dim=-1)
         if self.mask is not None:
-            per = per * self.mask.to(per.dtype)
+            per = torch.where(self.mask, per, per.new_zeros(()))
         return per.sum(-1)
 
     def responsibilities(self, value: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ never mutated, and survive the xarray / .npz / .nc round trips.
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 
 import pyro_mm
 from pyro_mm import DataValidationError
