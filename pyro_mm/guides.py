@@ -134,9 +134,23 @@ class MultimodalGuide(UniquelyNamedModule):
 
     @torch.no_grad()
     def initialize(self, model: MultimodalDPMixture, batch: TensorBatch,
-                   generator: torch.Generator, max_points: int = 20000) -> None:
+                   generator: torch.Generator | None = None, max_points: int = 20000
+                   ) -> None:
         """Data-dependent initial values (see the module docstring), then one pass of
-        the global guide so every parameter exists before an optimiser is created."""
+        the global guide so every parameter exists before an optimiser is created.
+
+        Call once before the guide is first run (:func:`pyro_mm.fit` does).
+
+        Args:
+            model: the model this guide belongs to.
+            batch: prepared training data (:meth:`MultimodalDPMixture.prepare`).
+            generator: randomness of the k-means++ seeding (default: seeded from
+                PyTorch's global generator).
+            max_points: seed from at most this many random examples.
+        """
+        if generator is None:
+            generator = torch.Generator(device=batch.device).manual_seed(
+                int(torch.randint(2**62, ())))
         n = batch.size
         if n > max_points:
             idx = torch.randperm(n, generator=generator, device=batch.device)[:max_points]
@@ -153,10 +167,19 @@ class MultimodalGuide(UniquelyNamedModule):
         if self.learn_alpha:
             values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
         self._init_values = values
-        with torch.enable_grad():
-            self.global_guide(batch)
+        self.materialize(batch)
         self._init_values = {}
         self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def materialize(self, batch: TensorBatch) -> None:
+        """Create every lazily built parameter (encoder heads sized on first use, the
+        autoguide's parameters) with one pass outside inference. Needed before
+        ``load_state_dict`` on a fresh guide; :meth:`initialize` calls it."""
+        if self.latent:
+            self.encode_present(batch)
+        with torch.enable_grad():
+            self.global_guide(batch)
 
     def representations(self, batch: TensorBatch) -> list[torch.Tensor]:
         """What the mixture sees for each modality: the features (observed) or the
@@ -209,6 +232,10 @@ class MultimodalGuide(UniquelyNamedModule):
                 kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Sample the global sites, then ``z`` for the minibatch (same arguments as
         the model). Returns the global values."""
+        if not bool(self.initialized):
+            raise RuntimeError(
+                "MultimodalGuide: call guide.initialize(model, batch) once before using "
+                "the guide (pyro_mm.fit does this for you)")
         globals_ = self.global_guide(batch, subsample, kl_weight)
         if self.latent:
             with pyro.plate("data", batch.size, subsample=subsample) as idx:

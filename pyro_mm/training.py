@@ -115,9 +115,7 @@ def _build(payload: Mapping[str, Any], encoders, device) -> tuple[MultimodalDPMi
     guide = MultimodalGuide(model, encoders=encoders, **guide_config)
     model.to(device)
     guide.to(device)
-    # Create every lazily built parameter (autoguide, lazy encoder heads) before loading.
-    with torch.no_grad():
-        guide(_dummy_batch(model))
+    guide.materialize(_dummy_batch(model))
     model.load_state_dict(payload["model_state"])
     guide.load_state_dict(payload["guide_state"])
     return model, guide
@@ -177,6 +175,12 @@ class _EarlyStopping:
     def load(self, state: Mapping[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
+
+
+def _is_non_finite_parameter_error(exc: ValueError) -> bool:
+    """Pyro validates distribution parameters, so a NaN inside the model surfaces as
+    torch's "found invalid values" ValueError rather than as a NaN loss."""
+    return "invalid values" in str(exc)
 
 
 def _finite_grads(params) -> bool:
@@ -374,7 +378,12 @@ def fit(
             for start in range(0, n, bsz):
                 idx = order[start : start + bsz]
                 kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-                loss = loss_fn(batch, idx, kl_weight)
+                try:
+                    loss = loss_fn(batch, idx, kl_weight)
+                except ValueError as exc:
+                    if not _is_non_finite_parameter_error(exc):
+                        raise
+                    loss = torch.tensor(math.nan)
                 records = model.pop_records()
                 if torch.isfinite(loss):
                     loss.backward()
