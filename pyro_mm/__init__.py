@@ -13,6 +13,7 @@ from . import datasets, factors
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .errors import CheckpointError, DataValidationError, TrainingDivergedError
+from .factors import modality_contributions
 from .guides import MultimodalGuide
 from .inference import evaluate, log_likelihood, predict
 from .models import MixtureParams, MultimodalDPMixture
@@ -37,6 +38,7 @@ __all__ = [
     "fit",
     "load",
     "log_likelihood",
+    "modality_contributions",
     "predict",
     "resolve_device",
 ]

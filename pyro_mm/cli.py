@@ -6,7 +6,8 @@ Examples::
     pyro-mm train --views fou pix --epochs 20 --out runs/two-views
     pyro-mm train --dataset synthetic --mixture independent
     pyro-mm train --data mine.npz --components 10   # arrays by modality, optional labels
-    pyro-mm evaluate runs/two-views --data test.nc
+    pyro-mm train --views fou mor --factor arm:weight=0.1 --factor pmrl
+    pyro-mm evaluate runs/two-views --data test.nc --contributions
 """
 
 from __future__ import annotations
@@ -34,6 +35,42 @@ def _load_dataset(args) -> MultimodalData:
                                        dims={"a": 16, "b": 8}, signal={"a": 3.0, "b": 1.5},
                                        seed=args.seed)
     return data.select(args.views) if args.views else data
+
+
+def parse_factor(spec: str):
+    """``"pmrl"`` or ``"arm:weight=0.1,smooth=0.5"`` -> a factor object."""
+    from .factors import FACTORS, make_factor
+
+    kind, _, rest = spec.partition(":")
+    if kind not in FACTORS:
+        raise ValueError(f"--factor {spec!r}: unknown kind {kind!r}; choose from "
+                         f"{sorted(FACTORS)}")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--factor {spec!r}: expected key=value, got {item!r}")
+        kwargs[key.strip()] = _parse_value(text.strip())
+    try:
+        return make_factor({"kind": kind, **kwargs})
+    except TypeError as exc:
+        raise ValueError(f"--factor {spec!r}: {exc}") from exc
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _format_metrics(metrics: dict) -> str:
@@ -65,6 +102,7 @@ def _train(args) -> int:
         num_components=args.components, mixture=args.mixture,
         representation=args.representation, fusion=args.fusion,
         alpha="learned" if args.alpha == "learned" else float(args.alpha),
+        factors=[parse_factor(spec) for spec in args.factor],
     )
     out = Path(args.out or f"runs/{data.metadata.get('name', 'data')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")
@@ -108,6 +146,12 @@ def _evaluate(args) -> int:
     metrics = evaluate(result, data)
     print(f"pyro-mm evaluate {args.run_dir} on {data!r}")
     print(_format_metrics(metrics))
+    if args.contributions:
+        from .factors.arm import modality_contributions
+
+        contributions = modality_contributions(result, data)
+        print(contributions)
+        metrics["contributions"] = contributions.to_dict()
     if args.json:
         print(json.dumps(metrics))
     return 0
@@ -134,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fusion", choices=["concat", "dp"], default="concat")
     train.add_argument("--alpha", default="1.0", help="DP concentration or 'learned'")
     train.add_argument("--unsupervised", action="store_true", help="ignore labels")
+    train.add_argument("--factor", action="append", default=[], metavar="KIND[:K=V,...]",
+                       help="auxiliary factor, repeatable: pmrl, arm, "
+                            "e.g. --factor arm:weight=0.1 --factor pmrl")
     train.add_argument("--test-fraction", type=float, default=0.2)
     train.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -147,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help=".npz or .nc file with the same modalities "
                                    "(default: the run's own held-out split)")
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--contributions", action="store_true",
+                    help="per-modality contributions phi_m (nats), as ARM measures them")
     ev.add_argument("--json", action="store_true", help="also print metrics as JSON")
     ev.set_defaults(func=_evaluate)
     return parser

@@ -191,6 +191,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
             self.register_buffer(f"feature_scale_{m}", torch.ones(d))
         # ARM's dynamic fusion writes here; 1 = neutral.
         self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
+        # Training label frequencies (for H(y)), fitted with the standardisation.
+        self.register_buffer("class_frequencies", torch.zeros(self.num_classes or 0))
 
         self.fusion = make_fusion(fusion)
         self.decoders = nn.ModuleDict(
@@ -203,6 +205,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
                      if representation == "latent" else sum(self.dims.values()))
             self.classifier = mlp(width, self.hidden, self.num_classes)
         self.factors = nn.ModuleList(factors)
+        for factor in self.factors:
+            factor.check_model(self)
         self._records: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ configuration
@@ -257,7 +261,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
             )
 
     def fit_standardization(self, data: MultimodalData) -> None:
-        """Fit per-feature mean and standard deviation on (training) ``data``.
+        """Fit per-feature mean and standard deviation on (training) ``data``, and the
+        class frequencies of its labels.
 
         Only observed rows count; a constant feature keeps scale 1.
         """
@@ -270,6 +275,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
             scale[~(scale > 1e-8 * np.maximum(1.0, np.abs(loc)))] = 1.0
             getattr(self, f"feature_loc_{m}").copy_(torch.as_tensor(loc))
             getattr(self, f"feature_scale_{m}").copy_(torch.as_tensor(scale))
+        if self.num_classes is not None and data.has_labels:
+            labels = data.labels
+            counts = np.bincount(labels[labels >= 0], minlength=self.num_classes)
+            self.class_frequencies.copy_(torch.as_tensor(counts / counts.sum()))
         self.standardized.fill_(True)
 
     def prepare(self, data: MultimodalData) -> TensorBatch:
@@ -334,6 +343,26 @@ class MultimodalDPMixture(UniquelyNamedModule):
             raise ValueError("this model has no classifier (num_classes=None)")
         inputs = self.fuse(z, params, mask) if self.representation == "latent" else z
         return self.classifier(inputs)
+
+    def label_log_prob(self, z: torch.Tensor, params: MixtureParams, labels: torch.Tensor,
+                       mask: torch.Tensor | None = None, drop: int | None = None
+                       ) -> torch.Tensor:
+        """``(B,)``: ``log p(y_i | z_i)`` under the classifier.
+
+        Args:
+            z: ``(B, M, D)`` representations.
+            params: global parameters (the fusion and the replacement use them).
+            labels: ``(B,)`` class indices.
+            mask: ``(B, M)`` observation mask (for the ``dp`` gate).
+            drop: a modality index to remove: its representation is replaced by the
+                mixture's expected value ``sum_k pi_k mu_mk`` (not by zeros, which
+                would be an arbitrary point of the latent space).
+        """
+        if drop is not None:
+            z = z.clone()
+            z[:, drop] = params.mean_representation()[drop]
+        logits = self.class_logits(z, params, mask)
+        return torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
 
     def record(self, name: str, value: torch.Tensor) -> None:
         """Keep a detached scalar for the training history (read by the trainer)."""

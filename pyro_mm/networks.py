@@ -16,14 +16,17 @@ from torch.nn.functional import softplus
 MIN_SCALE = 1e-3
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
-    """``Linear -> ReLU`` for each hidden size, then a final ``Linear``."""
+def mlp(in_features: int, hidden: Sequence[int], out_features: int | None
+        ) -> nn.Sequential:
+    """``Linear -> ReLU`` for each hidden size, then a final ``Linear`` to
+    ``out_features`` (none when ``out_features`` is ``None``)."""
     layers: list[nn.Module] = []
     size = in_features
     for width in hidden:
         layers += [nn.Linear(size, width), nn.ReLU()]
         size = width
-    layers.append(nn.Linear(size, out_features))
+    if out_features is not None:
+        layers.append(nn.Linear(size, out_features))
     return nn.Sequential(*layers)
 
 
@@ -51,12 +54,7 @@ class GaussianEncoder(nn.Module):
 
 def default_encoder(in_features: int, latent_dim: int, hidden: Sequence[int]) -> GaussianEncoder:
     """An MLP backbone ``d -> hidden`` with ReLU, then the Gaussian head."""
-    layers: list[nn.Module] = []
-    size = in_features
-    for width in hidden:
-        layers += [nn.Linear(size, width), nn.ReLU()]
-        size = width
-    return GaussianEncoder(nn.Sequential(*layers), latent_dim)
+    return GaussianEncoder(mlp(in_features, hidden, None), latent_dim)
 
 
 class GaussianDecoder(nn.Module):

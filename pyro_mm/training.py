@@ -177,6 +177,19 @@ class _EarlyStopping:
         self.bad_epochs, self.best_state = state["bad_epochs"], state["best_state"]
 
 
+def _sampling_weights(model, guide, batch) -> torch.Tensor | None:
+    """The product of the factors' per-example sampling weights, or ``None``."""
+    weights = None
+    was_training = model.training
+    model.eval()
+    for factor in model.factors:
+        w = factor.sampling_weights(model, guide, batch)
+        if w is not None:
+            weights = w if weights is None else weights * w
+    model.train(was_training)
+    return None if weights is None else weights / weights.sum()
+
+
 def _is_non_finite_parameter_error(exc: ValueError) -> bool:
     """Pyro validates distribution parameters, so a NaN inside the model surfaces as
     torch's "found invalid values" ValueError rather than as a NaN loss."""
@@ -192,7 +205,10 @@ def local_elbo(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tensor
                subsample: torch.Tensor | None = None) -> torch.Tensor:
     """``(B,)`` single-sample ELBO terms of each example: the log-likelihood of its
     observations plus ``log p(z_i) - log q(z_i)``; the global KL is left out, so the
-    value does not depend on the size of ``batch``. Factors are included."""
+    value does not depend on the size of ``batch``. Factors are included. The model runs
+    in evaluation mode (no training-time state changes)."""
+    was_training = model.training
+    model.eval()
     guide_trace = poutine.trace(guide).get_trace(batch, subsample)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
         batch, subsample)
@@ -209,6 +225,7 @@ def local_elbo(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tensor
             if site["mask"] is not None:
                 log_prob = log_prob * site["mask"]
             total = total + sign * log_prob
+    model.train(was_training)
     return total
 
 
@@ -337,6 +354,7 @@ def fit(
     loss_fn = elbo_cls(num_particles=num_particles)(model, guide)
     n = batch.size
     bsz = min(batch_size, n)
+    model.eval()  # the warm-up pass must not move any training-time state
     with torch.no_grad():  # warm-up: every lazy parameter now exists
         loss_fn(batch, torch.arange(bsz, device=device))
     model.pop_records()
@@ -373,8 +391,15 @@ def fit(
     try:
         for epoch in range(start_epoch, num_epochs):
             started = time.perf_counter()
-            order = torch.randperm(n, generator=generator).to(device)
+            weights = _sampling_weights(model, guide, batch) if epoch > 0 else None
+            if weights is None:
+                order = torch.randperm(n, generator=generator)
+            else:  # a factor re-weights the examples (e.g. ARM's re-sampling)
+                order = torch.multinomial(weights.cpu(), n, replacement=True,
+                                          generator=generator)
+            order = order.to(device)
             losses = []
+            model.train()
             for start in range(0, n, bsz):
                 idx = order[start : start + bsz]
                 kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
@@ -409,8 +434,10 @@ def fit(
                 losses.append(value)
                 history.steps.append({"step": step, "epoch": epoch, "loss": value, **records})
                 step += 1
+            model.eval()
             row = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1),
-                   "seconds": time.perf_counter() - started}
+                   "seconds": time.perf_counter() - started,
+                   "resampled": float(weights is not None)}
             if val_batch is not None:
                 row.update(validation_metrics(model, guide, val_batch, generator))
             history.epochs.append(row)

@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .arm import ARM, Contributions, modality_contributions
 from .base import AuxiliaryFactor, FactorContext
+from .pmrl import PMRL, PMRLComponents
 
 #: Factor kind (as used on the command line) -> class.
-FACTORS: dict[str, type[AuxiliaryFactor]] = {}
+FACTORS: dict[str, type[AuxiliaryFactor]] = {"pmrl": PMRL, "arm": ARM}
 
 
 def factor_config(factor: AuxiliaryFactor) -> dict[str, Any]:
@@ -34,4 +36,5 @@ def make_factor(spec: Mapping[str, Any]) -> AuxiliaryFactor:
     return FACTORS[kind](**spec)
 
 
-__all__ = ["AuxiliaryFactor", "FactorContext", "FACTORS", "factor_config", "make_factor"]
+__all__ = ["ARM", "AuxiliaryFactor", "Contributions", "FactorContext", "FACTORS", "PMRL",
+           "PMRLComponents", "factor_config", "make_factor", "modality_contributions"]

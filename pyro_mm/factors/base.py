@@ -65,6 +65,16 @@ class AuxiliaryFactor(nn.Module):
         self.weight = float(weight)
         self.name = name or self.site_name
 
+    def check_model(self, model: "MultimodalDPMixture") -> None:
+        """Raise ``ValueError`` if this factor cannot work with ``model`` (called by the
+        model's constructor)."""
+
+    def sampling_weights(self, model: "MultimodalDPMixture", guide, batch: "TensorBatch"
+                         ) -> torch.Tensor | None:
+        """Optional ``(N,)`` non-negative weights: how often the trainer should draw
+        each training example next epoch (``None``: uniformly)."""
+        return None
+
     def model_loss(self, context: FactorContext) -> torch.Tensor:
         """Loss for this minibatch: ``(B,)`` per example or a scalar for the batch."""
         raise NotImplementedError

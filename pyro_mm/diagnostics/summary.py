@@ -1,0 +1,2 @@
+class DiagnosticsSummary: pass
+def summary(*a, **k): raise NotImplementedError
