@@ -45,6 +45,26 @@ def test_a_useless_modality_contributes_nothing_and_the_informative_one_most(
     assert "noise" in str(contributions) and "phi_MI" in str(contributions)
 
 
+def test_arm_raises_the_weak_modality_contribution():
+    """Imbalanced data: ``strong`` and a weak but informative ``weak`` modality."""
+    data = pm.datasets.make_synthetic(num_examples=900, num_clusters=4,
+                                      dims={"strong": 8, "weak": 8},
+                                      signal={"strong": 1.2, "weak": 0.8}, seed=0)
+    train, test = data.split(0.3, seed=0)
+    runs = {}
+    for name, factors in (("base", []), ("arm", [ARM(weight=0.5)])):
+        pyro.set_rng_seed(0)
+        model = pm.MultimodalDPMixture(train.dims, num_classes=4, latent_dim=8,
+                                       num_components=10, factors=factors)
+        result = pm.fit(model, train, num_epochs=20, batch_size=64, seed=0, progress=False,
+                        val_data=test)
+        runs[name] = (modality_contributions(result, test), result.metrics["accuracy"])
+    (base, base_acc), (arm, arm_acc) = runs["base"], runs["arm"]
+    assert arm["weak"] > base["weak"] + 0.03
+    assert arm["strong"] - arm["weak"] < base["strong"] - base["weak"]
+    assert arm_acc >= base_acc - 0.03
+
+
 def test_joint_contribution_never_exceeds_the_label_entropy(strong_weak_noise):
     train, test = strong_weak_noise
     result = _fit(train, epochs=1)

@@ -229,3 +229,30 @@ def test_training_on_the_gpu_matches_the_api(tiny_data):
     assert result.model.device.type == "cuda"
     assert next(result.guide.parameters()).device.type == "cuda"
     assert pm.predict(result, tiny_data)["probs"].shape == (120, 3)
+
+
+def test_kl_warm_up_scales_the_representation_terms(tiny_data):
+    from pyro import poutine
+
+    model = pm.MultimodalDPMixture(tiny_data.dims, latent_dim=2, num_components=3)
+    result = _fit(model, tiny_data, num_epochs=2, kl_warmup_epochs=2, batch_size=60)
+    assert len(result.history.steps) == 4
+    batch = model.prepare(tiny_data)
+    guide_trace = poutine.trace(result.guide).get_trace(batch, None, 0.25)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        batch, None, 0.25)
+    assert model_trace.nodes["z"]["scale"] == pytest.approx(0.25)
+    assert guide_trace.nodes["z"]["scale"] == pytest.approx(0.25)
+    assert model_trace.nodes["x_a"]["scale"] == 1.0
+
+
+@pytest.mark.parametrize("options", [{"elbo": "meanfield"}, {"num_particles": 2},
+                                     {"guide": "map"}])
+def test_other_inference_options_train(tiny_data, options):
+    model = pm.MultimodalDPMixture(tiny_data.dims, num_classes=3, latent_dim=2,
+                                   num_components=3)
+    if options.pop("guide", None) == "map":
+        options["guide"] = pm.MultimodalGuide(model, global_guide="map")
+    result = _fit(model, tiny_data, num_epochs=2, **options)
+    assert all(math.isfinite(r["loss"]) for r in result.history.steps)
+    assert "accuracy" in pm.evaluate(result, tiny_data)

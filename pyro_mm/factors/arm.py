@@ -72,7 +72,11 @@ class ARM(AuxiliaryFactor):
     """Asymmetric reinforcement against modality bias (see the module docstring).
 
     Args:
-        weight: multiplies the balanced min-max loss.
+        weight: multiplies the balanced min-max loss. The default is 0.1, not 1: the
+            loss enters as ``N * L_bal``, as large as the whole label log-likelihood, and
+            at weight 1 it bought balance by degrading the dominant modality (fused
+            accuracy fell by about 4 points on imbalanced synthetic data, against
+            about 0.4 at 0.1; see the benchmarks).
         temperature: ``T`` of the fusion weights ``softmax_m(-phi_m / T)``.
         fusion_momentum: EMA momentum of the fusion weights (0: no smoothing; 1: frozen).
         resample: re-weight how often the trainer draws each example (changes the
@@ -88,7 +92,7 @@ class ARM(AuxiliaryFactor):
 
     site_name = "arm"
 
-    def __init__(self, weight: float = 1.0, temperature: float = 1.0,
+    def __init__(self, weight: float = 0.1, temperature: float = 1.0,
                  fusion_momentum: float = 0.9, resample: bool = False,
                  resample_strength: float = 1.0, smooth: float | None = None,
                  name: str | None = None):
