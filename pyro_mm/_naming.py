@@ -11,9 +11,11 @@ them unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 from pyro.nn import PyroModule
+from torch import nn
 
 _COUNTER = itertools.count()
 
@@ -24,3 +26,17 @@ class UniquelyNamedModule(PyroModule):
 
     def __init__(self, prefix: str):
         super().__init__(name=f"{prefix}{next(_COUNTER)}")
+
+
+@contextlib.contextmanager
+def evaluation_mode(*modules: nn.Module):
+    """Put ``modules`` in eval mode (dropout off, batch-norm statistics frozen, no
+    training-time state updates such as ARM's fusion weights), then restore each."""
+    previous = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, previous):
+            m.train(mode)

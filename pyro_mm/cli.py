@@ -90,6 +90,8 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def _train(args) -> int:
+    import pyro
+
     from .models import MultimodalDPMixture
     from .training import fit
 
@@ -97,6 +99,7 @@ def _train(args) -> int:
     train, test = data.split(test_fraction=args.test_fraction, seed=args.seed,
                              stratify=data.labels is not None)
     num_classes = data.num_classes if (data.has_labels and not args.unsupervised) else None
+    pyro.set_rng_seed(args.seed)  # network weights are drawn when the model is built
     model = MultimodalDPMixture(
         train.dims, num_classes=num_classes, latent_dim=args.latent_dim,
         num_components=args.components, mixture=args.mixture,
@@ -123,7 +126,7 @@ def _train(args) -> int:
                                     "views": args.views, "seed": args.seed,
                                     "test_fraction": args.test_fraction})
     print(f"Run folder: {out.resolve()}  (config.json, metrics.json, history.json, "
-          "checkpoint.pt)")
+          "checkpoint.pt, data.json)")
     return 0
 
 
@@ -136,7 +139,12 @@ def _evaluate(args) -> int:
         data = MultimodalData.load(args.data)
     else:
         # The held-out split the run was trained beside, rebuilt from data.json.
-        spec = read_json(Path(args.run_dir) / "data.json")
+        spec_path = Path(args.run_dir) / "data.json"
+        if not spec_path.is_file():
+            raise CheckpointError(
+                f"{spec_path}: not found (the run was not trained by `pyro-mm train`); "
+                "pass the evaluation data with --data FILE")
+        spec = read_json(spec_path)
         data = _load_dataset(argparse.Namespace(**spec))
         _, data = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
                              stratify=data.labels is not None)

@@ -15,6 +15,7 @@ import numpy as np
 import pyro.distributions as dist
 import torch
 
+from ._naming import evaluation_mode
 from .data import MultimodalData, TensorBatch
 from .guides import MultimodalGuide
 from .metrics import adjusted_rand_index, effective_components
@@ -49,6 +50,11 @@ def _chunks(batch: TensorBatch, size: int):
 def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
                   chunk_size: int = 4096) -> dict[str, torch.Tensor]:
     """:func:`predict` on an already prepared batch; returns tensors."""
+    with evaluation_mode(model, guide):
+        return _predict_batch(model, guide, batch, chunk_size)
+
+
+def _predict_batch(model, guide, batch, chunk_size):
     params = point_params(model, guide)
     globals_ = guide.point_estimate()
     out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
@@ -90,11 +96,17 @@ def log_likelihood(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Te
 
     * ``representation="observed"``: ``log p(x_i)`` of the original features (the
       standardisation Jacobian is included), assignments summed out exactly.
-    * latent, with a classifier and labels: ``log p(y_i | x_i)``.
+    * latent, with a classifier and labels: ``log p(y_i | x_i)``; ``nan`` for an
+      unlabelled example (there is nothing to score).
     * latent, otherwise: ``log p(x_i)`` of the original features, estimated by
       importance sampling with ``num_samples`` draws from ``q(z | x)`` (a stochastic
       lower bound in expectation).
     """
+    with evaluation_mode(model, guide):
+        return _log_likelihood(model, guide, batch, num_samples, chunk_size)
+
+
+def _log_likelihood(model, guide, batch, num_samples, chunk_size):
     params = point_params(model, guide)
     globals_ = guide.point_estimate()
     out = []
@@ -107,7 +119,8 @@ def log_likelihood(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Te
         elif model.classifier is not None and part.labels is not None:
             loc, _ = guide.encode(part, globals_)
             logits = model.class_logits(loc, params, part.masks)
-            out.append(torch.log_softmax(logits, -1).gather(-1, part.labels[:, None])[:, 0])
+            scores = torch.log_softmax(logits, -1).gather(-1, part.labels[:, None])[:, 0]
+            out.append(scores.masked_fill(~part.label_mask, math.nan))
         else:
             if not model.reconstruct:
                 raise ValueError("log_likelihood: a latent model without decoder or "
@@ -130,7 +143,8 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
 
     Returns:
         ``accuracy`` (labelled examples, models with a classifier), ``log_likelihood``
-        (mean per example, nats; see :func:`log_likelihood`), ``ari`` (adjusted Rand
+        (mean per example, nats; over labelled examples when it is the label
+        log-likelihood; see :func:`log_likelihood`), ``ari`` (adjusted Rand
         index of the most responsible component against the labels),
         ``effective_components`` (perplexity of the fitted weights) and
         ``num_examples``.
@@ -145,7 +159,8 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
         if "probs" in pred and labelled is not None and bool(labelled.any()):
             hit = (pred["probs"].argmax(-1) == batch.labels)[labelled]
             metrics["accuracy"] = float(hit.float().mean())
-        metrics["log_likelihood"] = float(log_likelihood(model, guide, batch).mean())
+        # Unlabelled examples have no label log-likelihood (nan): average the rest.
+        metrics["log_likelihood"] = float(log_likelihood(model, guide, batch).nanmean())
         if raw_labels is not None and (raw_labels >= 0).any():
             resp = pred["responsibilities"]
             if resp.dim() == 3:  # independent: average the modalities' assignments

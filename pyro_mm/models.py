@@ -284,6 +284,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
     def prepare(self, data: MultimodalData) -> TensorBatch:
         """Validate ``data`` against the model, standardise it and move it to the
         model's device. Missing entries stay exactly zero."""
+        if not bool(self.standardized):
+            raise ValueError(
+                "prepare: the model has no standardisation statistics yet; call "
+                "model.fit_standardization(train_data) first (pyro_mm.fit does)")
         self.check_data(data)
         raw = data.to_tensors(self.device, modalities=self.modalities)
         features = {}

@@ -32,6 +32,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
 from . import checkpoint as ckpt
+from ._naming import evaluation_mode
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .errors import CheckpointError, TrainingDivergedError
@@ -48,7 +49,8 @@ class History:
             example, nats) and every value the model's factors logged.
         epochs: one dict per epoch: ``epoch``, ``loss`` (mean over the epoch),
             ``val_loss`` and ``val_accuracy`` when validation data was given,
-            ``seconds``.
+            ``seconds``, and ``resampled`` (1.0 when a factor re-weighted how the
+            epoch's examples were drawn).
     """
 
     steps: list[dict[str, float]] = dataclasses.field(default_factory=list)
@@ -115,15 +117,19 @@ def _build(payload: Mapping[str, Any], encoders, device) -> tuple[MultimodalDPMi
     guide = MultimodalGuide(model, encoders=encoders, **guide_config)
     model.to(device)
     guide.to(device)
-    guide.materialize(_dummy_batch(model))
+    with evaluation_mode(model, guide):
+        guide.materialize(_dummy_batch(model))
     model.load_state_dict(payload["model_state"])
     guide.load_state_dict(payload["guide_state"])
     return model, guide
 
 
 def _dummy_batch(model: MultimodalDPMixture) -> TensorBatch:
-    features = {m: torch.zeros(1, d, device=model.device) for m, d in model.dims.items()}
-    masks = torch.ones(1, len(model.modalities), dtype=torch.bool, device=model.device)
+    """Two standard-normal examples: enough for batch statistics to be defined."""
+    gen = torch.Generator().manual_seed(0)
+    features = {m: torch.randn(2, d, generator=gen).to(model.device)
+                for m, d in model.dims.items()}
+    masks = torch.ones(2, len(model.modalities), dtype=torch.bool, device=model.device)
     return TensorBatch(features, masks)
 
 
@@ -180,13 +186,11 @@ class _EarlyStopping:
 def _sampling_weights(model, guide, batch) -> torch.Tensor | None:
     """The product of the factors' per-example sampling weights, or ``None``."""
     weights = None
-    was_training = model.training
-    model.eval()
-    for factor in model.factors:
-        w = factor.sampling_weights(model, guide, batch)
-        if w is not None:
-            weights = w if weights is None else weights * w
-    model.train(was_training)
+    with evaluation_mode(model, guide):
+        for factor in model.factors:
+            w = factor.sampling_weights(model, guide, batch)
+            if w is not None:
+                weights = w if weights is None else weights * w
     return None if weights is None else weights / weights.sum()
 
 
@@ -207,11 +211,10 @@ def local_elbo(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tensor
     observations plus ``log p(z_i) - log q(z_i)``; the global KL is left out, so the
     value does not depend on the size of ``batch``. Factors are included. The model runs
     in evaluation mode (no training-time state changes)."""
-    was_training = model.training
-    model.eval()
-    guide_trace = poutine.trace(guide).get_trace(batch, subsample)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        batch, subsample)
+    with evaluation_mode(model, guide):
+        guide_trace = poutine.trace(guide).get_trace(batch, subsample)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            batch, subsample)
     model.pop_records()
     total = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
@@ -225,7 +228,6 @@ def local_elbo(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tensor
             if site["mask"] is not None:
                 log_prob = log_prob * site["mask"]
             total = total + sign * log_prob
-    model.train(was_training)
     return total
 
 
@@ -286,6 +288,8 @@ def fit(
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
         val_data: evaluated after every epoch (``val_loss``, ``val_accuracy``).
         seed: seeds Python, NumPy, PyTorch and the minibatch order (``None``: no seeding).
+            Network weights are drawn when the model is built: call
+            ``pyro.set_rng_seed`` before building it for a fully repeatable run.
         early_stopping: patience in epochs on ``val_loss`` (train loss without
             ``val_data``); the best epoch's parameters are restored at the end.
         kl_warmup_epochs: the representation KL weight rises linearly from 0 to 1.
@@ -312,6 +316,8 @@ def fit(
         raise ValueError(f"learning_rate: must be positive, got {learning_rate!r}")
     if elbo not in ("trace", "meanfield"):
         raise ValueError(f"elbo: expected 'trace' or 'meanfield', got {elbo!r}")
+    if run_dir is not None:
+        model.config()  # fails now, not after the first epoch, if it cannot be saved
     device = resolve_device(device)
     config = dict(num_epochs=num_epochs, batch_size=batch_size, learning_rate=learning_rate,
                   clip_norm=clip_norm, lr_decay=lr_decay, device=str(device), seed=seed,
@@ -321,17 +327,24 @@ def fit(
 
     resume_state: dict[str, Any] = {}
     if resume_from is not None:
-        previous = resume_from if isinstance(resume_from, FitResult) else load(
-            resume_from, device=device)
-        model.load_state_dict(previous.model.state_dict())
-        if guide is None:
-            guide = MultimodalGuide(model, **{k: v for k, v in previous.guide.config().items()
-                                              if k != "custom_encoders"})
-        resume_state = dict(previous.state)
-        resume_state["history"] = previous.history
-        resume_state["guide_state"] = previous.guide.state_dict()
+        if isinstance(resume_from, FitResult):
+            resume_state = {**resume_from.state, "history": resume_from.history,
+                            "model_state": resume_from.model.state_dict(),
+                            "guide_state": resume_from.guide.state_dict(),
+                            "guide_config": resume_from.guide.config()}
+        else:
+            payload = ckpt.load_checkpoint(resume_from, map_location=device)
+            resume_state = {**payload, "history": History.from_dict(payload["history"])}
         if "optimizer_state" not in resume_state:
             raise CheckpointError("resume_from: the run has no optimiser state to resume")
+        model.load_state_dict(resume_state["model_state"])
+        if guide is None:
+            guide_config = dict(resume_state["guide_config"])
+            if guide_config.pop("custom_encoders", []):
+                raise CheckpointError(
+                    "resume_from: the run used custom encoders; pass guide="
+                    "MultimodalGuide(model, encoders=...) built like the original")
+            guide = MultimodalGuide(model, **guide_config)
 
     if seed is not None:
         pyro.set_rng_seed(seed)
@@ -354,8 +367,8 @@ def fit(
     loss_fn = elbo_cls(num_particles=num_particles)(model, guide)
     n = batch.size
     bsz = min(batch_size, n)
-    model.eval()  # the warm-up pass must not move any training-time state
-    with torch.no_grad():  # warm-up: every lazy parameter now exists
+    # Warm-up: every lazy parameter now exists; eval mode, so no training-time state moves.
+    with torch.no_grad(), evaluation_mode(model, guide):
         loss_fn(batch, torch.arange(bsz, device=device))
     model.pop_records()
     params = list(loss_fn.parameters())
@@ -400,6 +413,7 @@ def fit(
             order = order.to(device)
             losses = []
             model.train()
+            guide.train()
             for start in range(0, n, bsz):
                 idx = order[start : start + bsz]
                 kl_weight = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
@@ -435,6 +449,7 @@ def fit(
                 history.steps.append({"step": step, "epoch": epoch, "loss": value, **records})
                 step += 1
             model.eval()
+            guide.eval()
             row = {"epoch": epoch, "loss": sum(losses) / max(len(losses), 1),
                    "seconds": time.perf_counter() - started,
                    "resampled": float(weights is not None)}

@@ -256,3 +256,42 @@ def test_other_inference_options_train(tiny_data, options):
     result = _fit(model, tiny_data, num_epochs=2, **options)
     assert all(math.isfinite(r["loss"]) for r in result.history.steps)
     assert "accuracy" in pm.evaluate(result, tiny_data)
+
+
+def test_label_log_likelihood_ignores_unlabelled_examples(tiny_data):
+    model = pm.MultimodalDPMixture(tiny_data.dims, num_classes=3, latent_dim=2,
+                                   num_components=3)
+    result = _fit(model, tiny_data, num_epochs=3)
+    labels = tiny_data.labels.copy()
+    hidden = labels != 0
+    labels[hidden] = -1
+    partial = pm.MultimodalData(tiny_data.features, labels=labels, num_classes=3)
+    per_example = pm.log_likelihood(model, result.guide, model.prepare(tiny_data))
+    expected = float(per_example[torch.as_tensor(~hidden)].mean())
+    assert pm.evaluate(result, partial)["log_likelihood"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_prepare_refuses_unstandardised_models(tiny_data):
+    model = pm.MultimodalDPMixture(tiny_data.dims)
+    with pytest.raises(ValueError, match="fit_standardization"):
+        model.prepare(tiny_data)
+
+
+def test_resume_from_a_folder_with_a_given_guide(tmp_path, tiny_data):
+    model = pm.MultimodalDPMixture(tiny_data.dims, num_classes=3, latent_dim=2,
+                                   num_components=3)
+    _fit(model, tiny_data, num_epochs=1, run_dir=tmp_path / "run")
+    fresh = pm.MultimodalDPMixture(tiny_data.dims, num_classes=3, latent_dim=2,
+                                   num_components=3)
+    guide = pm.MultimodalGuide(fresh)
+    resumed = _fit(fresh, tiny_data, num_epochs=2, guide=guide, resume_from=tmp_path / "run")
+    assert resumed.guide is guide
+    assert [row["epoch"] for row in resumed.history.epochs] == [0, 1]
+
+
+def test_an_unsaveable_factor_fails_before_training(tmp_path, tiny_data):
+    model = pm.MultimodalDPMixture(tiny_data.dims, latent_dim=2, num_components=3,
+                                   factors=[_Poison()])
+    with pytest.raises(ValueError, match="not a registered factor"):
+        pm.fit(model, tiny_data, num_epochs=50, run_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

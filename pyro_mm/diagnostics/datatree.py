@@ -138,6 +138,17 @@ def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, to
     return getattr(model, f"feature_loc_{m}"), getattr(model, f"feature_scale_{m}")
 
 
+def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ``log p(y_i | logits_i)`` in float64, as ``-log1p(sum_{j != y}
+    exp(l_j - l_y))``: exact even when the classifier is nearly certain (a float32
+    ``log_softmax`` rounds those to exactly 0, and PSIS cannot fit a tail of equal
+    values)."""
+    logits = logits.double()
+    diff = logits - logits.gather(-1, labels[:, None])
+    own = torch.zeros_like(diff, dtype=torch.bool).scatter_(-1, labels[:, None], True)
+    return -torch.log1p(diff.masked_fill(own, -math.inf).exp().sum(-1))
+
+
 @dataclasses.dataclass
 class _Plan:
     """What the sampling loop computes, decided once from the model and the data."""
@@ -234,7 +245,7 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
         "alpha": np.empty(S, np.float32),
         "lp": np.zeros(S, np.float64),
         "log_q": np.zeros(S, np.float64),
-        "ll": {v: np.empty((S, int(mask.sum())), np.float32)
+        "ll": {v: np.empty((S, int(mask.sum())), np.float64)
                for v, mask in plan.ll_vars.items()},
     }
     ll_index = {v: np.cumsum(mask) - 1 for v, mask in plan.ll_vars.items()}
@@ -251,6 +262,10 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
             out["class_probs"] = np.zeros((n, model.num_classes), np.float64)
 
     jac = {m: -_feature_stats(model, m)[1].log().sum() for m in mods}
+
+    def store(var: str, rows: np.ndarray, value: torch.Tensor) -> None:
+        keep = plan.ll_vars[var][rows]
+        out["ll"][var][s, ll_index[var][rows[keep]]] = value.cpu().numpy()[keep]
     x_loc = torch.cat([_feature_stats(model, m)[0] for m in mods])
     x_scale = torch.cat([_feature_stats(model, m)[1] for m in mods])
 
@@ -298,18 +313,17 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
                     if not local:
                         continue
                     var = name
-                    if var in plan.ll_vars:
-                        keep = plan.ll_vars[var][rows]
-                        value = log_prob
+                    if var in plan.ll_vars and var != "y":
+                        value = log_prob.double()
                         if var == "x":
                             value = value + model.feature_log_jacobian(
-                                batch.masks[idx])
-                        elif var.startswith("x_"):
-                            value = value + jac[var[2:]]
-                        out["ll"][var][s, ll_index[var][rows[keep]]] = (
-                            value.cpu().numpy()[keep])
+                                batch.masks[idx]).double()
+                        else:
+                            value = value + jac[var[2:]].double()
+                        store(var, rows, value)
                 first = False
-                if not (per_example or plan.pp_labels or plan.pp_features):
+                if not (per_example or plan.pp_labels or plan.pp_features
+                        or "y" in plan.ll_vars):
                     continue
                 part = batch.index(idx)
                 if plan.latent:
@@ -322,6 +336,8 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
                 logits = None
                 if model.classifier is not None:
                     logits = model.class_logits(inputs, params, part.masks)
+                if "y" in plan.ll_vars:
+                    store("y", rows, label_log_prob(logits, part.labels))
                 if per_example:
                     out["responsibilities"][rows] += mixture.responsibilities(
                         inputs).double().cpu().numpy()

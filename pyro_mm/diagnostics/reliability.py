@@ -48,6 +48,10 @@ def _is_tree(obj) -> bool:
     return isinstance(obj, xr.DataTree)
 
 
+#: Fewest draws for which a Pareto tail is fitted (PSIS needs 5 tail draws, S / 5).
+MIN_DRAWS = 25
+
+
 def good_k_threshold(num_samples: int) -> float:
     """ArviZ's sample-size dependent threshold ``min(1 - 1/log10(S), 0.7)``."""
     if num_samples <= 10:
@@ -59,6 +63,9 @@ def pareto_k_verdict(k: float, num_samples: int) -> tuple[str, str]:
     """``(label, sentence)`` for a Pareto-k value: ``"good"``, ``"bad"``, ``"very
     bad"`` (ArviZ's thresholds) or ``"undefined"``."""
     good = good_k_threshold(num_samples)
+    if num_samples < MIN_DRAWS:
+        return ("undefined", f"no Pareto k: {num_samples} draws are too few for a tail fit "
+                f"(need at least {MIN_DRAWS}; a few hundred are better)")
     if not np.isfinite(k):
         return ("undefined", "no Pareto k: the draws do not vary (a MAP/point guide, or "
                 "too few draws), so there is no posterior spread to check")
@@ -166,9 +173,8 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
     if not np.all(np.isfinite(log_ratios)):
         raise ValueError("pareto_k: non-finite log importance ratios (a draw with zero "
                          "density under the model)")
-    if S < 2 or np.ptp(log_ratios) == 0.0:
-        k, ess = math.nan, float(S)
-    else:
+    k, ess = math.nan, float(S)
+    if S >= MIN_DRAWS and np.ptp(log_ratios) > 0.0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             log_weights, k = psis(log_ratios)
@@ -197,12 +203,23 @@ def loo(tree: "xr.DataTree", var_names=None, pointwise: bool = True,
     if "log_likelihood" not in tree:
         return {}
     names = list(tree["log_likelihood"].data_vars) if var_names is None else list(var_names)
+    sizes = tree["log_likelihood"].sizes
+    if sizes.get("chain", 1) * sizes.get("draw", 1) < MIN_DRAWS:
+        warnings.warn(f"loo: fewer than {MIN_DRAWS} draws, PSIS-LOO skipped", stacklevel=2)
+        return {}
     out = {}
     for name in names:
+        failure = None
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore")
-            out[name] = arviz.loo(tree, var_name=name, pointwise=pointwise)
+            try:
+                out[name] = arviz.loo(tree, var_name=name, pointwise=pointwise)
+            except ValueError as exc:  # e.g. a PSIS tail of equal values
+                failure = exc
+        if failure is not None:
+            warnings.warn(f"loo: PSIS-LOO of {name!r} failed ({failure}); left out",
+                          stacklevel=2)
     return out
 
 
@@ -279,5 +296,5 @@ def responsibility_ari(source, data: MultimodalData | None = None
             "assignments": assignments, "labels": labels[keep]}
 
 
-__all__ = ["ParetoK", "effective_components", "good_k_threshold", "loo", "pareto_k",
+__all__ = ["MIN_DRAWS", "ParetoK", "effective_components", "good_k_threshold", "loo", "pareto_k",
            "pareto_k_verdict", "psis", "responsibility_ari"]

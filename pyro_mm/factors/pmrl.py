@@ -222,9 +222,10 @@ class PMRL(AuxiliaryFactor):
                 f"PMRL: every modality needs the same batch shape, got {batches}")
         return torch.stack(parts, dim=-2)
 
-    def validate_model(self, model) -> None:
+    def check_model(self, model) -> None:
         """Raise ``ValueError`` if ``model`` cannot carry this factor (fewer than two
-        modalities, or representations that are not latent)."""
+        modalities, or representations that are not latent); the model's constructor
+        calls it, so a one-modality model with PMRL fails before training."""
         self._check_modalities(
             len(model.modalities), f" (the model's modalities are {list(model.modalities)})")
         if getattr(model, "representation", "latent") != "latent":
