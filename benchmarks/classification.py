@@ -79,25 +79,51 @@ def mlp(train, test, seed, epochs, batch_size=128, hidden=256):
 
 
 def ours(train, test, seed, epochs, fusion="concat", factors=()):
+    """Class probabilities on ``test`` and what the factors act on, measured on ``test``:
+    the mean leading singular value of the normalised representations (PMRL's target),
+    each view's contribution ``phi_m`` (ARM's estimator) and the accuracy of a linear
+    probe on each view's representation alone (fitted on ``train``)."""
+    from sklearn.linear_model import LogisticRegression
+
     pyro.set_rng_seed(seed)
     model = pm.MultimodalDPMixture(train.dims, num_classes=10, latent_dim=16,
                                    num_components=20, fusion=fusion, factors=list(factors))
     result = pm.fit(model, train, num_epochs=epochs, batch_size=128, seed=seed,
                     device="cpu", progress=False)
-    return pm.predict(result, test)["probs"]
+    out = pm.predict(result, test)
+    latent_train = pm.predict(result, train)["latent_mean"]
+    probes = {}
+    for j, m in enumerate(train.modalities):
+        probe = LogisticRegression(max_iter=2000).fit(latent_train[:, j], train.labels)
+        probes[m] = float(probe.score(out["latent_mean"][:, j], test.labels))
+    extras = {
+        "leading_sv": float(PMRL().components(torch.as_tensor(out["latent_mean"]))
+                            .singular_values[:, 0].mean()),
+        "phi": dict(pm.modality_contributions(result, test)),
+        "probe": probes,
+    }
+    return out["probs"], extras
+
+
+#: PMRL on the likelihood's scale (see guides/auxiliary-factors.md): with the defaults
+#: (weight 1, tau_align 0.05) it is too weak to move a ~600-nat-per-example ELBO.
+PMRL_SETTINGS = {"weight": 100.0, "tau_align": 1.0}
 
 
 def variants(epochs):
+    def pmrl():
+        return PMRL(**PMRL_SETTINGS)
+
     return {
         "(a) logistic regression, concatenated": lambda tr, te, s: logistic(tr, te, s),
         "(b) MLP, concatenated": lambda tr, te, s: mlp(tr, te, s, epochs),
         "(c) late fusion (per-view logistic)": lambda tr, te, s: late_fusion(tr, te, s),
         "(d) ours, fusion=concat": lambda tr, te, s: ours(tr, te, s, epochs),
         "(e) ours, fusion=dp": lambda tr, te, s: ours(tr, te, s, epochs, fusion="dp"),
-        "(f) ours + PMRL": lambda tr, te, s: ours(tr, te, s, epochs, factors=[PMRL()]),
+        "(f) ours + PMRL": lambda tr, te, s: ours(tr, te, s, epochs, factors=[pmrl()]),
         "(g) ours + ARM": lambda tr, te, s: ours(tr, te, s, epochs, factors=[ARM()]),
         "(h) ours + PMRL + ARM": lambda tr, te, s: ours(tr, te, s, epochs,
-                                                        factors=[PMRL(), ARM()]),
+                                                        factors=[pmrl(), ARM()]),
     }
 
 
@@ -117,26 +143,42 @@ def main(argv=None) -> None:
         data = pm.datasets.load_mfeat(views=views)
         if args.tiny:
             data = data.subset(np.arange(0, 2000, 10))
+        weak = views[-1] if views else "mor"
         for name, run in variants(epochs).items():
-            accs, nlls, secs = [], [], []
+            accs, nlls, secs, extras = [], [], [], []
             for seed in range(seeds):
                 train, test = data.split(test_fraction=0.2, seed=seed)
                 start = time.perf_counter()
                 probs = run(train, test, seed)
                 secs.append(time.perf_counter() - start)
+                if isinstance(probs, tuple):
+                    probs, extra = probs
+                    extras.append(extra)
                 accs.append(float((probs.argmax(1) == test.labels).mean()))
                 nlls.append(_nll(probs, test.labels))
             (acc, acc_sd), (nll, nll_sd) = _mean_sd(accs), _mean_sd(nlls)
             raw.append({"setting": setting, "method": name, "accuracy": accs, "nll": nlls,
-                        "seconds": secs})
-            rows.append([setting, name, f"{acc:.4f} ± {acc_sd:.4f}",
-                         f"{nll:.4f} ± {nll_sd:.4f}", f"{statistics.median(secs):.1f}"])
+                        "seconds": secs, "extras": extras})
+            row = [setting, name, f"{acc:.4f} ± {acc_sd:.4f}", f"{nll:.4f} ± {nll_sd:.4f}"]
+            if extras:
+                row += [f"{statistics.mean(e['leading_sv'] for e in extras):.3f}",
+                        f"{statistics.mean(e['phi'][weak] for e in extras):.3f}",
+                        f"{statistics.mean(e['probe'][weak] for e in extras):.3f}"]
+            else:
+                row += ["", "", ""]
+            rows.append(row + [f"{statistics.median(secs):.1f}"])
             print(rows[-1], flush=True)
     table = markdown_table(["setting", "method", "accuracy (mean ± sd)",
-                            "NLL nats (mean ± sd)", "median fit time (s)"], rows)
+                            "NLL nats (mean ± sd)", "leading s.v.", "phi mor (nats)",
+                            "probe acc. mor", "median fit time (s)"], rows)
     notes = (f"{seeds} seeds (split and initialisation), {epochs} epochs, batch 128 for "
-             "every neural variant; ours: latent_dim 16, 20 components, default factor "
-             "weights. NLL is the mean held-out -log p(y | x).")
+             "every neural variant; ours: latent_dim 16, 20 components; ARM at its default "
+             f"weight (0.1), PMRL with {PMRL_SETTINGS}. NLL is the mean held-out "
+             "-log p(y | x). Measured on the held-out split for our variants: the mean "
+             "leading singular value of each example's normalised representations (1 to "
+             "sqrt(M); PMRL raises it), the contribution phi of the weak view mor (ARM's "
+             "estimator, nats) and the accuracy of a logistic-regression probe on mor's "
+             "representation alone; the fit time includes these measurements.")
     write_results("classification", {"title": "Multimodal classification on mfeat",
                                      "rows": raw, "notes": notes}, table, args.out,
                   record=not args.tiny)

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         rows.append([n, ours["log_likelihood"], theirs["log_likelihood"], f"{100 * gap:+.2f}%",
                      ours["effective_components"], theirs["effective_components"],
                      ours["ari"], theirs["ari"], ours["seconds"], theirs["seconds"],
-                     f"{speedup:.1f}x"])
+                     f"{speedup:.2g}x"])
         print(rows[-1], flush=True)
     table = markdown_table(
         ["N train", "held-out LL ours", "held-out LL sklearn", "LL gap", "eff. K ours",

@@ -3,15 +3,17 @@
 A multimodal Dirichlet-process Gaussian mixture (:class:`MultimodalDPMixture`) with
 amortised guides (:class:`MultimodalGuide`), auxiliary multimodal factors
 (:mod:`pyro_mm.factors`), SVI training (:func:`fit`) and held-out evaluation
-(:func:`predict`, :func:`evaluate`).
+(:func:`predict`, :func:`evaluate`), posterior diagnostics (:func:`to_datatree`,
+:func:`summary`, :mod:`pyro_mm.diagnostics`).
 
 Importing the package needs only torch, pyro-ppl, numpy and xarray (the latter only
 when used); ArviZ and matplotlib are imported by the diagnostics that need them.
 """
 
-from . import datasets, factors
+from . import datasets, diagnostics, factors
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
+from .diagnostics import summary, to_datatree
 from .errors import CheckpointError, DataValidationError, TrainingDivergedError
 from .factors import modality_contributions
 from .guides import MultimodalGuide
@@ -33,6 +35,7 @@ __all__ = [
     "TensorBatch",
     "TrainingDivergedError",
     "datasets",
+    "diagnostics",
     "evaluate",
     "factors",
     "fit",
@@ -41,4 +44,6 @@ __all__ = [
     "modality_contributions",
     "predict",
     "resolve_device",
+    "summary",
+    "to_datatree",
 ]

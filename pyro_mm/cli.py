@@ -1,4 +1,4 @@
-"""Command line: ``pyro-mm train`` and ``pyro-mm evaluate``.
+"""Command line: ``pyro-mm train``, ``pyro-mm evaluate`` and ``pyro-mm diagnose``.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
     pyro-mm train --data mine.npz --components 10   # arrays by modality, optional labels
     pyro-mm train --views fou mor --factor arm:weight=0.1 --factor pmrl
     pyro-mm evaluate runs/two-views --data test.nc --contributions
+    pyro-mm diagnose runs/two-views --out runs/two-views/posterior.nc --plots figs
 """
 
 from __future__ import annotations
@@ -130,24 +131,27 @@ def _train(args) -> int:
     return 0
 
 
+def held_out_data(run_dir: str | Path) -> MultimodalData:
+    """The held-out split a run was trained beside, rebuilt from the ``data.json`` that
+    ``pyro-mm train`` writes into its run folder."""
+    spec_path = Path(run_dir) / "data.json"
+    if not spec_path.is_file():
+        raise CheckpointError(
+            f"{spec_path}: not found (the run was not trained by `pyro-mm train`); "
+            "pass the data with --data FILE")
+    spec = read_json(spec_path)
+    data = _load_dataset(argparse.Namespace(**spec))
+    _, test = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
+                         stratify=data.labels is not None)
+    return test
+
+
 def _evaluate(args) -> int:
     from .inference import evaluate
     from .training import load
 
     result = load(args.run_dir, device=args.device)
-    if args.data:
-        data = MultimodalData.load(args.data)
-    else:
-        # The held-out split the run was trained beside, rebuilt from data.json.
-        spec_path = Path(args.run_dir) / "data.json"
-        if not spec_path.is_file():
-            raise CheckpointError(
-                f"{spec_path}: not found (the run was not trained by `pyro-mm train`); "
-                "pass the evaluation data with --data FILE")
-        spec = read_json(spec_path)
-        data = _load_dataset(argparse.Namespace(**spec))
-        _, data = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
-                             stratify=data.labels is not None)
+    data = MultimodalData.load(args.data) if args.data else held_out_data(args.run_dir)
     missing = [m for m in result.model.modalities if m not in data.modalities]
     if not missing:
         data = data.select(result.model.modalities)
@@ -206,7 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-modality contributions phi_m (nats), as ARM measures them")
     ev.add_argument("--json", action="store_true", help="also print metrics as JSON")
     ev.set_defaults(func=_evaluate)
+
+    diag = sub.add_parser("diagnose", help="posterior diagnostics of a saved run: "
+                                           "summary, ArviZ data, figures")
+    diag.add_argument("run_dir")
+    diag.add_argument("--data", help=".npz or .nc file with the same modalities "
+                                     "(default: the run's own held-out split)")
+    diag.add_argument("--out", metavar="FILE.nc",
+                      help="write the ArviZ xarray.DataTree (.nc: netCDF, .zarr: Zarr)")
+    diag.add_argument("--plots", metavar="DIR", help="write the figures here as PNG")
+    diag.add_argument("--num-samples", type=int, default=1000, help="posterior draws")
+    diag.add_argument("--device", default="cpu")
+    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--quiet", action="store_true", help="no progress bar")
+    diag.set_defaults(func=_diagnose)
     return parser
+
+
+def _diagnose(args) -> int:
+    from .diagnostics.cli import run_diagnose
+
+    return run_diagnose(args.run_dir, out=args.out, plots=args.plots,
+                        num_samples=args.num_samples, data=args.data, device=args.device,
+                        seed=args.seed, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

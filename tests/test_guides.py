@@ -18,6 +18,10 @@ import torch
 
 GUIDES = Path(__file__).resolve().parent.parent / "guides"
 GUIDE_FILES = sorted(GUIDES.glob("*.md"))
+README = GUIDES.parent / "README.md"
+EXPECTED = ("getting-started.md", "your-own-data.md", "encoders-and-guides.md",
+            "composing-models.md", "auxiliary-factors.md", "diagnostics.md",
+            "gpu-and-scale.md")
 
 # A fence opens with three or more backticks, an optional info string, and closes with
 # the same number of backticks (CommonMark: at least as many; guides use exactly three).
@@ -84,8 +88,7 @@ def factor_registry():
 
 def test_there_are_guides_with_python_blocks():
     names = {p.name for p in GUIDE_FILES}
-    assert {"getting-started.md", "your-own-data.md", "encoders-and-guides.md",
-            "composing-models.md"} <= names
+    assert set(EXPECTED) <= names
     for path in GUIDE_FILES:
         assert python_blocks(path), f"{path.name}: no ```python blocks"
 
@@ -132,8 +135,13 @@ def _anchors(path: Path) -> set[str]:
     return anchors
 
 
+def test_readme_links_every_guide():
+    linked = set(re.findall(r"\]\(guides/([^)#\s]+)", README.read_text()))
+    assert set(EXPECTED) <= linked, set(EXPECTED) - linked
+
+
 def test_links_between_guides_resolve():
-    for path in GUIDE_FILES:
+    for path in [*GUIDE_FILES, README]:
         for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)",
                                          path.read_text()):
             if "://" in target:

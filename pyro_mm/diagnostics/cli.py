@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..data import MultimodalData
-
-
-def held_out_data(run_dir: str | Path) -> MultimodalData:
-    """The held-out split a run was trained beside, rebuilt from its ``data.json``
-    (written by ``pyro-mm train``) exactly as ``pyro-mm evaluate`` does."""
-    from ..checkpoint import read_json
-    from ..cli import _load_dataset
-    from ..errors import CheckpointError
-
-    spec_path = Path(run_dir) / "data.json"
-    if not spec_path.is_file():
-        raise CheckpointError(
-            f"{spec_path}: not found; this run was not made by `pyro-mm train`, so pass "
-            "the data to diagnose (--data FILE)")
-    spec = read_json(spec_path)
-    data = _load_dataset(argparse.Namespace(**spec))
-    _, test = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
-                         stratify=data.labels is not None)
-    return test
 
 
 def run_diagnose(
@@ -56,6 +36,7 @@ def run_diagnose(
         seed: seed of the draws.
         progress: progress bar.
     """
+    from ..cli import held_out_data
     from ..training import load
     from .datatree import save_datatree, to_datatree
     from .summary import summary
@@ -89,4 +70,4 @@ def run_diagnose(
     return 0
 
 
-__all__ = ["held_out_data", "run_diagnose"]
+__all__ = ["run_diagnose"]

@@ -146,8 +146,8 @@ def plot_weights(tree: "xr.DataTree", path=None, ci_prob: float | None = None,
     ax = axes[0, 0]
     ranks = np.arange(1, K + 1)
     ax.bar(ranks, med, color="C0", alpha=0.7, label="median")
-    ax.errorbar(ranks, med, yerr=np.clip([med - lo, hi - med], 0, None), fmt="none", ecolor="k", lw=1,
-                capsize=2, label=f"{ci:.0%} interval")
+    ax.errorbar(ranks, med, yerr=np.clip([med - lo, hi - med], 0, None), fmt="none",
+                ecolor="k", lw=1, capsize=2, label=f"{ci:.0%} interval")
     if K <= 30:
         ax.set_xticks(ranks)
     ax.set_xlabel("component, by decreasing weight")
@@ -300,8 +300,8 @@ def plot_pmrl_spectrum(source, data: MultimodalData | None = None, path=None
     idx = np.arange(1, M + 1)
     lo, med, hi = np.quantile(s, [0.1, 0.5, 0.9], axis=0)
     ax.bar(idx, s.mean(0), color="C0", alpha=0.7, label="mean")
-    ax.errorbar(idx, med, yerr=np.clip([med - lo, hi - med], 0, None), fmt="o", color="k", ms=3, lw=1,
-                capsize=2, label="median, 10-90%")
+    ax.errorbar(idx, med, yerr=np.clip([med - lo, hi - med], 0, None), fmt="o", color="k",
+                ms=3, lw=1, capsize=2, label="median, 10-90%")
     ax.axhline(1.0, color="0.5", ls=":", lw=1)
     ax.set_xticks(idx)
     ax.set_xlabel("singular value index")

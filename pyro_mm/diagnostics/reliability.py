@@ -66,9 +66,9 @@ def pareto_k_verdict(k: float, num_samples: int) -> tuple[str, str]:
     if num_samples < MIN_DRAWS:
         return ("undefined", f"no Pareto k: {num_samples} draws are too few for a tail fit "
                 f"(need at least {MIN_DRAWS}; a few hundred are better)")
-    if not np.isfinite(k):
-        return ("undefined", "no Pareto k: the draws do not vary (a MAP/point guide, or "
-                "too few draws), so there is no posterior spread to check")
+    if math.isnan(k):
+        return ("undefined", "no Pareto k: the draws do not vary (a MAP/point guide), so "
+                "there is no posterior spread to check")
     if k < good:
         return ("good", f"good (k = {k:.2f} < {good:.2f}): the variational posterior "
                 "covers the true posterior well; its means and intervals can be trusted, "
@@ -88,7 +88,9 @@ class ParetoK:
     """Result of :func:`pareto_k`.
 
     Attributes:
-        k: the Pareto shape of the importance ratios (NaN when the draws do not vary).
+        k: the Pareto shape of the importance ratios (NaN when the draws do not vary
+            or are too few; ``inf`` when the ratios are so spread out that the tail
+            fit underflows, i.e. one draw holds all the weight).
         label: ``"good"``, ``"bad"``, ``"very bad"`` or ``"undefined"``.
         verdict: the plain-words reading of ``k``.
         threshold: ArviZ's good-k threshold for this many draws.
@@ -178,6 +180,12 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             log_weights, k = psis(log_ratios)
+        if not np.isfinite(k):
+            # The ratios span so many nats that every tail weight but the largest
+            # underflows to zero and the tail fit fails: the heaviest tail there is.
+            k = math.inf
+        if not np.all(np.isfinite(log_weights)):
+            log_weights = log_ratios - np.logaddexp.reduce(log_ratios)
         ess = float(1.0 / np.exp(2 * log_weights).sum())
     label, verdict = pareto_k_verdict(k, S)
     return ParetoK(k=k, label=label, verdict=verdict, threshold=good_k_threshold(S),

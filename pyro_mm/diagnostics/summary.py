@@ -28,6 +28,7 @@ class LooResult:
     se: float
     p_loo: float
     num_points: int
+    lppd: float             # log pointwise predictive density, no leave-one-out
     num_bad_k: int          # Pareto k above ArviZ's good-k threshold
     max_k: float
     good_k: float
@@ -102,7 +103,7 @@ class DiagnosticsSummary:
         pk = self.pareto_k
         reliability = [
             ("Pareto k of log p - log q",
-             "n/a" if not math.isfinite(pk.k) else f"{pk.k:.3f}  [{pk.label}]"),
+             "n/a" if math.isnan(pk.k) else f"{pk.k:.3f}  [{pk.label}]"),
             ("  ratio over", "globals and every representation z" if pk.includes_locals
              else "the global parameters"),
             ("importance-sampling ESS", f"{pk.ess:.1f} of {pk.num_samples}"),
@@ -113,9 +114,10 @@ class DiagnosticsSummary:
         for name, r in self.loo.items():
             predictive.append((f"PSIS-LOO {name}: elpd_loo (se)",
                                f"{r.elpd:.2f} ({r.se:.2f}); {r.elpd_per_point:.4g} per point"))
-            predictive.append((f"  p_loo; Pareto k > {r.good_k:.2f}",
-                               f"{r.p_loo:.2f}; {r.num_bad_k} of {r.num_points} points "
-                               f"(max k {r.max_k:.2f})"))
+            predictive.append(("  lppd (no leave-one-out); p_loo",
+                               f"{r.lppd:.2f}; {r.p_loo:.2f}"))
+            predictive.append((f"  points with Pareto k > {r.good_k:.2f}",
+                               f"{r.num_bad_k} of {r.num_points} (max k {r.max_k:.2f})"))
         if self.accuracy is not None:
             predictive.append(("accuracy (plug-in)", f"{self.accuracy:.4f}"))
 
@@ -181,7 +183,8 @@ def _loo_results(tree) -> dict[str, LooResult]:
         good = float(getattr(elpd, "good_k", good_k_threshold(elpd.n_samples)))
         out[name] = LooResult(
             variable=name, elpd=float(elpd.elpd), se=float(elpd.se), p_loo=float(elpd.p),
-            num_points=int(elpd.n_data_points), num_bad_k=int((k > good).sum()),
+            num_points=int(elpd.n_data_points), lppd=float(elpd.elpd) + float(elpd.p),
+            num_bad_k=int((k > good).sum()),
             max_k=float(np.nanmax(k)) if k.size else math.nan, good_k=good)
     return out
 
@@ -208,7 +211,9 @@ def summary(
       (:func:`~pyro_mm.diagnostics.pareto_k`);
     * predictive checks: PSIS-LOO (``arviz.loo``) of each ``log_likelihood`` variable
       (labels ``y``, features ``x``), with the number of examples whose Pareto k is
-      too high for the LOO estimate to be trusted; plug-in accuracy;
+      too high for the LOO estimate to be trusted, and the plain log pointwise
+      predictive density ``lppd`` (on held-out data this is already an out-of-sample
+      score; LOO matters for the data the model was fitted on); plug-in accuracy;
     * mixture: the effective number of components with a credible interval, the
       number of components that are most responsible for some example and the
       adjusted Rand index against the labels (plug-in responsibilities, as

@@ -1,0 +1,26 @@
+"""Each benchmark runs end to end on tiny sizes (``--tiny``) and writes its JSON.
+
+Slow-marked (``pytest -m slow``): they train several models each. Nothing here looks at
+wall-clock time; the recorded results come from full runs (``python -m benchmarks.run``).
+"""
+
+import importlib
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["classification", "dpgmm", "overhead", "gpu"])
+def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
+    module = importlib.import_module(f"benchmarks.{name}")
+    out = tmp_path / f"{name}.json"
+    module.main(["--tiny", "--out", str(out)])
+    if name == "gpu" and not torch.cuda.is_available():
+        assert not out.exists()  # says so and exits without results
+        return
+    payload = json.loads(out.read_text())
+    assert payload["rows"], payload
+    assert payload["machine"]["torch"] == torch.__version__
