@@ -27,17 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def point_params(model: MultimodalDPMixture, guide: MultimodalGuide) -> MixtureParams:
     """The global parameters at the guide's point estimate."""
-    from .distributions import stick_breaking_log_weights
-
-    point = guide.point_estimate()
-    sticks = point["sticks"]
-    return MixtureParams(
-        log_weights=stick_breaking_log_weights(sticks),
-        locs=[point[f"component_loc_{m}"] for m in model.modalities],
-        scales=[point[f"component_scale_{m}"] for m in model.modalities],
-        alpha=point.get("alpha", model.alpha),
-        sticks=sticks,
-    )
+    return MixtureParams.from_sites(model.modalities, guide.point_estimate(), model.alpha)
 
 
 def _chunks(batch: TensorBatch, size: int):

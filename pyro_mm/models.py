@@ -72,6 +72,17 @@ class MixtureParams:
     alpha: torch.Tensor
     sticks: torch.Tensor
 
+    @classmethod
+    def from_sites(cls, modalities, values, default_alpha: torch.Tensor) -> "MixtureParams":
+        """From a mapping of global site values (``"sticks"``, ``"component_loc_<m>"``,
+        ``"component_scale_<m>"`` and, when learned, ``"alpha"``): a guide draw or its
+        point estimate."""
+        sticks = values["sticks"]
+        return cls(log_weights=stick_breaking_log_weights(sticks),
+                   locs=[values[f"component_loc_{m}"] for m in modalities],
+                   scales=[values[f"component_scale_{m}"] for m in modalities],
+                   alpha=values.get("alpha", default_alpha), sticks=sticks)
+
     def mixture(self, mixture: str, mask=None, batch_size=None, stacked=True
                 ) -> MultimodalMixture:
         return MultimodalMixture(self.log_weights, self.locs, self.scales, mixture=mixture,

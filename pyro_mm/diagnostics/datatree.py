@@ -61,7 +61,6 @@ import torch
 from pyro import poutine
 
 from ..data import MultimodalData, TensorBatch
-from ..distributions import stick_breaking_log_weights
 from ..metrics import effective_components as _perplexity
 from ..models import MixtureParams, MultimodalDPMixture
 
@@ -124,14 +123,7 @@ def mixture_params(model: MultimodalDPMixture, globals_: Mapping[str, torch.Tens
                    ) -> MixtureParams:
     """:class:`~pyro_mm.models.MixtureParams` from a dict of global site values (one
     draw of the guide, or its point estimate)."""
-    sticks = globals_["sticks"]
-    return MixtureParams(
-        log_weights=stick_breaking_log_weights(sticks),
-        locs=[globals_[f"component_loc_{m}"] for m in model.modalities],
-        scales=[globals_[f"component_scale_{m}"] for m in model.modalities],
-        alpha=globals_.get("alpha", model.alpha),
-        sticks=sticks,
-    )
+    return MixtureParams.from_sites(model.modalities, globals_, model.alpha)
 
 
 def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
