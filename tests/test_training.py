@@ -295,3 +295,30 @@ def test_an_unsaveable_factor_fails_before_training(tmp_path, tiny_data):
     with pytest.raises(ValueError, match="not a registered factor"):
         pm.fit(model, tiny_data, num_epochs=50, run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+class _ValidationSpy(AuxiliaryFactor):
+    """Records whether Pyro's argument validation is on while the model runs."""
+
+    site_name = "spy"
+
+    def __init__(self):
+        super().__init__(weight=0.0)
+        self.seen = []
+
+    def model_loss(self, context):
+        self.seen.append(pyro.infer.util.is_validation_enabled())
+        return context.z.new_zeros(context.z.shape[0])
+
+
+@pytest.mark.parametrize("validate_args", [False, True])
+def test_argument_validation_during_steps_is_an_option(tiny_data, validate_args):
+    spy = _ValidationSpy()
+    model = pm.MultimodalDPMixture(tiny_data.dims, latent_dim=2, num_components=3,
+                                   factors=[spy])
+    before = pyro.infer.util.is_validation_enabled()
+    _fit(model, tiny_data, num_epochs=1, batch_size=40, validate_args=validate_args)
+    # The last three calls are the three SVI steps (before them: initialisation and
+    # warm-up passes, under Pyro's own setting).
+    assert spy.seen[-3:] == [validate_args] * 3
+    assert pyro.infer.util.is_validation_enabled() == before
