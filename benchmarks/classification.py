@@ -166,11 +166,12 @@ def main(argv=None) -> None:
                         f"{statistics.mean(e['probe'][weak] for e in extras):.3f}"]
             else:
                 row += ["", "", ""]
-            rows.append(row + [f"{statistics.median(secs):.1f}"])
+            rows.append(row + [f"{statistics.median(secs):.1f} ({min(secs):.1f}-"
+                               f"{max(secs):.1f})"])
             print(rows[-1], flush=True)
     table = markdown_table(["setting", "method", "accuracy (mean ± sd)",
                             "NLL nats (mean ± sd)", "leading s.v.", "phi mor (nats)",
-                            "probe acc. mor", "median fit time (s)"], rows)
+                            "probe acc. mor", "fit time (s), median (min-max)"], rows)
     notes = (f"{seeds} seeds (split and initialisation), {epochs} epochs, batch 128 for "
              "every neural variant; ours: latent_dim 16, 20 components; ARM at its default "
              f"weight (0.1), PMRL with {PMRL_SETTINGS}. NLL is the mean held-out "
