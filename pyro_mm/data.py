@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,12 @@ class TensorBatch:
     @property
     def device(self) -> torch.device:
         return self.masks.device
+
+    def chunk_indices(self, size: int) -> Iterator[torch.Tensor]:
+        """Consecutive 1-D index tensors of at most ``size`` rows covering the batch,
+        on its device (for work that must not hold every row at once)."""
+        for start in range(0, self.size, size):
+            yield torch.arange(start, min(start + size, self.size), device=self.device)
 
     def index(self, idx: torch.Tensor) -> "TensorBatch":
         """Rows ``idx`` of every tensor (``idx`` is a 1-D index tensor)."""

@@ -30,12 +30,6 @@ def point_params(model: MultimodalDPMixture, guide: MultimodalGuide) -> MixtureP
     return MixtureParams.from_sites(model.modalities, guide.point_estimate(), model.alpha)
 
 
-def _chunks(batch: TensorBatch, size: int):
-    for start in range(0, batch.size, size):
-        idx = torch.arange(start, min(start + size, batch.size), device=batch.device)
-        yield batch.index(idx)
-
-
 @torch.no_grad()
 def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
                   chunk_size: int = 4096) -> dict[str, torch.Tensor]:
@@ -49,7 +43,7 @@ def _predict_batch(model, guide, batch, chunk_size):
     globals_ = guide.point_estimate()
     out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
                                           "latent_mean": []}
-    for part in _chunks(batch, chunk_size):
+    for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "latent":
             z, _ = guide.encode(part, globals_)
             mixture = params.mixture(model.mixture, batch_size=part.size)
@@ -100,7 +94,7 @@ def _log_likelihood(model, guide, batch, num_samples, chunk_size):
     params = point_params(model, guide)
     globals_ = guide.point_estimate()
     out = []
-    for part in _chunks(batch, chunk_size):
+    for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "observed":
             x = torch.cat([part.features[m] for m in model.modalities], dim=-1)
             mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
@@ -108,8 +102,7 @@ def _log_likelihood(model, guide, batch, num_samples, chunk_size):
             out.append(mixture.log_prob(x) + model.feature_log_jacobian(part.masks))
         elif model.classifier is not None and part.labels is not None:
             loc, _ = guide.encode(part, globals_)
-            logits = model.class_logits(loc, params, part.masks)
-            scores = torch.log_softmax(logits, -1).gather(-1, part.labels[:, None])[:, 0]
+            scores = model.label_log_prob(loc, params, part.labels, part.masks)
             out.append(scores.masked_fill(~part.label_mask, math.nan))
         else:
             if not model.reconstruct:

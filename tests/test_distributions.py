@@ -54,6 +54,10 @@ def _independent_loop(weights, locs, scales, xs, b, modalities):
     return out
 
 
+#: The mixture kind -> its brute-force log-density of one example.
+BRUTE_FORCE = {"joint": _joint_loop, "independent": _independent_loop}
+
+
 # ---------------------------------------------------------------- stick breaking
 def test_stick_breaking_halves_match_hand_computation():
     w = stick_breaking_weights(torch.tensor([0.5, 0.5, 0.5], dtype=DT))
@@ -91,23 +95,15 @@ def test_gaussian_component_log_density_matches_normal_log_prob():
 
 
 # ---------------------------------------------------------------- mixture log_prob
-def test_joint_log_prob_matches_brute_force_sum_over_components():
+@pytest.mark.parametrize("mixture", ["joint", "independent"])
+def test_log_prob_matches_brute_force_sum_over_components(mixture):
     weights, locs, scales, xs = _random_mixture()
-    mix = MultimodalMixture(weights.log(), locs, scales, mixture="joint",
+    mix = MultimodalMixture(weights.log(), locs, scales, mixture=mixture,
                             batch_size=5, stacked=False)
     got = mix.log_prob(torch.cat(xs, dim=-1))
-    expected = torch.tensor([_joint_loop(weights, locs, scales, xs, b, [0, 1])
-                             for b in range(5)], dtype=DT)
-    torch.testing.assert_close(got, expected)
-
-
-def test_independent_log_prob_matches_brute_force_per_modality_sum():
-    weights, locs, scales, xs = _random_mixture()
-    mix = MultimodalMixture(weights.log(), locs, scales, mixture="independent",
-                            batch_size=5, stacked=False)
-    got = mix.log_prob(torch.cat(xs, dim=-1))
-    expected = torch.tensor([_independent_loop(weights, locs, scales, xs, b, [0, 1])
-                             for b in range(5)], dtype=DT)
+    loop = BRUTE_FORCE[mixture]
+    expected = torch.tensor([loop(weights, locs, scales, xs, b, [0, 1]) for b in range(5)],
+                            dtype=DT)
     torch.testing.assert_close(got, expected)
 
 
@@ -130,7 +126,7 @@ def test_masked_out_modality_contributes_nothing(mixture):
                                batch_size=5, stacked=False)
     got = mix.log_prob(torch.cat(garbage, dim=-1))
     torch.testing.assert_close(got, only_a.log_prob(xs[0]))
-    loop = _joint_loop if mixture == "joint" else _independent_loop
+    loop = BRUTE_FORCE[mixture]
     expected = torch.tensor([loop(weights, locs, scales, xs, b, [0]) for b in range(5)],
                             dtype=DT)
     torch.testing.assert_close(got, expected)
@@ -156,7 +152,7 @@ def test_row_wise_mask_matches_brute_force(mixture):
     mix = MultimodalMixture(weights.log(), locs, scales, mixture=mixture, mask=mask,
                             stacked=False)
     got = mix.log_prob(torch.cat(xs, dim=-1))
-    loop = _joint_loop if mixture == "joint" else _independent_loop
+    loop = BRUTE_FORCE[mixture]
     expected = torch.tensor(
         [loop(weights, locs, scales, xs, b, [m for m in range(2) if mask[b, m]])
          for b in range(5)], dtype=DT)

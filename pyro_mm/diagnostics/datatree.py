@@ -101,11 +101,6 @@ def _seeded(seed: int | None, device: torch.device):
         yield
 
 
-def _chunks(n: int, size: int, device) -> Iterator[torch.Tensor]:
-    for start in range(0, n, size):
-        yield torch.arange(start, min(start + size, n), device=device)
-
-
 def _in_data_plate(site) -> bool:
     return any(frame.name == "data" for frame in site["cond_indep_stack"])
 
@@ -228,7 +223,6 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
     K = model.num_components
     mods = model.modalities
     sizes = model.site_sizes
-    device = batch.device
     out: dict[str, Any] = {
         "sticks": np.empty((S, K - 1), np.float32),
         "log_weights": np.empty((S, K), np.float64),
@@ -280,7 +274,7 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
                 out["locs"][m][s] = params.locs[j].cpu().numpy()
                 out["scales"][m][s] = params.scales[j].cpu().numpy()
             first = True
-            for idx in _chunks(n, batch_size, device):
+            for idx in batch.chunk_indices(batch_size):
                 if plan.latent:
                     guide_trace = poutine.trace(poutine.replay(guide, trace=global_trace)
                                                 ).get_trace(batch, idx, 1.0)

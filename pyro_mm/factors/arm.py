@@ -185,8 +185,7 @@ def example_scores(model: "MultimodalDPMixture", guide, batch: "TensorBatch",
     params = point_params(model, guide)
     globals_ = guide.point_estimate()
     out = torch.full((batch.size,), math.nan, device=batch.device)
-    for start in range(0, batch.size, chunk_size):
-        idx = torch.arange(start, min(start + chunk_size, batch.size), device=batch.device)
+    for idx in batch.chunk_indices(chunk_size):
         part = batch.index(idx)
         z, _ = guide.encode(part, globals_)
         c, _ = conditional_contributions(model, z, params, part.labels, part.masks)
