@@ -217,7 +217,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
             self.classifier = mlp(width, self.hidden, self.num_classes)
         self.factors = nn.ModuleList(factors)
         for factor in self.factors:
-            factor.check_model(self)
+            factor.bind(self)
         self._records: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ configuration

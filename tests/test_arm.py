@@ -45,24 +45,111 @@ def test_a_useless_modality_contributes_nothing_and_the_informative_one_most(
     assert "noise" in str(contributions) and "phi_MI" in str(contributions)
 
 
-def test_arm_raises_the_weak_modality_contribution():
-    """Imbalanced data: ``strong`` and a weak but informative ``weak`` modality."""
+def _with_and_without_arm(data, factor, latent_dim=8):
+    """Same split, seed and budget; returns ``{"base"|"arm": (contributions, fused
+    accuracy, linear-probe accuracy on z_weak)}`` on the held-out split."""
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = data.split(0.25, seed=0)
+    j = train.modalities.index("weak")
+    runs = {}
+    for name, factors in (("base", []), ("arm", [factor])):
+        pyro.set_rng_seed(0)
+        model = pm.MultimodalDPMixture(train.dims, num_classes=4, latent_dim=latent_dim,
+                                       num_components=10, factors=factors)
+        result = pm.fit(model, train, num_epochs=20, batch_size=64, seed=0, progress=False)
+        held_out, fitted = pm.predict(result, test), pm.predict(result, train)
+        probe = LogisticRegression(max_iter=3000).fit(fitted["latent_mean"][:, j],
+                                                      train.labels)
+        runs[name] = (modality_contributions(result, test),
+                      float((held_out["probs"].argmax(1) == test.labels).mean()),
+                      probe.score(held_out["latent_mean"][:, j], test.labels))
+    return runs
+
+
+def test_arm_reinforces_a_weak_modality_without_costing_fused_accuracy():
+    """``weak`` carries as much label information as ``strong``, but mirrored (each
+    cluster at +-centre), so it is slow to learn and the fused classifier leans on
+    ``strong``; its representation's linear probe is near chance without ARM."""
+    data = pm.datasets.make_synthetic(num_examples=900, num_clusters=4,
+                                      dims={"strong": 8, "weak": 8},
+                                      signal={"strong": 1.0, "weak": 1.0},
+                                      mirrored=["weak"], seed=0)
+    runs = _with_and_without_arm(data, ARM())
+    (base, base_acc, base_probe), (arm, arm_acc, arm_probe) = runs["base"], runs["arm"]
+    assert arm["weak"] > base["weak"] + 0.05
+    assert arm_probe > base_probe + 0.2
+    assert arm_acc >= base_acc - 0.01
+
+
+def test_arm_raises_the_weak_modality_contribution_on_gaussian_clusters():
+    """A weak modality whose raw features already give a good linear probe: ARM
+    raises its contribution and narrows the gap to the strong one."""
     data = pm.datasets.make_synthetic(num_examples=900, num_clusters=4,
                                       dims={"strong": 8, "weak": 8},
                                       signal={"strong": 1.2, "weak": 0.8}, seed=0)
-    train, test = data.split(0.3, seed=0)
-    runs = {}
-    for name, factors in (("base", []), ("arm", [ARM(weight=0.5)])):
-        pyro.set_rng_seed(0)
-        model = pm.MultimodalDPMixture(train.dims, num_classes=4, latent_dim=8,
-                                       num_components=10, factors=factors)
-        result = pm.fit(model, train, num_epochs=20, batch_size=64, seed=0, progress=False,
-                        val_data=test)
-        runs[name] = (modality_contributions(result, test), result.metrics["accuracy"])
-    (base, base_acc), (arm, arm_acc) = runs["base"], runs["arm"]
+    runs = _with_and_without_arm(data, ARM(weight=0.5))
+    (base, base_acc, _), (arm, arm_acc, _) = runs["base"], runs["arm"]
     assert arm["weak"] > base["weak"] + 0.03
     assert arm["strong"] - arm["weak"] < base["strong"] - base["weak"]
     assert arm_acc >= base_acc - 0.03
+
+
+def test_unimodal_loss_weights_each_observed_modality_by_its_fusion_weight():
+    model = pm.MultimodalDPMixture({"a": 3, "b": 2}, num_classes=3, latent_dim=2,
+                                   factors=[ARM()])
+    model.modality_weights = torch.tensor([0.5, 1.5])
+    log_q = torch.tensor([[-1.0, -2.0], [-0.5, -4.0]])
+    observed = torch.tensor([[True, True], [True, False]])
+    loss = ARM.unimodal_loss(model, log_q, observed)
+    torch.testing.assert_close(loss, torch.tensor([0.5 * 1.0 + 1.5 * 2.0, 0.5 * 0.5]))
+
+
+def test_unimodal_heads_are_built_for_the_model_only_when_reinforcing():
+    dims = {"a": 3, "b": 2}
+    (factor,) = pm.MultimodalDPMixture(dims, num_classes=5, latent_dim=4,
+                                       factors=[ARM(reinforce=2.0)]).factors
+    assert [tuple(h.weight.shape) for h in factor.heads] == [(5, 4), (5, 4)]
+    log_q = factor.unimodal_log_prob(torch.randn(7, 2, 4), torch.arange(7) % 5)
+    assert log_q.shape == (7, 2) and bool((log_q < 0).all())
+    (off,) = pm.MultimodalDPMixture(dims, num_classes=5, factors=[ARM(reinforce=0)]).factors
+    assert len(off.heads) == 0
+    with pytest.raises(ValueError, match="reinforce"):
+        ARM(reinforce=-1.0)
+
+
+@pytest.mark.parametrize("reinforce", [0.0, 3.0])
+def test_reinforcement_is_its_own_per_example_factor(strong_weak_noise, reinforce):
+    train, _ = strong_weak_noise
+    result = _fit(train, factors=[ARM(reinforce=reinforce)], epochs=1)
+    model, guide = result.model, result.guide
+    batch = model.prepare(train)
+    subsample = torch.arange(16)
+    guide_trace = pyro.poutine.trace(guide).get_trace(batch, subsample)
+    trace = pyro.poutine.trace(pyro.poutine.replay(model, guide_trace)).get_trace(
+        batch, subsample)
+    if not reinforce:
+        assert "arm_reinforce" not in trace.nodes
+        return
+    site = trace.nodes["arm_reinforce"]
+    assert site["fn"].batch_shape == (16,)
+    log_q = model.factors[0].unimodal_log_prob(trace.nodes["z"]["value"], batch.labels[:16])
+    expected = reinforce * (model.modality_weights * log_q).sum(-1)
+    torch.testing.assert_close(site["fn"].log_prob(site["value"]), expected)
+
+
+def test_unimodal_bounds_separate_the_informative_modality_from_noise(strong_weak_noise):
+    train, _ = strong_weak_noise
+    result = _fit(train, factors=[ARM()], epochs=15)
+    last = [row for row in result.history.steps if row["epoch"] == 14] or \
+        result.history.steps[-5:]
+    entropy = math.log(3)
+    strong = np.mean([row["arm/unimodal/strong"] for row in last])
+    noise = np.mean([row["arm/unimodal/noise"] for row in last])
+    assert all(row["arm/unimodal/strong"] <= entropy + 1e-6 for row in last)
+    assert strong > 0.5
+    assert abs(noise) < 0.15
+    assert all(math.isfinite(row["arm/reinforce"]) for row in last)
 
 
 def test_joint_contribution_never_exceeds_the_label_entropy(strong_weak_noise):
@@ -143,6 +230,8 @@ def test_save_and_load_keep_the_factor_and_its_fusion_weights(tmp_path, strong_w
     assert isinstance(factor, ARM)
     assert factor.config() == result.model.factors[0].config()
     assert torch.equal(loaded.model.modality_weights, result.model.modality_weights)
+    for name, value in result.model.factors[0].heads.state_dict().items():
+        assert torch.equal(factor.heads.state_dict()[name], value), name
     np.testing.assert_allclose(pm.predict(loaded, test)["probs"],
                                pm.predict(result, test)["probs"], atol=1e-6)
 

@@ -403,3 +403,31 @@ def test_model_check_data_rejects_missing_modality_naming_it(tiny_data):
     model = _small_model(tiny_data.dims)
     with pytest.raises(DataValidationError, match="\\['b'\\]"):
         model.check_data(tiny_data.select(["a"]))
+
+
+def test_mirrored_modality_flips_whole_examples_and_hides_the_label_from_a_linear_probe():
+    from sklearn.linear_model import LogisticRegression
+
+    kwargs = dict(num_examples=800, num_clusters=4, dims={"a": 6, "b": 6},
+                  signal={"a": 2.0, "b": 2.0}, seed=3)
+    plain = pyro_mm.datasets.make_synthetic(**kwargs)
+    mirrored = pyro_mm.datasets.make_synthetic(mirrored=["b"], **kwargs)
+    np.testing.assert_array_equal(mirrored.features["a"], plain.features["a"])
+    np.testing.assert_array_equal(mirrored.labels, plain.labels)
+    ratio = mirrored.features["b"] / plain.features["b"]
+    np.testing.assert_allclose(np.abs(ratio), 1.0)
+    assert (ratio == ratio[:, :1]).all()  # one sign per example
+    assert 0.3 < (ratio[:, 0] < 0).mean() < 0.7
+    assert mirrored.metadata["mirrored"] == ["b"]
+
+    def probe(data):
+        x, y = data.features["b"], data.labels
+        return LogisticRegression(max_iter=2000).fit(x[:600], y[:600]).score(x[600:], y[600:])
+
+    assert probe(plain) > 0.9
+    assert probe(mirrored) < 0.45  # 4 balanced classes: chance is 0.25
+
+
+def test_mirrored_names_an_unknown_modality():
+    with pytest.raises(DataValidationError, match=r"mirrored.*\['c'\]"):
+        pyro_mm.datasets.make_synthetic(dims={"a": 2, "b": 2}, mirrored="c")

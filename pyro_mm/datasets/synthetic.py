@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
@@ -19,6 +19,7 @@ def make_synthetic(
     noise_spread: float = 0.0,
     weights: np.ndarray | None = None,
     missing_rate: float = 0.0,
+    mirrored: Collection[str] = (),
     seed: int = 0,
 ) -> MultimodalData:
     """Draw a multimodal Gaussian mixture whose truth is known.
@@ -40,6 +41,11 @@ def make_synthetic(
         weights: cluster probabilities (default uniform).
         missing_rate: probability that a modality is missing for an example (at least
             one modality is always kept).
+        mirrored: modalities whose features are multiplied by a random sign per
+            example, so each cluster appears as two mirror images ``+-e_{m, c}``. The
+            label is then not linearly decodable from the raw features (a linear probe
+            is near chance) although it is fully identifiable: an informative modality
+            that is slow to learn, the usual weak modality of imbalance studies.
         seed: seed of the NumPy generator.
 
     Returns:
@@ -53,9 +59,11 @@ def make_synthetic(
         raise DataValidationError(f"missing_rate: must be in [0, 1), got {missing_rate}")
     if not isinstance(signal, Mapping):
         signal = {name: float(signal) for name in dims}
-    unknown = set(signal) - set(dims)
-    if unknown:
-        raise DataValidationError(f"signal: modalities {sorted(unknown)} are not in dims")
+    mirrored = [mirrored] if isinstance(mirrored, str) else list(mirrored)
+    for what, names in (("signal", signal), ("mirrored", mirrored)):
+        unknown = set(names) - set(dims)
+        if unknown:
+            raise DataValidationError(f"{what}: modalities {sorted(unknown)} are not in dims")
     rng = np.random.default_rng(seed)
     if weights is None:
         weights = np.full(num_clusters, 1.0 / num_clusters)
@@ -72,6 +80,9 @@ def make_synthetic(
         eps = rng.standard_normal((num_examples, d))
         features[name] = centres[name][clusters] + scales[name][clusters] * eps
         masks[name] = rng.random(num_examples) >= missing_rate
+    for name in dims:  # no draw unless asked, so other data sets stay as they were
+        if name in mirrored:
+            features[name] = features[name] * rng.choice([-1.0, 1.0], size=(num_examples, 1))
     if missing_rate > 0:
         observed = np.stack(list(masks.values()), axis=1)
         empty = ~observed.any(axis=1)
@@ -84,5 +95,6 @@ def make_synthetic(
         masks=masks,
         num_classes=num_clusters,
         metadata={"name": "synthetic", "centres": centres,
-                  "scales": scales, "weights": weights, "signal": dict(signal)},
+                  "scales": scales, "weights": weights, "signal": dict(signal),
+                  "mirrored": sorted(mirrored)},
     )

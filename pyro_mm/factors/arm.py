@@ -23,6 +23,18 @@ by an exponential moving average with ``fusion_momentum``; they are detached, so
 weaker modality is amplified without a gradient through the weights. Weights change
 only in training mode, never while evaluating.
 
+Reinforcement of the weak modality's own representation (``reinforce > 0``): a
+linear head per modality, ``q_m(y | z_m)``, and the per-example term
+``r_i = -sum_m w_m log q_m(y_i | z_im)`` with ``w`` the (detached) fusion weights, so
+the weakest modality gets the largest share. ``H(y) + mean_i log q_m(y_i | z_im)`` is a
+lower bound on the unimodal information ``I(y; z_m)``; it is bounded by ``H(y)``, so
+unlike ``phi_m`` it cannot be raised by making the classifier fail when ``z_m`` is
+removed, only by putting label information into ``z_m``. Why it is needed: ``phi_m``
+measures how much the fused classifier *relies* on ``z_m``, and the min-max loss can
+raise it by re-weighting the classifier alone; the weak encoder then learns nothing new
+(on mfeat, ARM without this term tripled ``phi_mor`` and left a linear probe on
+``z_mor`` where it was). The heads are the factor's parameters, trained with the model.
+
 Dynamic sample-level re-sampling (``resample=True``, off by default): each epoch the
 trainer draws example ``i`` with probability proportional to
 ``exp(-resample_strength * standardised(min_m c_im))``, so examples whose weakest
@@ -41,7 +53,9 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import pyro
 import torch
+from torch import nn
 
 from .base import AuxiliaryFactor, FactorContext
 
@@ -68,6 +82,11 @@ def label_entropy(frequencies: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
+#: Default weight of the unimodal reinforcement term (see the measurements in
+#: ``benchmarks/RESULTS.md`` and ``guides/auxiliary-factors.md``).
+REINFORCE = 3.0
+
+
 class ARM(AuxiliaryFactor):
     """Asymmetric reinforcement against modality bias (see the module docstring).
 
@@ -84,10 +103,14 @@ class ARM(AuxiliaryFactor):
         resample_strength: sharpness of that re-weighting.
         smooth: ``None`` for the hard ``max - min`` gap, or a temperature for its smooth
             log-sum-exp version.
-        name: site name and prefix of the logged values (default ``"arm"``).
+        reinforce: weight of the unimodal reinforcement term ``r_i`` (per example, on
+            the scale of the label log-likelihood; 0 turns it off and builds no heads).
+        name: site name and prefix of the logged values (default ``"arm"``); the
+            reinforcement term is the site ``<name>_reinforce``.
 
     Logged per step: ``<name>/phi/<modality>``, ``<name>/phi_mi``, ``<name>/balance``,
-    ``<name>/fusion_weight/<modality>``.
+    ``<name>/fusion_weight/<modality>`` and, with ``reinforce > 0``,
+    ``<name>/unimodal/<modality>`` (the bound on ``I(y; z_m)``) and ``<name>/reinforce``.
     """
 
     site_name = "arm"
@@ -95,7 +118,7 @@ class ARM(AuxiliaryFactor):
     def __init__(self, weight: float = 0.1, temperature: float = 1.0,
                  fusion_momentum: float = 0.9, resample: bool = False,
                  resample_strength: float = 1.0, smooth: float | None = None,
-                 name: str | None = None):
+                 reinforce: float = REINFORCE, name: str | None = None):
         super().__init__(weight, name)
         if not temperature > 0:
             raise ValueError(f"ARM temperature: must be positive, got {temperature!r}")
@@ -103,16 +126,22 @@ class ARM(AuxiliaryFactor):
             raise ValueError(f"ARM fusion_momentum: must be in [0, 1], got {fusion_momentum!r}")
         if smooth is not None and not smooth > 0:
             raise ValueError(f"ARM smooth: must be None or positive, got {smooth!r}")
+        if not reinforce >= 0:
+            raise ValueError(f"ARM reinforce: must be a non-negative number, got {reinforce!r}")
         self.temperature = float(temperature)
         self.fusion_momentum = float(fusion_momentum)
         self.resample = bool(resample)
         self.resample_strength = float(resample_strength)
         self.smooth = None if smooth is None else float(smooth)
+        self.reinforce = float(reinforce)
+        #: One linear head per modality, ``(B, D) -> (B, C)``; built by :meth:`bind`.
+        self.heads = nn.ModuleList()
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "temperature": self.temperature,
                 "fusion_momentum": self.fusion_momentum, "resample": self.resample,
-                "resample_strength": self.resample_strength, "smooth": self.smooth}
+                "resample_strength": self.resample_strength, "smooth": self.smooth,
+                "reinforce": self.reinforce}
 
     def check_model(self, model: "MultimodalDPMixture") -> None:
         if len(model.modalities) < 2:
@@ -120,6 +149,29 @@ class ARM(AuxiliaryFactor):
                 f"ARM: needs at least two modalities, the model has {len(model.modalities)}")
         if model.num_classes is None:
             raise ValueError("ARM: needs labels; build the model with num_classes")
+
+    def bind(self, model: "MultimodalDPMixture") -> None:
+        super().bind(model)
+        self.heads = nn.ModuleList(
+            [nn.Linear(model.latent_dim, model.num_classes) for _ in model.modalities]
+            if self.reinforce > 0 else [])
+
+    def unimodal_log_prob(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(B, M)``: ``log q_m(y_i | z_im)`` from each modality's linear head, for
+        ``z (B, M, D)`` and ``labels (B,)``."""
+        if not len(self.heads):
+            raise ValueError("ARM: no unimodal heads (reinforce=0, or not bound to a model)")
+        logits = torch.stack([head(z[..., j, :]) for j, head in enumerate(self.heads)], -2)
+        index = labels[:, None, None].expand(*logits.shape[:-1], 1)
+        return torch.log_softmax(logits, -1).gather(-1, index)[..., 0]
+
+    @staticmethod
+    def unimodal_loss(model: "MultimodalDPMixture", log_q: torch.Tensor,
+                      observed: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: ``r_i = -sum_m w_m log q_m(y_i | z_im)`` from ``log_q (B, M)`` over
+        the modalities ``observed (B, M)`` marks, ``w`` the model's fusion weights."""
+        weighted = model.modality_weights * torch.where(observed, log_q, torch.zeros_like(log_q))
+        return -weighted.sum(-1)
 
     def balance(self, phi: torch.Tensor) -> torch.Tensor:
         """The min-max gap of ``phi (M,)``, hard or smooth."""
@@ -153,6 +205,24 @@ class ARM(AuxiliaryFactor):
         for j, m in enumerate(model.modalities):
             context.log(f"{self.name}/fusion_weight/{m}", model.modality_weights[j])
         return loss
+
+    def attach(self, context: FactorContext) -> None:
+        """The min-max factor ``<name>`` and, with ``reinforce > 0``, the per-example
+        unimodal reinforcement factor ``<name>_reinforce``."""
+        super().attach(context)
+        batch, model = context.batch, context.model
+        if not self.reinforce or batch.labels is None or batch.label_mask is None:
+            return
+        observed = batch.masks & batch.label_mask[:, None]
+        log_q = self.unimodal_log_prob(context.z, batch.labels)
+        loss = self.unimodal_loss(model, log_q, observed)
+        context.log(f"{self.name}/reinforce", loss.mean())
+        entropy = label_entropy(model.class_frequencies)
+        for j, m in enumerate(model.modalities):
+            if bool(observed[:, j].any()):
+                context.log(f"{self.name}/unimodal/{m}",
+                            entropy + log_q[observed[:, j], j].mean())
+        pyro.factor(f"{self.name}_reinforce", -self.reinforce * loss)
 
     @torch.no_grad()
     def _update_fusion(self, model: "MultimodalDPMixture", phi: torch.Tensor) -> None:

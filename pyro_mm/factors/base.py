@@ -66,8 +66,13 @@ class AuxiliaryFactor(nn.Module):
         self.name = name or self.site_name
 
     def check_model(self, model: "MultimodalDPMixture") -> None:
-        """Raise ``ValueError`` if this factor cannot work with ``model`` (called by the
-        model's constructor)."""
+        """Raise ``ValueError`` if this factor cannot work with ``model``."""
+
+    def bind(self, model: "MultimodalDPMixture") -> None:
+        """Called once by the model's constructor: check the model, then build whatever
+        depends on its shapes (a factor's own parameters). A factor belongs to one
+        model."""
+        self.check_model(model)
 
     def sampling_weights(self, model: "MultimodalDPMixture", guide, batch: "TensorBatch"
                          ) -> torch.Tensor | None:
