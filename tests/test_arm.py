@@ -43,6 +43,7 @@ def test_a_useless_modality_contributes_nothing_and_the_informative_one_most(
     assert contributions["strong"] > 0.5
     assert contributions.phi_mi <= contributions.label_entropy
     assert "noise" in str(contributions) and "phi_MI" in str(contributions)
+    assert contributions.unimodal is None  # no ARM heads to measure it with
 
 
 def _with_and_without_arm(data, factor, latent_dim=8):
@@ -139,7 +140,7 @@ def test_reinforcement_is_its_own_per_example_factor(strong_weak_noise, reinforc
 
 
 def test_unimodal_bounds_separate_the_informative_modality_from_noise(strong_weak_noise):
-    train, _ = strong_weak_noise
+    train, test = strong_weak_noise
     result = _fit(train, factors=[ARM()], epochs=15)
     last = [row for row in result.history.steps if row["epoch"] == 14] or \
         result.history.steps[-5:]
@@ -150,6 +151,12 @@ def test_unimodal_bounds_separate_the_informative_modality_from_noise(strong_wea
     assert strong > 0.5
     assert abs(noise) < 0.15
     assert all(math.isfinite(row["arm/reinforce"]) for row in last)
+    held_out = modality_contributions(result, test)
+    assert held_out.unimodal["strong"] > 0.5
+    assert abs(held_out.unimodal["noise"]) < 0.15
+    assert max(held_out.unimodal.values()) <= held_out.label_entropy
+    assert "I(y; z_m) >=" in str(held_out)
+    assert held_out.to_dict()["unimodal"] == held_out.unimodal
 
 
 def test_joint_contribution_never_exceeds_the_label_entropy(strong_weak_noise):

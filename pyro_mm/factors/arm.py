@@ -266,16 +266,19 @@ def example_scores(model: "MultimodalDPMixture", guide, batch: "TensorBatch",
 class Contributions(Mapping):
     """Per-modality contributions ``phi_m`` (nats) with the joint ``phi_MI``.
 
-    Behaves as a mapping ``modality -> phi_m``; ``phi_mi`` and ``label_entropy`` are
-    attributes; ``str()`` is a readable table.
+    Behaves as a mapping ``modality -> phi_m``; ``phi_mi``, ``label_entropy`` and
+    ``unimodal`` (``modality -> H(y) + mean log q_m(y | z_m)``, the lower bound on
+    ``I(y; z_m)`` from ARM's heads, or ``None`` without them) are attributes; ``str()``
+    is a readable table.
     """
 
     def __init__(self, phi: Mapping[str, float], phi_mi: float, entropy: float,
-                 num_examples: int):
+                 num_examples: int, unimodal: Mapping[str, float] | None = None):
         self._phi = dict(phi)
         self.phi_mi = float(phi_mi)
         self.label_entropy = float(entropy)
         self.num_examples = int(num_examples)
+        self.unimodal = None if unimodal is None else dict(unimodal)
 
     def __getitem__(self, key: str) -> float:
         return self._phi[key]
@@ -288,13 +291,21 @@ class Contributions(Mapping):
 
     def to_dict(self) -> dict[str, Any]:
         return {"phi": dict(self._phi), "phi_mi": self.phi_mi,
-                "label_entropy": self.label_entropy, "num_examples": self.num_examples}
+                "label_entropy": self.label_entropy, "num_examples": self.num_examples,
+                "unimodal": self.unimodal}
 
     def __str__(self) -> str:
         width = max([len(m) for m in self._phi] + [len("joint phi_MI")])
+        header = f"  {'modality':<{width}}  phi_m = I(y; z_m | z_-m)"
+        if self.unimodal is not None:
+            header += "   I(y; z_m) >= (ARM's head)"
         lines = [f"Modality contributions on {self.num_examples} labelled examples (nats)",
-                 f"  {'modality':<{width}}  phi_m = I(y; z_m | z_-m)"]
-        lines += [f"  {m:<{width}}  {v:8.4f}" for m, v in self._phi.items()]
+                 header]
+        for m, v in self._phi.items():
+            line = f"  {m:<{width}}  {v:8.4f}"
+            if self.unimodal is not None and m in self.unimodal:
+                line += f"{'':17}{self.unimodal[m]:8.4f}"
+            lines.append(line)
         lines.append(f"  {'joint phi_MI':<{width}}  {self.phi_mi:8.4f}   "
                      f"(<= H(y) = {self.label_entropy:.4f})")
         return "\n".join(lines)
@@ -304,7 +315,9 @@ class Contributions(Mapping):
 
 def modality_contributions(result, data) -> Contributions:
     """``phi_m`` for each modality and the joint ``phi_MI`` on ``data`` (labelled
-    examples), from a fitted model with a classifier (ARM need not have been used)."""
+    examples), from a fitted model with a classifier (ARM need not have been used).
+    With an ARM factor that has unimodal heads, also each modality's bound on
+    ``I(y; z_m)`` (``Contributions.unimodal``)."""
     model, guide = result.model, result.guide
     if model.num_classes is None:
         raise ValueError("modality_contributions: the model has no classifier")
@@ -313,6 +326,7 @@ def modality_contributions(result, data) -> Contributions:
         raise ValueError("modality_contributions: the data has no labels")
     from ..inference import point_params
 
+    heads = next((f for f in model.factors if isinstance(f, ARM) and len(f.heads)), None)
     with torch.no_grad():
         params = point_params(model, guide)
         globals_ = guide.point_estimate()
@@ -321,5 +335,11 @@ def modality_contributions(result, data) -> Contributions:
         z, _ = guide.encode(part, globals_)
         c, full = conditional_contributions(model, z, params, part.labels, part.masks)
         entropy = label_entropy(model.class_frequencies)
+        unimodal = None
+        if heads is not None:
+            log_q = heads.unimodal_log_prob(z, part.labels)
+            unimodal = {m: float(entropy + log_q[part.masks[:, j], j].mean())
+                        for j, m in enumerate(model.modalities) if bool(part.masks[:, j].any())}
     phi = {m: float(c[:, j].mean()) for j, m in enumerate(model.modalities)}
-    return Contributions(phi, float(entropy + full.mean()), float(entropy), part.size)
+    return Contributions(phi, float(entropy + full.mean()), float(entropy), part.size,
+                         unimodal)
