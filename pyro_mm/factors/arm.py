@@ -82,6 +82,16 @@ def label_entropy(frequencies: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
+def unimodal_bounds(model: "MultimodalDPMixture", log_q: torch.Tensor,
+                    observed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``modality -> H(y) + mean log q_m(y_i | z_im)``, the lower bound on ``I(y; z_m)``,
+    averaged over the examples ``observed (B, M)`` marks (modalities with none are left
+    out); ``log_q (B, M)`` from :meth:`ARM.unimodal_log_prob`."""
+    entropy = label_entropy(model.class_frequencies)
+    return {m: entropy + log_q[observed[:, j], j].mean()
+            for j, m in enumerate(model.modalities) if bool(observed[:, j].any())}
+
+
 #: Default weight of the unimodal reinforcement term (see the measurements in
 #: ``benchmarks/RESULTS.md`` and ``guides/auxiliary-factors.md``).
 REINFORCE = 3.0
@@ -217,11 +227,8 @@ class ARM(AuxiliaryFactor):
         log_q = self.unimodal_log_prob(context.z, batch.labels)
         loss = self.unimodal_loss(model, log_q, observed)
         context.log(f"{self.name}/reinforce", loss.mean())
-        entropy = label_entropy(model.class_frequencies)
-        for j, m in enumerate(model.modalities):
-            if bool(observed[:, j].any()):
-                context.log(f"{self.name}/unimodal/{m}",
-                            entropy + log_q[observed[:, j], j].mean())
+        for m, bound in unimodal_bounds(model, log_q, observed).items():
+            context.log(f"{self.name}/unimodal/{m}", bound)
         pyro.factor(f"{self.name}_reinforce", -self.reinforce * loss)
 
     @torch.no_grad()
@@ -337,9 +344,9 @@ def modality_contributions(result, data) -> Contributions:
         entropy = label_entropy(model.class_frequencies)
         unimodal = None
         if heads is not None:
-            log_q = heads.unimodal_log_prob(z, part.labels)
-            unimodal = {m: float(entropy + log_q[part.masks[:, j], j].mean())
-                        for j, m in enumerate(model.modalities) if bool(part.masks[:, j].any())}
+            bounds = unimodal_bounds(model, heads.unimodal_log_prob(z, part.labels),
+                                     part.masks)
+            unimodal = {m: float(v) for m, v in bounds.items()}
     phi = {m: float(c[:, j].mean()) for j, m in enumerate(model.modalities)}
     return Contributions(phi, float(entropy + full.mean()), float(entropy), part.size,
                          unimodal)
