@@ -39,7 +39,7 @@ def _load_dataset(args) -> MultimodalData:
 
 
 def parse_factor(spec: str):
-    """``"pmrl"`` or ``"arm:weight=0.1,smooth=0.5"`` -> a factor object."""
+    """``"pmrl"`` or ``"arm:weight=0.5,reinforce=1"`` -> a factor object."""
     from .factors import FACTORS, make_factor
 
     kind, _, rest = spec.partition(":")
@@ -159,7 +159,7 @@ def _evaluate(args) -> int:
     print(f"pyro-mm evaluate {args.run_dir} on {data!r}")
     print(_format_metrics(metrics))
     if args.contributions:
-        from .factors.arm import modality_contributions
+        from .factors.contributions import modality_contributions
 
         contributions = modality_contributions(result, data)
         print(contributions)

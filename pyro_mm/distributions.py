@@ -166,6 +166,51 @@ class MultimodalMixture(TorchDistribution):
             return torch.softmax(self.log_weights + lp.sum(-2), dim=-1)
         return torch.softmax(self.log_weights + lp, dim=-1)
 
+    def conditional_moments(self, value: torch.Tensor, present: torch.Tensor
+                            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Mean and variance of each modality given the ``present`` ones.
+
+        ``joint``: responsibilities ``r_ik`` from the present modalities of ``value``,
+        then the moments of ``sum_k r_ik N(mu_mk, sigma_mk^2)``. ``independent``: a
+        modality's component tells nothing about another's, so ``r_ik = pi_k`` (the
+        prior moments). An example with nothing present also gets the prior moments.
+        The ``mask`` this distribution was built with is not used: ``present`` says
+        what to condition on.
+
+        Args:
+            value: a value of this distribution, ``(B, M, d)`` or ``(B, sum d_m)``;
+                entries of absent modalities are ignored (they may be anything finite).
+            present: ``(B, M)`` bool.
+
+        Returns:
+            ``([mean (B, d_m)], [variance (B, d_m)])``, one of each per modality.
+        """
+        if self.mixture == "joint":
+            lp = self._unmasked(value)
+            lp = torch.where(present.unsqueeze(-1), lp, lp.new_zeros(()))
+            resp = torch.softmax(self.log_weights + lp.sum(-2), dim=-1)       # (B, K)
+        else:
+            resp = self.log_weights.exp().expand(present.shape[0], -1)
+        means, variances = [], []
+        for loc, scale in zip(self.locs, self.scales):
+            mean = resp @ loc
+            second = resp @ (scale.pow(2) + loc.pow(2))
+            means.append(mean)
+            variances.append((second - mean.pow(2)).clamp_min(0.0))
+        return means, variances
+
+    def fill_absent(self, value: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """``value`` with every absent modality replaced by its conditional mean given
+        the present ones (:meth:`conditional_moments`); same shape as ``value``.
+
+        Conditioning uses ``value`` detached: the fill is a prediction from the present
+        modalities, not a path for their gradients to game it.
+        """
+        means, _ = self.conditional_moments(value.detach(), present)
+        parts = [torch.where(present[:, j : j + 1], x, mean)
+                 for j, (x, mean) in enumerate(zip(self.split(value), means))]
+        return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)
+
     def sample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.batch_shape
         num_modalities = len(self.locs)

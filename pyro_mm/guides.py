@@ -34,8 +34,7 @@ from torch import nn
 
 from ._naming import UniquelyNamedModule
 from .data import TensorBatch
-from .distributions import stick_breaking_log_weights
-from .models import MultimodalDPMixture
+from .models import MixtureParams, MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
 
 
@@ -211,21 +210,13 @@ class MultimodalGuide(UniquelyNamedModule):
         mask = batch.masks
         if bool(mask.all()):
             return loc, scale
-        log_w = stick_breaking_log_weights(globals_["sticks"])
-        locs = torch.stack([globals_[f"component_loc_{m}"] for m in self.modalities])
-        scales = torch.stack([globals_[f"component_scale_{m}"] for m in self.modalities])
-        # log N(loc_im; mu_mk, sigma_mk): (B, M, K), present modalities only.
-        comp = dist.Normal(locs, scales).log_prob(loc.detach().unsqueeze(-2)).sum(-1)
-        if self.mixture == "joint":
-            logits = log_w + (comp * mask.unsqueeze(-1)).sum(-2)
-        else:
-            logits = log_w.expand(loc.shape[0], -1)
-        resp = torch.softmax(logits, dim=-1)                             # (B, K)
-        mean = torch.einsum("bk,mkd->bmd", resp, locs)
-        second = torch.einsum("bk,mkd->bmd", resp, scales.pow(2) + locs.pow(2))
-        fill_scale = (second - mean.pow(2)).clamp_min(1e-6).sqrt()
+        params = MixtureParams.from_sites(self.modalities, globals_, loc.new_ones(()))
+        mixture = params.mixture(self.mixture, batch_size=loc.shape[0])
+        means, variances = mixture.conditional_moments(loc.detach(), mask)
+        fill_loc = torch.stack(means, -2)
+        fill_scale = torch.stack(variances, -2).clamp_min(1e-6).sqrt()
         present = mask.unsqueeze(-1)
-        return torch.where(present, loc, mean), torch.where(present, scale, fill_scale)
+        return torch.where(present, loc, fill_loc), torch.where(present, scale, fill_scale)
 
     # ------------------------------------------------------------------ the guide
     def forward(self, batch: TensorBatch, subsample: torch.Tensor | None = None,

@@ -10,7 +10,7 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     for i in plate("data", N, subsample=...):
         z_i          ~ MultimodalMixture(pi, mu, sigma)  (B, M, D)    site "z"
         x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
-        y_i          ~ Categorical(logits=classifier(fuse(z_i)))           site "y"
+        y_i          ~ Categorical(logits=classifier(fuse(fill(z_i))))     site "y"
         factors      pyro.factor(<factor name>, -weight * loss)
 
 With ``representation="observed"`` there is no ``z`` and no decoder: the mixture is the
@@ -28,6 +28,19 @@ Decisions not fixed by the design:
   converts to the original scale.
 * A missing modality's representation still has the mixture prior (it is a latent
   variable like any other); only its likelihood ``x_im`` is masked out.
+* The classifier never reads an absent modality's value: ``fill`` replaces it by the
+  mixture's conditional mean given the present modalities
+  (:meth:`~pyro_mm.distributions.MultimodalMixture.fill_absent`), the same prediction
+  the guide uses for a missing modality. So "modality ``m`` missing" is one input the
+  classifier handles, whether ``m`` is missing from the data or left out on purpose.
+* Modality dropout (``modality_dropout=p``, training only): for the label likelihood,
+  each present modality of each example is treated as absent with probability ``p``
+  (never all of an example's modalities). The classifier is thereby fitted to predict
+  ``y`` from every subset it will be asked about: examples with missing views, and the
+  leave-one-out predictions ``q(y | z_-m)`` of ARM's contribution estimates
+  (:mod:`pyro_mm.factors.arm`). It changes the label term of the objective to
+  ``E_mask log q(y | fill(z, mask))``; the priors and reconstructions are untouched, and
+  outside training (prediction, evaluation) nothing is dropped.
 """
 
 from __future__ import annotations
@@ -50,6 +63,10 @@ from .errors import DataValidationError
 from .factors.base import AuxiliaryFactor, FactorContext
 from .fusion import make_fusion
 from .networks import GaussianDecoder, mlp
+
+#: Default probability of modality dropout for the classifier (see the module
+#: docstring; measured in ``benchmarks/RESULTS.md``).
+MODALITY_DROPOUT = 0.2
 
 #: Names of the global latent sites (``<m>`` is each modality's name).
 GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>")
@@ -88,11 +105,6 @@ class MixtureParams:
         return MultimodalMixture(self.log_weights, self.locs, self.scales, mixture=mixture,
                                  mask=mask, batch_size=batch_size, stacked=stacked)
 
-    def mean_representation(self) -> torch.Tensor:
-        """``(M, D)``: the mixture's expected value ``sum_k pi_k mu_mk`` per modality."""
-        weights = self.log_weights.exp()
-        return torch.stack([weights @ loc for loc in self.locs])
-
 
 class MultimodalDPMixture(UniquelyNamedModule):
     """Multimodal Dirichlet-process Gaussian mixture (see the module docstring).
@@ -116,6 +128,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_scale: ``s1``, prior median of the component scales.
         prior_scale_spread: ``t1``, log-scale spread of the component scales.
         hidden: hidden sizes of the decoders and the classifier.
+        modality_dropout: probability of leaving each present modality out of the
+            classifier's input during training (module docstring); 0 turns it off.
         factors: auxiliary factors (e.g. :class:`pyro_mm.factors.PMRL`).
     """
 
@@ -136,6 +150,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_scale: float = 1.0,
         prior_scale_spread: float = 1.0,
         hidden: Sequence[int] = (256,),
+        modality_dropout: float = MODALITY_DROPOUT,
         factors: Sequence[AuxiliaryFactor] = (),
     ):
         super().__init__("pyro_mm_model")
@@ -165,6 +180,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
             raise ValueError("factors: need representation='latent' (they act on z)")
         if alpha != "learned" and not (isinstance(alpha, (int, float)) and alpha > 0):
             raise ValueError(f"alpha: expected a positive number or 'learned', got {alpha!r}")
+        if not 0.0 <= modality_dropout < 1.0:
+            raise ValueError(f"modality_dropout: must be in [0, 1), got {modality_dropout!r}")
         for arg, value in (("prior_loc_scale", prior_loc_scale), ("prior_scale", prior_scale),
                            ("prior_scale_spread", prior_scale_spread)):
             if not value > 0:
@@ -181,13 +198,14 @@ class MultimodalDPMixture(UniquelyNamedModule):
         self.fusion_name = fusion
         self.learn_alpha = alpha == "learned"
         self.hidden = tuple(int(h) for h in hidden)
+        self.modality_dropout = float(modality_dropout)
         self._config = dict(
             dims=self.dims, num_classes=self.num_classes, latent_dim=self.latent_dim,
             num_components=self.num_components, mixture=mixture,
             representation=representation, reconstruct=self.reconstruct, fusion=fusion,
             alpha=alpha, alpha_prior=list(alpha_prior), prior_loc_scale=prior_loc_scale,
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
-            hidden=list(self.hidden),
+            hidden=list(self.hidden), modality_dropout=self.modality_dropout,
         )
 
         # Hyperparameters live in buffers so `.to(device)` moves everything.
@@ -353,31 +371,51 @@ class MultimodalDPMixture(UniquelyNamedModule):
     def class_logits(self, z: torch.Tensor, params: MixtureParams,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, C)`` classifier logits from representations ``(B, M, D)`` (latent) or
-        concatenated standardised features ``(B, sum d)`` (observed)."""
+        concatenated standardised features ``(B, sum d)`` (observed).
+
+        Modalities that ``mask (B, M)`` marks absent are first replaced by their
+        conditional mean given the present ones (module docstring)."""
         if self.classifier is None:
             raise ValueError("this model has no classifier (num_classes=None)")
-        inputs = self.fuse(z, params, mask) if self.representation == "latent" else z
-        return self.classifier(inputs)
+        latent = self.representation == "latent"
+        if mask is not None and not bool(mask.all()):
+            mixture = params.mixture(self.mixture, batch_size=z.shape[0], stacked=latent)
+            z = mixture.fill_absent(z, mask)
+        return self.classifier(self.fuse(z, params, mask) if latent else z)
 
     def label_log_prob(self, z: torch.Tensor, params: MixtureParams, labels: torch.Tensor,
                        mask: torch.Tensor | None = None, drop: int | None = None
                        ) -> torch.Tensor:
-        """``(B,)``: ``log p(y_i | z_i)`` under the classifier.
+        """``(B,)``: ``log q(y_i | z_i)`` under the classifier.
 
         Args:
-            z: ``(B, M, D)`` representations.
-            params: global parameters (the fusion and the replacement use them).
+            z: ``(B, M, D)`` representations (concatenated features when observed).
+            params: global parameters (the fusion and the fill use them).
             labels: ``(B,)`` class indices.
-            mask: ``(B, M)`` observation mask (for the ``dp`` gate).
-            drop: a modality index to remove: its representation is replaced by the
-                mixture's expected value ``sum_k pi_k mu_mk`` (not by zeros, which
-                would be an arbitrary point of the latent space).
+            mask: ``(B, M)`` which modalities are present (``None``: all).
+            drop: a modality index to leave out: it is treated as absent, i.e. filled in
+                from the other present modalities exactly as a missing modality is, so
+                this is the prediction ``q(y | z_-m)`` the classifier was fitted to make
+                under modality dropout.
         """
         if drop is not None:
-            z = z.clone()
-            z[:, drop] = params.mean_representation()[drop]
+            if mask is None:
+                mask = torch.ones(z.shape[0], len(self.modalities), dtype=torch.bool,
+                                  device=z.device)
+            mask = mask.clone()
+            mask[:, drop] = False
         logits = self.class_logits(z, params, mask)
         return torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
+
+    def dropout_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, M)``: ``mask`` with each present modality dropped with probability
+        ``modality_dropout``; an example that would lose all of them keeps one present
+        modality chosen uniformly."""
+        draw = torch.rand(mask.shape, device=mask.device)
+        keep = mask & (draw >= self.modality_dropout)
+        rescue = (torch.rand(mask.shape, device=mask.device) * mask).argmax(-1)
+        rescue = torch.nn.functional.one_hot(rescue, mask.shape[-1]).bool()
+        return torch.where(keep.any(-1, keepdim=True), keep, rescue)
 
     def record(self, name: str, value: torch.Tensor) -> None:
         """Keep a detached scalar for the training history (read by the trainer)."""
@@ -430,6 +468,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
     def _observe_labels(self, inputs, params, part: TensorBatch) -> None:
         if self.classifier is None or part.labels is None:
             return
-        logits = self.class_logits(inputs, params, part.masks)
+        mask = part.masks
+        if self.training and self.modality_dropout > 0:
+            mask = self.dropout_mask(mask)
+        logits = self.class_logits(inputs, params, mask)
         pyro.sample("y", dist.Categorical(logits=logits).mask(part.label_mask),
                     obs=part.labels)

@@ -11,7 +11,9 @@ import torch
 import pyro_mm as pm
 from pyro_mm.cli import main
 from pyro_mm.factors import ARM
-from pyro_mm.factors.arm import example_scores, label_entropy, modality_contributions
+from pyro_mm.factors.arm import example_scores
+from pyro_mm.factors.contributions import (LeaveOneOut, label_entropy,
+                                          modality_contributions)
 from pyro_mm.training import validation_metrics
 
 
@@ -83,17 +85,37 @@ def test_arm_reinforces_a_weak_modality_without_costing_fused_accuracy():
     assert arm_acc >= base_acc - 0.01
 
 
-def test_arm_raises_the_weak_modality_contribution_on_gaussian_clusters():
-    """A weak modality whose raw features already give a good linear probe: ARM
-    raises its contribution and narrows the gap to the strong one."""
-    data = pm.datasets.make_synthetic(num_examples=900, num_clusters=4,
-                                      dims={"strong": 8, "weak": 8},
-                                      signal={"strong": 1.2, "weak": 0.8}, seed=0)
-    runs = _with_and_without_arm(data, ARM(weight=0.5))
-    (base, base_acc, _), (arm, arm_acc, _) = runs["base"], runs["arm"]
-    assert arm["weak"] > base["weak"] + 0.03
-    assert arm["strong"] - arm["weak"] < base["strong"] - base["weak"]
-    assert arm_acc >= base_acc - 0.03
+def test_leave_one_out_loss_weights_each_prediction_by_the_modalities_that_make_it():
+    model = pm.MultimodalDPMixture({"a": 3, "b": 2, "c": 2}, num_classes=3, latent_dim=2,
+                                   factors=[ARM()])
+    model.modality_weights = torch.tensor([0.5, 1.0, 1.5])
+    without = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -4.0, -0.1]])
+    valid = torch.tensor([[True, True, True], [True, False, True]])
+    loo = LeaveOneOut(torch.zeros(2), without, valid)
+    u = torch.tensor([(1.0 + 1.5) / 2, (0.5 + 1.5) / 2, (0.5 + 1.0) / 2])
+    expected = torch.stack([-(u * without[0]).sum() / 3,
+                            -(u[0] * without[1, 0] + u[2] * without[1, 2]) / 3])
+    torch.testing.assert_close(ARM.leave_one_out_loss(model, loo), expected)
+
+
+def test_no_arm_term_can_improve_by_making_a_prediction_worse(strong_weak_noise):
+    """Every ARM term is a non-negative combination of label log-likelihoods of fitted
+    predictions: its gradient with respect to each of them is <= 0 (raising any
+    prediction's log-likelihood never raises the loss), and the full prediction ``l``
+    (whose loss would be lowered by failing without a modality) does not enter it."""
+    train, _ = strong_weak_noise
+    result = _fit(train, factors=[ARM()], epochs=1)
+    model = result.model
+    model.modality_weights = torch.tensor([0.3, 1.7])
+    full = torch.randn(8, requires_grad=True)
+    without = torch.randn(8, 2, requires_grad=True)
+    valid = torch.rand(8, 2) < 0.8
+    ARM.leave_one_out_loss(model, LeaveOneOut(full, without, valid)).sum().backward()
+    assert full.grad is None
+    assert bool((without.grad <= 0).all()) and bool((without.grad[valid] < 0).all())
+    log_q = torch.randn(8, 2, requires_grad=True)
+    ARM.unimodal_loss(model, log_q, valid).sum().backward()
+    assert bool((log_q.grad <= 0).all())
 
 
 def test_unimodal_loss_weights_each_observed_modality_by_its_fusion_weight():
@@ -173,7 +195,7 @@ def test_history_logs_every_arm_value(strong_weak_noise):
     train, _ = strong_weak_noise
     result = _fit(train, factors=[ARM(weight=0.1)], epochs=1)
     row = result.history.steps[-1]
-    for key in ("arm/phi/strong", "arm/phi/noise", "arm/phi_mi", "arm/balance",
+    for key in ("arm/phi/strong", "arm/phi/noise", "arm/phi_mi", "arm/loss",
                 "arm/fusion_weight/strong", "arm/fusion_weight/noise"):
         assert key in row and math.isfinite(row[key]), key
     weights = torch.tensor([row["arm/fusion_weight/strong"], row["arm/fusion_weight/noise"]])
@@ -191,14 +213,6 @@ def test_fusion_weights_move_only_in_training(strong_weak_noise, fusion):
     validation_metrics(result.model, result.guide, result.model.prepare(test))
     pm.evaluate(result, test)
     assert torch.equal(result.model.modality_weights, weights)
-
-
-def test_smooth_balance_bounds_the_hard_gap():
-    phi = torch.tensor([0.1, 0.9, 0.4])
-    hard = ARM().balance(phi)
-    assert hard == pytest.approx(0.8)
-    smooth = ARM(smooth=0.05).balance(phi)
-    assert hard <= smooth <= hard + 2 * 0.05 * math.log(3)
 
 
 def test_resampling_prefers_examples_with_weak_contributions(strong_weak_noise):
@@ -230,7 +244,7 @@ def test_arm_needs_two_modalities_and_labels():
 
 def test_save_and_load_keep_the_factor_and_its_fusion_weights(tmp_path, strong_weak_noise):
     train, test = strong_weak_noise
-    result = _fit(train, factors=[ARM(weight=0.2, smooth=0.1, resample=True)], epochs=2)
+    result = _fit(train, factors=[ARM(weight=0.2, resample=True)], epochs=2)
     result.save(tmp_path / "run")
     loaded = pm.load(tmp_path / "run")
     (factor,) = loaded.model.factors
@@ -246,7 +260,7 @@ def test_save_and_load_keep_the_factor_and_its_fusion_weights(tmp_path, strong_w
 def test_cli_trains_with_arm_and_pmrl_and_reports_contributions(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--views", "fou", "mor", "--epochs", "1", "--latent-dim", "4",
-                 "--out", str(run), "--quiet", "--factor", "arm:weight=0.1,smooth=0.5",
+                 "--out", str(run), "--quiet", "--factor", "arm:weight=0.5,reinforce=1",
                  "--factor", "pmrl:weight=0.1"]) == 0
     assert main(["evaluate", str(run), "--contributions"]) == 0
     out = capsys.readouterr().out

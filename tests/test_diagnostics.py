@@ -399,11 +399,11 @@ def test_history_and_arm_plots_show_every_logged_key(tmp_path):
 
     history = pm.History(
         steps=[{"step": i, "epoch": i // 5, "loss": 10.0 / (i + 1), "pmrl/leading_sv": 1.2,
-                "arm/phi/a": 0.1 * i, "arm/phi/b": 0.05 * i, "arm/balance": 0.01}
+                "arm/phi/a": 0.1 * i, "arm/phi/b": 0.05 * i, "arm/loss": 0.01}
                for i in range(20)],
         epochs=[{"epoch": e, "loss": 1.0, "val_loss": 1.1} for e in range(4)])
     assert plots.history_keys(history) == ["pmrl/leading_sv", "arm/phi/a", "arm/phi/b",
-                                           "arm/balance"]
+                                           "arm/loss"]
     fig = plots.plot_history(history, tmp_path / "h.png")
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
     assert titles[0] == "ELBO per example" and "arm/phi/b" in titles

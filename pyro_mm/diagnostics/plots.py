@@ -221,7 +221,7 @@ def plot_responsibilities(source, data: MultimodalData | None = None, path=None,
 def plot_modality_contributions(source, path=None, prefix: str = "arm/phi/",
                                 smooth: int | None = None) -> "Figure":
     """ARM's conditional contribution ``phi_m`` of each modality over training (the
-    history keys ``<prefix><modality>``, plus ``arm/phi_mi`` / ``arm/balance``-style
+    history keys ``<prefix><modality>``, plus ``arm/phi_mi`` / ``arm/loss``-style
     keys of the same factor in a second panel when present).
 
     Raises:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .arm import ARM, Contributions, modality_contributions
+from .arm import ARM
 from .base import AuxiliaryFactor, FactorContext
+from .contributions import Contributions, modality_contributions
 from .pmrl import PMRL, PMRLComponents
 
 #: Factor kind (as used on the command line) -> class.
