@@ -57,6 +57,7 @@ import pyro
 import torch
 from torch import nn
 
+from ..params import point_params
 from .base import AuxiliaryFactor, FactorContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -257,8 +258,6 @@ def example_scores(model: "MultimodalDPMixture", guide, batch: "TensorBatch",
                    chunk_size: int = 4096) -> torch.Tensor:
     """``(N,)``: each labelled example's weakest contribution ``min_m c_im`` at the
     posterior means (``nan`` for unlabelled examples)."""
-    from ..inference import point_params
-
     params = point_params(model, guide)
     globals_ = guide.point_estimate()
     out = torch.full((batch.size,), math.nan, device=batch.device)
@@ -331,8 +330,6 @@ def modality_contributions(result, data) -> Contributions:
     batch = model.prepare(data)
     if batch.labels is None or not bool(batch.label_mask.any()):
         raise ValueError("modality_contributions: the data has no labels")
-    from ..inference import point_params
-
     heads = next((f for f in model.factors if isinstance(f, ARM) and len(f.heads)), None)
     with torch.no_grad():
         params = point_params(model, guide)
