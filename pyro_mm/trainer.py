@@ -126,7 +126,7 @@ class Trainer:
     """Minibatch SVI in named phases; :func:`fit` runs them in order:
 
     :meth:`prepare` (data and device) -> :meth:`build_optimizer` (fresh or restored) ->
-    :meth:`run`, which for every epoch draws :meth:`minibatches`, runs :meth:`epoch`
+    :meth:`run`, which for every epoch draws :meth:`minibatches`, runs :meth:`epoch_losses`
     (one :meth:`step` per minibatch, with non-finite recovery), then :meth:`validate`
     (validation and early stopping) and :meth:`checkpoint`, and at the end
     :meth:`finish`.
@@ -142,6 +142,7 @@ class Trainer:
         self.device = resolve_device(settings.device)
         self.run_path = None if settings.run_dir is None else Path(settings.run_dir)
         self.guide: MultimodalGuide | None = None
+        self.val_data: MultimodalData | None = None
         self.resume_state: dict[str, Any] = {}
         self.history = History()
         self.stopper = EarlyStopping(settings.early_stopping)
@@ -172,6 +173,7 @@ class Trainer:
         if not bool(model.standardized):
             model.fit_standardization(data)
         self.batch = model.prepare(data)
+        self.val_data = val_data
         self.val_batch = None if val_data is None else model.prepare(val_data)
         self.guide = guide = MultimodalGuide(model) if guide is None else guide
         guide.to(self.device)
@@ -322,7 +324,7 @@ class Trainer:
             self.result.save(self.run_path)
 
     # ------------------------------------------------------------- the loop
-    def run(self, val_data: MultimodalData | None = None) -> FitResult:
+    def run(self) -> FitResult:
         """Every remaining epoch, then :meth:`finish`."""
         bar = self._progress_bar()
         stopped_early = False
@@ -344,7 +346,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        return self.finish(stopped_early, val_data)
+        return self.finish(stopped_early)
 
     def _progress_bar(self):
         if not self.settings.progress:
@@ -355,7 +357,7 @@ class Trainer:
         return tqdm(total=self.settings.num_epochs, initial=self.start_epoch, desc="SVI",
                     unit="epoch")
 
-    def finish(self, stopped_early: bool, val_data: MultimodalData | None) -> FitResult:
+    def finish(self, stopped_early: bool) -> FitResult:
         """Restore the best epoch after early stopping, complete the config, compute
         held-out metrics and write the run folder."""
         model, guide, config = self.model, self.guide, self.config
@@ -368,8 +370,8 @@ class Trainer:
                                 else self.start_epoch)
         config["stopped_early"] = stopped_early
         config["best_epoch"] = self.stopper.best_epoch
-        if val_data is not None:
-            self.result.metrics = evaluate(self.result, val_data)
+        if self.val_data is not None:
+            self.result.metrics = evaluate(self.result, self.val_data)
         if self.run_path is not None:
             self.result.save(self.run_path)
         return self.result

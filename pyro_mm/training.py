@@ -115,4 +115,4 @@ def fit(
     trainer = Trainer(model, settings)
     trainer.prepare(data, val_data, guide, resume_from)
     trainer.build_optimizer()
-    return trainer.run(val_data)
+    return trainer.run()

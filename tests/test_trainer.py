@@ -30,7 +30,7 @@ def test_phases_by_hand_match_fit(tiny_data):
         losses = trainer.epoch_losses(iter(minibatches))  # any iterable will do
         _, stop = trainer.validate(losses, 0.0, resampled)
         trainer.checkpoint(stop)
-    result = trainer.finish(stopped_early=False, val_data=None)
+    result = trainer.finish(stopped_early=False)
 
     assert [r["loss"] for r in result.history.steps] == [
         r["loss"] for r in expected.history.steps]
