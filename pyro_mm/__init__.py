@@ -11,6 +11,7 @@ when used); ArviZ and matplotlib are imported by the diagnostics that need them.
 """
 
 from . import datasets, diagnostics, factors
+from ._version import __version__
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .diagnostics import summary, to_datatree
@@ -20,8 +21,6 @@ from .guides import MultimodalGuide
 from .inference import evaluate, log_likelihood, predict
 from .models import MixtureParams, MultimodalDPMixture
 from .training import FitResult, History, fit, load
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

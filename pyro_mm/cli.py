@@ -19,29 +19,24 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import read_json, write_json
+import pyro
+
+from .checkpoint import write_json
 from .data import MultimodalData
+from .diagnostics.cli import run_diagnose
 from .errors import CheckpointError, DataValidationError, TrainingDivergedError
+from .factors import FACTORS, make_factor, modality_contributions
+from .inference import evaluate
+from .models import MultimodalDPMixture
+from .run_data import DATA_SPEC, held_out_data, load_dataset
+from .training import fit, load
 
-
-def _load_dataset(args) -> MultimodalData:
-    from . import datasets
-
-    if args.data:
-        data = MultimodalData.load(args.data)
-    elif args.dataset == "mfeat":
-        return datasets.load_mfeat(views=args.views)
-    else:
-        data = datasets.make_synthetic(num_examples=2000, num_clusters=4,
-                                       dims={"a": 16, "b": 8}, signal={"a": 3.0, "b": 1.5},
-                                       seed=args.seed)
-    return data.select(args.views) if args.views else data
+# Every import points down and is at the top: ``pyro_mm/__init__`` imports the whole
+# package anyway, so deferring them would not make the command start faster.
 
 
 def parse_factor(spec: str):
     """``"pmrl"`` or ``"arm:weight=0.5,reinforce=1"`` -> a factor object."""
-    from .factors import FACTORS, make_factor
-
     kind, _, rest = spec.partition(":")
     if kind not in FACTORS:
         raise ValueError(f"--factor {spec!r}: unknown kind {kind!r}; choose from "
@@ -91,12 +86,7 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def _train(args) -> int:
-    import pyro
-
-    from .models import MultimodalDPMixture
-    from .training import fit
-
-    data = _load_dataset(args)
+    data = load_dataset(args)
     train, test = data.split(test_fraction=args.test_fraction, seed=args.seed,
                              stratify=data.labels is not None)
     num_classes = data.num_classes if (data.has_labels and not args.unsupervised) else None
@@ -123,7 +113,7 @@ def _train(args) -> int:
           f"({seconds / max(len(epochs), 1):.2f} s/epoch) on {result.config['device']}")
     print(f"  final training loss (negative ELBO per example)  {epochs[-1]['loss']:.2f}")
     print(_format_metrics(result.metrics))
-    write_json(out / "data.json", {"dataset": args.dataset, "data": args.data,
+    write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": args.data,
                                     "views": args.views, "seed": args.seed,
                                     "test_fraction": args.test_fraction})
     print(f"Run folder: {out.resolve()}  (config.json, metrics.json, history.json, "
@@ -131,25 +121,7 @@ def _train(args) -> int:
     return 0
 
 
-def held_out_data(run_dir: str | Path) -> MultimodalData:
-    """The held-out split a run was trained beside, rebuilt from the ``data.json`` that
-    ``pyro-mm train`` writes into its run folder."""
-    spec_path = Path(run_dir) / "data.json"
-    if not spec_path.is_file():
-        raise CheckpointError(
-            f"{spec_path}: not found (the run was not trained by `pyro-mm train`); "
-            "pass the data with --data FILE")
-    spec = read_json(spec_path)
-    data = _load_dataset(argparse.Namespace(**spec))
-    _, test = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
-                         stratify=data.labels is not None)
-    return test
-
-
 def _evaluate(args) -> int:
-    from .inference import evaluate
-    from .training import load
-
     result = load(args.run_dir, device=args.device)
     data = MultimodalData.load(args.data) if args.data else held_out_data(args.run_dir)
     missing = [m for m in result.model.modalities if m not in data.modalities]
@@ -159,8 +131,6 @@ def _evaluate(args) -> int:
     print(f"pyro-mm evaluate {args.run_dir} on {data!r}")
     print(_format_metrics(metrics))
     if args.contributions:
-        from .factors.contributions import modality_contributions
-
         contributions = modality_contributions(result, data)
         print(contributions)
         metrics["contributions"] = contributions.to_dict()
@@ -228,8 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _diagnose(args) -> int:
-    from .diagnostics.cli import run_diagnose
-
     return run_diagnose(args.run_dir, out=args.out, plots=args.plots,
                         num_samples=args.num_samples, data=args.data, device=args.device,
                         seed=args.seed, progress=not args.quiet)

@@ -3,7 +3,9 @@
 :class:`MultimodalData` is what every public function takes. It validates at the
 boundary (so the model never sees NaN, a ragged example axis or an impossible label),
 copies what it is given (so user arrays are never mutated) and converts to tensors on a
-chosen device with :meth:`MultimodalData.to_tensors`.
+chosen device with :meth:`MultimodalData.to_tensors`. The checks themselves are in
+:mod:`pyro_mm.data_checks`, the file formats (xarray, netCDF, ``.npz``) in
+:mod:`pyro_mm.data_formats`.
 
 Conventions
 -----------
@@ -17,16 +19,15 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .data_checks import MISSING_LABEL, check_features, check_labels
+from .data_formats import read_file, read_xarray
 from .errors import DataValidationError
-
-MISSING_LABEL = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +71,6 @@ class TensorBatch:
         )
 
 
-def _as_numpy(value: Any, what: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    try:
-        return np.asarray(value)
-    except Exception as exc:  # pragma: no cover - numpy's own message is kept
-        raise DataValidationError(f"{what}: cannot be read as an array ({exc})") from exc
-
-
 class MultimodalData:
     """Named modalities with a shared example axis, optional labels and masks.
 
@@ -105,123 +97,10 @@ class MultimodalData:
         num_classes: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ):
-        if not isinstance(features, Mapping) or len(features) == 0:
-            raise DataValidationError("features: need at least one modality (got none)")
-        masks = dict(masks or {})
-        unknown = set(masks) - set(features)
-        if unknown:
-            raise DataValidationError(
-                f"masks: modalities {sorted(unknown)} are not among the features "
-                f"{list(features)}"
-            )
-        self._features: dict[str, np.ndarray] = {}
-        self._masks: dict[str, np.ndarray] = {}
-        num_examples = None
-        for name, value in features.items():
-            if not isinstance(name, str) or not name.isidentifier():
-                raise DataValidationError(
-                    f"modality name {name!r}: must be a string usable as an identifier"
-                )
-            array = _as_numpy(value, f"modality {name!r}")
-            if array.ndim != 2:
-                raise DataValidationError(
-                    f"modality {name!r}: expected a 2-D array (examples, features), "
-                    f"got shape {array.shape}"
-                )
-            if num_examples is None:
-                num_examples = array.shape[0]
-                first = name
-            elif array.shape[0] != num_examples:
-                raise DataValidationError(
-                    f"modality {name!r}: has {array.shape[0]} examples but modality "
-                    f"{first!r} has {num_examples}"
-                )
-            if array.shape[1] == 0:
-                raise DataValidationError(f"modality {name!r}: has zero features")
-            if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-                raise DataValidationError(
-                    f"modality {name!r}: expected real numbers, got dtype {array.dtype}"
-                )
-            mask = masks.get(name)
-            if mask is None:
-                mask = np.ones(array.shape[0], dtype=bool)
-            else:
-                mask = _as_numpy(mask, f"mask of {name!r}")
-                if mask.shape != (array.shape[0],):
-                    raise DataValidationError(
-                        f"mask of {name!r}: expected shape ({array.shape[0]},), "
-                        f"got {mask.shape}"
-                    )
-                if mask.dtype != bool:
-                    if not np.isin(mask, (0, 1)).all():
-                        raise DataValidationError(
-                            f"mask of {name!r}: must be boolean (True = observed)"
-                        )
-                    mask = mask.astype(bool)
-            array = array.astype(np.float32, copy=True)
-            bad = ~np.isfinite(array[mask])
-            if bad.any():
-                rows = np.flatnonzero(mask)[np.flatnonzero(bad.any(axis=1))]
-                raise DataValidationError(
-                    f"modality {name!r}: {int(bad.sum())} NaN/inf value(s) in observed "
-                    f"examples (first rows {rows[:5].tolist()}); mark missing examples "
-                    "with `masks` instead"
-                )
-            array[~mask] = 0.0
-            self._features[name] = array
-            self._masks[name] = mask.copy()
-        if num_examples == 0:
-            raise DataValidationError("features: the data set has no examples")
-        self._num_examples = int(num_examples)
-        observed = np.stack(list(self._masks.values()), axis=1)
-        empty = np.flatnonzero(~observed.any(axis=1))
-        if empty.size:
-            raise DataValidationError(
-                f"masks: {empty.size} example(s) have no observed modality "
-                f"(first rows {empty[:5].tolist()}); remove them or observe one modality"
-            )
-        self._labels, self._num_classes = self._check_labels(labels, num_classes)
+        self._features, self._masks, self._num_examples = check_features(features, masks)
+        self._labels, self._num_classes = check_labels(labels, num_classes,
+                                                       self._num_examples)
         self.metadata: dict[str, Any] = dict(metadata or {})
-
-    def _check_labels(self, labels, num_classes):
-        if labels is None:
-            if num_classes is not None and int(num_classes) < 1:
-                raise DataValidationError(f"num_classes: must be >= 1, got {num_classes}")
-            return None, num_classes
-        array = _as_numpy(labels, "labels")
-        if array.shape != (self._num_examples,):
-            raise DataValidationError(
-                f"labels: expected shape ({self._num_examples},), got {array.shape}"
-            )
-        if np.issubdtype(array.dtype, np.floating):
-            missing = np.isnan(array)
-            if np.isinf(array).any():
-                raise DataValidationError("labels: contain inf")
-            whole = np.where(missing, MISSING_LABEL, array)
-            if not np.equal(np.round(whole), whole).all():
-                raise DataValidationError("labels: must be whole numbers")
-            array = whole.astype(np.int64)
-        elif np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-            array = array.astype(np.int64, copy=True)
-        else:
-            raise DataValidationError(f"labels: expected integers, got dtype {array.dtype}")
-        if (array < MISSING_LABEL).any():
-            raise DataValidationError(
-                f"labels: negative value {int(array.min())}; use -1 for a missing label"
-            )
-        observed = array[array != MISSING_LABEL]
-        if num_classes is None:
-            num_classes = int(observed.max()) + 1 if observed.size else None
-        else:
-            num_classes = int(num_classes)
-            if num_classes < 1:
-                raise DataValidationError(f"num_classes: must be >= 1, got {num_classes}")
-            if observed.size and observed.max() >= num_classes:
-                raise DataValidationError(
-                    f"labels: value {int(observed.max())} is out of range for "
-                    f"num_classes={num_classes} (expected 0..{num_classes - 1})"
-                )
-        return array, num_classes
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -253,59 +132,16 @@ class MultimodalData:
         only those named in ``modalities``); ``label`` names a 1-D label variable; a
         1-D boolean variable ``<modality><mask_suffix>`` is that modality's mask.
         """
-        if example_dim not in dataset.dims:
-            raise DataValidationError(
-                f"example_dim: {example_dim!r} is not a dimension of the dataset "
-                f"(dims: {list(dataset.dims)})"
-            )
-        if label is not None and label not in dataset.data_vars:
-            raise DataValidationError(f"label: no variable {label!r} in the dataset")
-        if modalities is None:
-            modalities = [
-                name for name, var in dataset.data_vars.items()
-                if name != label and var.ndim == 2 and example_dim in var.dims
-            ]
-        features, masks = {}, {}
-        for name in modalities:
-            if name not in dataset.data_vars:
-                raise DataValidationError(f"modality {name!r}: no such variable")
-            var = dataset[name]
-            if example_dim not in var.dims or var.ndim != 2:
-                raise DataValidationError(
-                    f"modality {name!r}: expected dims ({example_dim!r}, <features>), "
-                    f"got {var.dims}"
-                )
-            features[str(name)] = var.transpose(example_dim, ...).values
-            mask_name = f"{name}{mask_suffix}"
-            if mask_name in dataset.data_vars:
-                masks[str(name)] = dataset[mask_name].values
-        labels = None if label is None else dataset[label].values
-        return cls(features, labels=labels, masks=masks, num_classes=num_classes,
-                   metadata=dict(dataset.attrs))
+        return cls(**read_xarray(dataset, example_dim=example_dim, label=label,
+                                 modalities=modalities, mask_suffix=mask_suffix,
+                                 num_classes=num_classes))
 
     @classmethod
     def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
              ) -> "MultimodalData":
         """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
         ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`)."""
-        path = str(path)
-        if not os.path.isfile(path):
-            raise DataValidationError(f"data file {path!r}: not found")
-        if path.endswith(".nc"):
-            import xarray as xr
-
-            with xr.open_dataset(path) as ds:
-                ds = ds.load()
-            return cls.from_xarray(ds, example_dim=example_dim,
-                                   label=label if label in ds.data_vars else None)
-        if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-            labels = arrays.pop(label, None) if label else None
-            masks = {k[: -len("_mask")]: arrays.pop(k) for k in list(arrays)
-                     if k.endswith("_mask")}
-            return cls(arrays, labels=labels, masks=masks)
-        raise DataValidationError(f"data file {path!r}: expected a .npz or .nc file")
+        return cls(**read_file(path, label=label, example_dim=example_dim))
 
     # ------------------------------------------------------------------ properties
     @property

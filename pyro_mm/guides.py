@@ -34,8 +34,9 @@ from torch import nn
 
 from ._naming import UniquelyNamedModule
 from .data import TensorBatch
-from .models import MixtureParams, MultimodalDPMixture
+from .models import MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
+from .params import MixtureParams
 
 
 def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:

@@ -19,15 +19,11 @@ from ._naming import evaluation_mode
 from .data import MultimodalData, TensorBatch
 from .guides import MultimodalGuide
 from .metrics import adjusted_rand_index, effective_components
-from .models import MixtureParams, MultimodalDPMixture
+from .models import MultimodalDPMixture
+from .params import point_params  # noqa: F401 (was defined here; kept importable)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .training import FitResult
-
-
-def point_params(model: MultimodalDPMixture, guide: MultimodalGuide) -> MixtureParams:
-    """The global parameters at the guide's point estimate."""
-    return MixtureParams.from_sites(model.modalities, guide.point_estimate(), model.alpha)
+    from .result import FitResult
 
 
 @torch.no_grad()

@@ -45,7 +45,6 @@ Decisions not fixed by the design:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,52 +57,16 @@ from torch import nn
 
 from ._naming import UniquelyNamedModule
 from .data import MultimodalData, TensorBatch
-from .distributions import MultimodalMixture, stick_breaking_log_weights
+from .distributions import stick_breaking_log_weights
 from .errors import DataValidationError
-from .factors.base import AuxiliaryFactor, FactorContext
+from .factor_protocol import AuxiliaryFactor, FactorContext, factor_config, make_factor
 from .fusion import make_fusion
 from .networks import GaussianDecoder, mlp
+from .params import GLOBAL_SITES, MixtureParams  # noqa: F401 (public here too)
 
 #: Default probability of modality dropout for the classifier (see the module
 #: docstring; measured in ``benchmarks/RESULTS.md``).
 MODALITY_DROPOUT = 0.2
-
-#: Names of the global latent sites (``<m>`` is each modality's name).
-GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>")
-
-
-@dataclasses.dataclass
-class MixtureParams:
-    """One draw (or point estimate) of the global parameters.
-
-    Attributes:
-        log_weights: ``(K,)`` log mixture weights.
-        locs, scales: one ``(K, d_m)`` tensor per modality.
-        alpha: concentration (scalar tensor).
-        sticks: ``(K - 1,)`` stick proportions.
-    """
-
-    log_weights: torch.Tensor
-    locs: list[torch.Tensor]
-    scales: list[torch.Tensor]
-    alpha: torch.Tensor
-    sticks: torch.Tensor
-
-    @classmethod
-    def from_sites(cls, modalities, values, default_alpha: torch.Tensor) -> "MixtureParams":
-        """From a mapping of global site values (``"sticks"``, ``"component_loc_<m>"``,
-        ``"component_scale_<m>"`` and, when learned, ``"alpha"``): a guide draw or its
-        point estimate."""
-        sticks = values["sticks"]
-        return cls(log_weights=stick_breaking_log_weights(sticks),
-                   locs=[values[f"component_loc_{m}"] for m in modalities],
-                   scales=[values[f"component_scale_{m}"] for m in modalities],
-                   alpha=values.get("alpha", default_alpha), sticks=sticks)
-
-    def mixture(self, mixture: str, mask=None, batch_size=None, stacked=True
-                ) -> MultimodalMixture:
-        return MultimodalMixture(self.log_weights, self.locs, self.scales, mixture=mixture,
-                                 mask=mask, batch_size=batch_size, stacked=stacked)
 
 
 class MultimodalDPMixture(UniquelyNamedModule):
@@ -241,14 +204,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
     # ------------------------------------------------------------------ configuration
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments (factors included)."""
-        from .factors import factor_config
-
         return {**self._config, "factors": [factor_config(f) for f in self.factors]}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MultimodalDPMixture":
-        from .factors import make_factor
-
         config = dict(config)
         factors = [make_factor(spec) for spec in config.pop("factors", [])]
         config["alpha_prior"] = tuple(config["alpha_prior"])

@@ -13,6 +13,7 @@ import pyro_mm as pm
 from pyro_mm.distributions import MultimodalMixture
 from pyro_mm.factors import ARM
 from pyro_mm.factors.contributions import leave_one_out, modality_contributions
+from pyro_mm.params import point_params
 
 
 def assert_bounded(c):
@@ -145,7 +146,7 @@ def test_leaving_a_modality_out_is_exactly_treating_it_as_missing(tiny_data):
     result = _fit(tiny_data, epochs=1)
     model, guide = result.model, result.guide
     batch = model.prepare(tiny_data)
-    params = pm.inference.point_params(model, guide)
+    params = point_params(model, guide)
     z, _ = guide.encode(batch, guide.point_estimate())
     loo = leave_one_out(model, z, params, batch.labels, batch.masks)
     without_b = batch.masks.clone()

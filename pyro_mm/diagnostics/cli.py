@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..data import MultimodalData
+from ..result import load
+from ..run_data import held_out_data
+from .datatree import save_datatree, to_datatree
+from .plots import diagnostic_plots
+from .summary import summary
 
 
 def run_diagnose(
@@ -36,11 +42,6 @@ def run_diagnose(
         seed: seed of the draws.
         progress: progress bar.
     """
-    from ..cli import held_out_data
-    from ..training import load
-    from .datatree import save_datatree, to_datatree
-    from .summary import summary
-
     result = load(run_dir, device=device)
     if data is None:
         data = held_out_data(run_dir)
@@ -57,14 +58,11 @@ def run_diagnose(
         path = save_datatree(tree, out)
         print(f"ArviZ data (xarray.DataTree): {Path(path).resolve()}")
     if plots is not None:
-        import sys
-
         if "matplotlib.pyplot" not in sys.modules:  # a command line: no display
+            # matplotlib is optional and heavy: imported only when figures are asked for.
             import matplotlib
 
             matplotlib.use("Agg")
-        from .plots import diagnostic_plots
-
         made = diagnostic_plots(result, data, tree, plots)
         print(f"Figures in {Path(plots).resolve()}: {', '.join(p.name for p in made.values())}")
     return 0

@@ -43,339 +43,41 @@ Draws are made one at a time and, within a draw, over chunks of ``batch_size``
 examples, into preallocated arrays: memory is the size of the output plus one chunk.
 The replicated features of ``posterior_predictive`` are the largest output
 (``num_samples x N x features``); see ``predictive_features``.
+
+Drawing is in :mod:`pyro_mm.diagnostics.sampling`, writing and reading the tree in
+:mod:`pyro_mm.diagnostics.storage`; this module assembles the groups.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import datetime
-import math
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
 import torch
-from pyro import poutine
 
-from ..data import MultimodalData, TensorBatch
+from .._version import __version__
+from ..data import MultimodalData
 from ..metrics import effective_components as _perplexity
-from ..models import MixtureParams, MultimodalDPMixture
+from ..models import MultimodalDPMixture
+# The drawing and the storage live in their own modules; their public names (and the
+# helpers other diagnostics use) stay importable from here.
+from .sampling import (MAX_PREDICTIVE_VALUES, _make_plan, _model_and_guide, _Plan,  # noqa: F401
+                       _sample, _seeded, importance_log_ratios, label_log_prob,
+                       mixture_params)
+from .storage import load_datatree, save_datatree
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-    from ..guides import MultimodalGuide
-    from ..training import FitResult
-
-#: Default cap on the number of replicated feature values kept in
-#: ``posterior_predictive`` when ``predictive_features`` is ``None`` (about 200 MB in
-#: float32).
-MAX_PREDICTIVE_VALUES = 50_000_000
+    from ..result import FitResult
 
 
-# ---------------------------------------------------------------------- helpers
-def _model_and_guide(result) -> tuple[MultimodalDPMixture, "MultimodalGuide"]:
-    if isinstance(result, tuple) and len(result) == 2:
-        return result
-    try:
-        return result.model, result.guide
-    except AttributeError:
-        raise TypeError(
-            f"result: expected a FitResult (or a (model, guide) pair), got "
-            f"{type(result).__name__}") from None
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device):
-    """Seed PyTorch's generators for the block only, leaving the caller's state as it
-    was (``seed=None``: draw from the current state)."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
-
-
-def _in_data_plate(site) -> bool:
-    return any(frame.name == "data" for frame in site["cond_indep_stack"])
-
-
-def _site_log_prob(site) -> torch.Tensor:
-    """``log_prob`` of a trace site, masked but *not* scaled (the plate's ``N / B`` and
-    KL warm-up scales are left out on purpose: chunks are summed instead)."""
-    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    if site["mask"] is not None:
-        log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
-    return log_prob
-
-
-def mixture_params(model: MultimodalDPMixture, globals_: Mapping[str, torch.Tensor]
-                   ) -> MixtureParams:
-    """:class:`~pyro_mm.models.MixtureParams` from a dict of global site values (one
-    draw of the guide, or its point estimate)."""
-    return MixtureParams.from_sites(model.modalities, globals_, model.alpha)
-
-
-def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return getattr(model, f"feature_loc_{m}"), getattr(model, f"feature_scale_{m}")
-
-
-def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` ``log p(y_i | logits_i)`` in float64, as ``-log1p(sum_{j != y}
-    exp(l_j - l_y))``: exact even when the classifier is nearly certain (a float32
-    ``log_softmax`` rounds those to exactly 0, and PSIS cannot fit a tail of equal
-    values)."""
-    logits = logits.double()
-    diff = logits - logits.gather(-1, labels[:, None])
-    own = torch.zeros_like(diff, dtype=torch.bool).scatter_(-1, labels[:, None], True)
-    return -torch.log1p(diff.masked_fill(own, -math.inf).exp().sum(-1))
-
-
-@dataclasses.dataclass
-class _Plan:
-    """What the sampling loop computes, decided once from the model and the data."""
-
-    latent: bool
-    labelled: np.ndarray | None        # (N,) bool: examples with a label (y likelihood)
-    ll_vars: dict[str, np.ndarray]     # variable -> (N,) bool where it is observed
-    pp_labels: bool
-    pp_features: bool
-    responsibilities_shape: tuple[int, ...]
-
-
-def _make_plan(model: MultimodalDPMixture, batch: TensorBatch,
-               predictive_features: bool | None, num_samples: int, predictive: bool
-               ) -> _Plan:
-    n = batch.size
-    latent = model.representation == "latent"
-    masks = batch.masks.cpu().numpy()
-    ll_vars: dict[str, np.ndarray] = {}
-    labelled = None
-    if model.classifier is not None and batch.labels is not None:
-        labelled = batch.label_mask.cpu().numpy()
-    if not latent:
-        ll_vars["x"] = np.ones(n, dtype=bool)
-    else:
-        if labelled is not None and labelled.any():
-            ll_vars["y"] = labelled
-        if model.reconstruct:
-            for j, m in enumerate(model.modalities):
-                if masks[:, j].any():
-                    ll_vars[f"x_{m}"] = masks[:, j].copy()
-    has_feature_site = (not latent) or model.reconstruct
-    num_values = num_samples * n * sum(model.dims.values())
-    if not predictive or not has_feature_site:
-        pp_features = False
-    elif predictive_features is None:
-        pp_features = num_values <= MAX_PREDICTIVE_VALUES
-        if not pp_features:
-            import warnings
-
-            warnings.warn(
-                f"to_datatree: leaving the replicated features out of posterior_predictive "
-                f"({num_samples} draws x {n} examples x {sum(model.dims.values())} features "
-                f"= {num_values:.3g} values); pass predictive_features=True to keep them, "
-                "or use fewer draws or examples", stacklevel=3)
-    else:
-        pp_features = bool(predictive_features)
-    K, M = model.num_components, len(model.modalities)
-    resp_shape = (n, K) if model.mixture == "joint" else (n, M, K)
-    return _Plan(latent, labelled, ll_vars, predictive and model.classifier is not None,
-                 pp_features, resp_shape)
-
-
-# ---------------------------------------------------------------------- sampling
-def _global_draws(guide: "MultimodalGuide", batch: TensorBatch, num_samples: int,
-                  draw_block: int) -> Iterator[tuple[int, "poutine.Trace", float]]:
-    """``(s, trace, log q(theta_s))`` for ``s < num_samples``: draws of the global guide,
-    made ``draw_block`` at a time in one vectorised trace (an outer plate over draws),
-    then handed out one by one as a replayable trace of that draw alone."""
-    for start in range(0, num_samples, draw_block):
-        size = min(draw_block, num_samples - start)
-        with pyro.plate("_pyro_mm_draws", size, dim=-1):
-            trace = poutine.trace(guide.global_guide).get_trace(batch, None, 1.0)
-        sites = [(name, site) for name, site in trace.nodes.items()
-                 if site["type"] == "sample" and not site["is_observed"]]
-        log_q = sum(_site_log_prob(site).double().expand(size) for _, site in sites)
-        for i in range(size):
-            draw = poutine.Trace()
-            for name, site in sites:
-                value = site["value"]
-                value = value[i] if value.dim() > 0 and value.shape[0] == size else value
-                draw.add_node(name, type="sample", name=name, is_observed=False,
-                              value=value, infer=site["infer"], fn=site["fn"],
-                              cond_indep_stack=(), mask=None, args=(), kwargs={})
-            yield start + i, draw, float(log_q[i])
-
-
-@torch.no_grad()
-def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorBatch,
-            plan: _Plan, num_samples: int, batch_size: int, progress: bool,
-            per_example: bool = True, draw_block: int = 256) -> dict[str, Any]:
-    """The sampling loop (module docstring). Returns NumPy arrays with a leading draw
-    axis."""
-    S, n = num_samples, batch.size
-    K = model.num_components
-    mods = model.modalities
-    sizes = model.site_sizes
-    out: dict[str, Any] = {
-        "sticks": np.empty((S, K - 1), np.float32),
-        "log_weights": np.empty((S, K), np.float64),
-        "locs": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
-        "scales": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
-        "alpha": np.empty(S, np.float32),
-        "lp": np.zeros(S, np.float64),
-        "log_q": np.zeros(S, np.float64),
-        "ll": {v: np.empty((S, int(mask.sum())), np.float64)
-               for v, mask in plan.ll_vars.items()},
-    }
-    ll_index = {v: np.cumsum(mask) - 1 for v, mask in plan.ll_vars.items()}
-    if plan.pp_labels:
-        out["pp_y"] = np.empty((S, n), np.int64)
-    if plan.pp_features:
-        if plan.latent:
-            out["pp_x"] = {m: np.empty((S, n, model.dims[m]), np.float32) for m in mods}
-        else:
-            out["pp_x"] = np.empty((S, n, sum(model.dims.values())), np.float32)
-    if per_example:
-        out["responsibilities"] = np.zeros(plan.responsibilities_shape, np.float64)
-        if model.classifier is not None:
-            out["class_probs"] = np.zeros((n, model.num_classes), np.float64)
-
-    jac = {m: -_feature_stats(model, m)[1].log().sum() for m in mods}
-
-    def store(var: str, rows: np.ndarray, value: torch.Tensor) -> None:
-        keep = plan.ll_vars[var][rows]
-        out["ll"][var][s, ll_index[var][rows[keep]]] = value.cpu().numpy()[keep]
-    x_loc = torch.cat([_feature_stats(model, m)[0] for m in mods])
-    x_scale = torch.cat([_feature_stats(model, m)[1] for m in mods])
-
-    from tqdm.auto import tqdm
-
-    model_was_training, guide_was_training = model.training, guide.training
-    model.eval()
-    guide.eval()
-    try:
-        bar = tqdm(total=S, desc="posterior draws", unit="draw", disable=not progress)
-        for s, global_trace, log_q_global in _global_draws(guide, batch, S, draw_block):
-            bar.update(1)
-            out["log_q"][s] = log_q_global
-            globals_ = {name: global_trace.nodes[name]["value"] for name in guide.global_sites}
-            params = mixture_params(model, globals_)
-            out["sticks"][s] = params.sticks.cpu().numpy()
-            out["log_weights"][s] = params.log_weights.double().cpu().numpy()
-            out["alpha"][s] = float(params.alpha)
-            for j, m in enumerate(mods):
-                out["locs"][m][s] = params.locs[j].cpu().numpy()
-                out["scales"][m][s] = params.scales[j].cpu().numpy()
-            first = True
-            for idx in batch.chunk_indices(batch_size):
-                if plan.latent:
-                    guide_trace = poutine.trace(poutine.replay(guide, trace=global_trace)
-                                                ).get_trace(batch, idx, 1.0)
-                else:  # the guide of an observed model is its global part
-                    guide_trace = global_trace
-                model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)
-                                            ).get_trace(batch, idx, 1.0)
-                model.pop_records()
-                rows = idx.cpu().numpy()
-                if plan.latent:
-                    for site in guide_trace.nodes.values():
-                        if site["type"] == "sample" and _in_data_plate(site):
-                            out["log_q"][s] += float(_site_log_prob(site).double().sum())
-                for name, site in model_trace.nodes.items():
-                    if site["type"] != "sample":
-                        continue
-                    local = _in_data_plate(site)
-                    if not local and not first:
-                        continue
-                    log_prob = _site_log_prob(site)
-                    out["lp"][s] += float(log_prob.double().sum())
-                    if not local:
-                        continue
-                    var = name
-                    if var in plan.ll_vars and var != "y":
-                        value = log_prob.double()
-                        if var == "x":
-                            value = value + model.feature_log_jacobian(
-                                batch.masks[idx]).double()
-                        else:
-                            value = value + jac[var[2:]].double()
-                        store(var, rows, value)
-                first = False
-                if not (per_example or plan.pp_labels or plan.pp_features
-                        or "y" in plan.ll_vars):
-                    continue
-                part = batch.index(idx)
-                if plan.latent:
-                    inputs = guide_trace.nodes["z"]["value"]
-                    mixture = params.mixture(model.mixture, batch_size=part.size)
-                else:
-                    inputs = torch.cat([part.features[m] for m in mods], dim=-1)
-                    mixture = params.mixture(model.mixture, mask=part.masks,
-                                             batch_size=part.size, stacked=False)
-                logits = None
-                if model.classifier is not None:
-                    logits = model.class_logits(inputs, params, part.masks)
-                if "y" in plan.ll_vars:
-                    store("y", rows, label_log_prob(logits, part.labels))
-                if per_example:
-                    out["responsibilities"][rows] += mixture.responsibilities(
-                        inputs).double().cpu().numpy()
-                    if logits is not None:
-                        out["class_probs"][rows] += torch.softmax(
-                            logits, -1).double().cpu().numpy()
-                if plan.pp_labels:
-                    out["pp_y"][s, rows] = torch.distributions.Categorical(
-                        logits=logits).sample().cpu().numpy()
-                if plan.pp_features:
-                    if plan.latent:
-                        for j, m in enumerate(mods):
-                            loc, scale = model.decoders[m](inputs[..., j, :])
-                            x = loc + scale * torch.randn_like(loc)
-                            x_m_loc, x_m_scale = _feature_stats(model, m)
-                            out["pp_x"][m][s, rows] = (x * x_m_scale + x_m_loc).cpu().numpy()
-                    else:
-                        free = params.mixture(model.mixture, batch_size=part.size,
-                                              stacked=False)
-                        x = free.sample()
-                        out["pp_x"][s, rows] = (x * x_scale + x_loc).cpu().numpy()
-        bar.close()
-    finally:
-        model.train(model_was_training)
-        guide.train(guide_was_training)
-    if per_example:
-        out["responsibilities"] /= S
-        if "class_probs" in out:
-            out["class_probs"] /= S
-    return out
-
-
-def importance_log_ratios(result, data: MultimodalData, num_samples: int = 1000,
-                          batch_size: int = 2048, seed: int | None = None,
-                          progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(lp, log_q)``, each ``(num_samples,)``: ``log p(theta_s, z_s, data)`` and
-    ``log q(theta_s, z_s)`` for draws from the guide (the ``sample_stats`` of
-    :func:`to_datatree`, without the rest). Their difference is the per-draw ELBO
-    integrand, the log importance ratio whose Pareto-k :func:`pyro_mm.diagnostics.pareto_k`
-    reports."""
-    model, guide = _model_and_guide(result)
-    batch = model.prepare(data)
-    plan = _make_plan(model, batch, False, num_samples, predictive=False)
-    with _seeded(seed, batch.device):
-        out = _sample(model, guide, batch, plan, num_samples, batch_size, progress,
-                      per_example=False)
-    return out["lp"], out["log_q"]
-
-
-# ---------------------------------------------------------------------- the tree
 def _dataset(variables: Mapping[str, Any], coords: Mapping[str, Any]) -> "xr.Dataset":
     """A Dataset with the coordinates of the dimensions its variables use."""
+    # xarray is imported when used, so that importing pyro_mm does not pay for it.
     import xarray as xr
 
     used = {d for dims, _ in variables.values() for d in dims}
@@ -383,10 +85,6 @@ def _dataset(variables: Mapping[str, Any], coords: Mapping[str, Any]) -> "xr.Dat
 
 
 def _attrs(**extra) -> dict[str, Any]:
-    import pyro
-
-    from .. import __version__
-
     attrs = {
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "creation_library": "pyro_mm",
@@ -464,6 +162,7 @@ def to_datatree(
     Returns:
         :class:`xarray.DataTree`; write it with :func:`save_datatree` (netCDF or Zarr).
     """
+    # xarray is imported when used, so that importing pyro_mm does not pay for it.
     import xarray as xr
 
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -478,57 +177,102 @@ def to_datatree(
     with _seeded(seed, batch.device):
         out = _sample(model, guide, batch, plan, num_samples, batch_size, progress)
 
-    S, n = num_samples, batch.size
+    coords = _coords(model, plan, num_samples, batch.size)
+    observed_data, feature_coords = _observed_data(model, plan, data, coords)
+    groups = {"posterior": _posterior(model, plan, out, coords),
+              "posterior_predictive": _posterior_predictive(model, plan, out, coords,
+                                                            feature_coords),
+              "log_likelihood": _log_likelihood(plan, out, coords),
+              "sample_stats": _sample_stats(out, coords),
+              "observed_data": observed_data,
+              "constant_data": _constant_data(model, data, coords),
+              "per_example": _per_example(model, out, coords, num_samples)}
+    groups = {k: v for k, v in groups.items() if len(v.data_vars)}
+    tree = xr.DataTree.from_dict(groups)
+    tree.attrs = _attrs(
+        representation=model.representation, mixture=model.mixture,
+        num_components=model.num_components, num_examples=batch.size,
+        num_samples=num_samples, alpha=None if model.learn_alpha else float(model.alpha),
+        global_guide=getattr(guide, "global_guide_name", None),
+        log_likelihood=(
+            "per example and draw; see pyro_mm.diagnostics.datatree: 'x' exact "
+            "log p(x_i | theta) (observed), 'y' log p(y_i | z_i, theta) and 'x_<m>' "
+            "log p(x_im | z_i) with z_i ~ q(z_i | x_i) (latent); original feature scale"),
+    )
+    return tree
+
+
+# ---------------------------------------------------------------------- the groups
+#: The leading dimensions of every drawn variable (one chain).
+_SD = ("chain", "draw")
+
+
+def _draws(array) -> np.ndarray:
+    return np.asarray(array)[None]
+
+
+def _chain_draw(coords: Mapping[str, Any]) -> dict[str, Any]:
+    return {"chain": coords["chain"], "draw": coords["draw"]}
+
+
+def _coords(model: MultimodalDPMixture, plan: _Plan, S: int, n: int) -> dict[str, Any]:
+    """The coordinates shared by the groups (module docstring of :func:`to_datatree`)."""
     K, mods = model.num_components, list(model.modalities)
-    chain_draw = {"chain": [0], "draw": np.arange(S)}
-    sd = ("chain", "draw")
-
-    def draws(array):
-        return np.asarray(array)[None]
-
-    coords = {**chain_draw, "component": np.arange(K), "stick": np.arange(K - 1),
-              "modality": np.array(mods), "example": np.arange(n)}
+    coords = {"chain": [0], "draw": np.arange(S), "component": np.arange(K),
+              "stick": np.arange(K - 1), "modality": np.array(mods), "example": np.arange(n)}
     if plan.latent:
         coords["latent"] = np.arange(model.latent_dim)
     if model.num_classes is not None:
         coords["class"] = np.arange(model.num_classes)
-    feature_names = np.array([f"{m}[{j}]" for m in mods for j in range(model.dims[m])])
-    feature_modality = np.array([m for m in mods for _ in range(model.dims[m])])
+    return coords
 
-    # -- posterior
+
+def _posterior(model: MultimodalDPMixture, plan: _Plan, out: Mapping[str, Any],
+               coords: Mapping[str, Any]) -> "xr.Dataset":
+    mods = list(model.modalities)
+    coords = dict(coords)
     weights = np.exp(out["log_weights"])
     post = {
-        "sticks": (sd + ("stick",), draws(out["sticks"])),
-        "weights": (sd + ("component",), draws(weights.astype(np.float32))),
-        "effective_components": (sd, draws(_perplexity(torch.as_tensor(weights)).numpy())),
+        "sticks": (_SD + ("stick",), _draws(out["sticks"])),
+        "weights": (_SD + ("component",), _draws(weights.astype(np.float32))),
+        "effective_components": (_SD, _draws(_perplexity(torch.as_tensor(weights)).numpy())),
     }
     if model.learn_alpha:
-        post["alpha"] = (sd, draws(out["alpha"]))
+        post["alpha"] = (_SD, _draws(out["alpha"]))
     if plan.latent:
         for what in ("loc", "scale"):
             stacked = np.stack([out[what + "s"][m] for m in mods], axis=2)  # S K M D
-            post[f"component_{what}"] = (sd + ("component", "modality", "latent"),
-                                         draws(stacked))
+            post[f"component_{what}"] = (_SD + ("component", "modality", "latent"),
+                                         _draws(stacked))
     else:
         for m in mods:
             for what in ("loc", "scale"):
-                post[f"component_{what}_{m}"] = (sd + ("component", f"{m}_feature"),
-                                                 draws(out[what + "s"][m]))
+                post[f"component_{what}_{m}"] = (_SD + ("component", f"{m}_feature"),
+                                                 _draws(out[what + "s"][m]))
                 coords[f"{m}_feature"] = np.arange(model.dims[m])
     posterior = _dataset(post, coords)
     posterior.attrs = _attrs()
+    return posterior
 
-    # -- observed data (original scale, NaN where missing)
-    raw = data.features
-    raw_masks = data.masks
+
+def _observed_data(model: MultimodalDPMixture, plan: _Plan, data: MultimodalData,
+                   coords: Mapping[str, Any]) -> tuple["xr.Dataset", dict[str, Any]]:
+    """Features on the original scale (NaN where missing) and labels; with the feature
+    coordinates that ``posterior_predictive`` shares."""
+    import xarray as xr
+
+    mods = list(model.modalities)
+    raw, raw_masks = data.features, data.masks
     observed: dict[str, Any] = {}
     feature_coords: dict[str, Any] = {}
     if not plan.latent:
         x = np.concatenate([np.where(raw_masks[m][:, None], raw[m], np.nan) for m in mods],
                            axis=1).astype(np.float32)
         observed["x"] = (("example", "feature"), x)
-        feature_coords = {"feature": feature_names,
-                          "feature_modality": ("feature", feature_modality)}
+        feature_coords = {
+            "feature": np.array([f"{m}[{j}]" for m in mods for j in range(model.dims[m])]),
+            "feature_modality": ("feature", np.array([m for m in mods
+                                                      for _ in range(model.dims[m])]))}
     elif model.reconstruct:
         for m in mods:
             observed[f"x_{m}"] = (("example", f"{m}_feature"),
@@ -542,25 +286,37 @@ def to_datatree(
     observed_data.attrs = _attrs(description=(
         "features on their original scale (NaN where the modality is missing) and labels "
         "(-1 = missing)"))
+    return observed_data, feature_coords
 
-    # -- posterior predictive
+
+def _posterior_predictive(model: MultimodalDPMixture, plan: _Plan, out: Mapping[str, Any],
+                          coords: Mapping[str, Any], feature_coords: Mapping[str, Any]
+                          ) -> "xr.Dataset":
+    import xarray as xr
+
     pp: dict[str, Any] = {}
     if plan.pp_labels:
-        pp["y"] = (sd + ("example",), draws(out["pp_y"]))
+        pp["y"] = (_SD + ("example",), _draws(out["pp_y"]))
     if plan.pp_features:
         if plan.latent:
-            for m in mods:
-                pp[f"x_{m}"] = (sd + ("example", f"{m}_feature"), draws(out["pp_x"][m]))
+            for m in model.modalities:
+                pp[f"x_{m}"] = (_SD + ("example", f"{m}_feature"), _draws(out["pp_x"][m]))
         else:
-            pp["x"] = (sd + ("example", "feature"), draws(out["pp_x"]))
-    posterior_predictive = xr.Dataset(pp, coords={**chain_draw, "example": coords["example"],
-                                                  **(feature_coords if plan.pp_features
-                                                     else {})})
-    posterior_predictive.attrs = _attrs()
+            pp["x"] = (_SD + ("example", "feature"), _draws(out["pp_x"]))
+    predictive = xr.Dataset(pp, coords={**_chain_draw(coords), "example": coords["example"],
+                                        **(feature_coords if plan.pp_features else {})})
+    predictive.attrs = _attrs()
+    return predictive
 
-    # -- log likelihood
+
+def _log_likelihood(plan: _Plan, out: Mapping[str, Any], coords: Mapping[str, Any]
+                    ) -> "xr.Dataset":
+    """One variable per likelihood term; a term observed for only some examples gets a
+    dimension ``<variable>_example`` with their positions."""
+    import xarray as xr
+
     ll: dict[str, Any] = {}
-    ll_coords: dict[str, Any] = dict(chain_draw)
+    ll_coords: dict[str, Any] = _chain_draw(coords)
     for var, mask in plan.ll_vars.items():
         if mask.all():
             dim = "example"
@@ -568,7 +324,7 @@ def to_datatree(
         else:
             dim = f"{var}_example"
             ll_coords[dim] = np.flatnonzero(mask)
-        ll[var] = (sd + (dim,), draws(out["ll"][var]))
+        ll[var] = (_SD + (dim,), _draws(out["ll"][var]))
     descriptions = {
         "x": "log p(x_i | theta): exact, component assignment summed out, original scale",
         "y": "log p(y_i | z_i, theta) with z_i ~ q(z_i | x_i)",
@@ -578,21 +334,40 @@ def to_datatree(
         log_likelihood[var].attrs["description"] = descriptions.get(
             var, f"log p({var}_i | z_i) with z_i ~ q(z_i | x_i), original scale")
     log_likelihood.attrs = _attrs()
+    return log_likelihood
 
-    # -- sample stats: the importance ratio
+
+def _sample_stats(out: Mapping[str, Any], coords: Mapping[str, Any]) -> "xr.Dataset":
+    """The two sides of the importance ratio."""
+    import xarray as xr
+
     sample_stats = xr.Dataset(
-        {"lp": (sd, draws(out["lp"])), "log_q": (sd, draws(out["log_q"]))},
-        coords=chain_draw)
+        {"lp": (_SD, _draws(out["lp"])), "log_q": (_SD, _draws(out["log_q"]))},
+        coords=_chain_draw(coords))
     sample_stats["lp"].attrs["description"] = (
         "log p(theta, z, data): the model's joint log density at the draw, whole data "
         "set (standardised features; auxiliary factors included)")
     sample_stats["log_q"].attrs["description"] = "log q(theta, z): the guide's log density"
     sample_stats.attrs = _attrs()
+    return sample_stats
 
+
+def _constant_data(model: MultimodalDPMixture, data: MultimodalData,
+                   coords: Mapping[str, Any]) -> "xr.Dataset":
+    import xarray as xr
+
+    masks = np.stack([data.masks[m] for m in model.modalities], axis=1)
     constant_data = xr.Dataset(
-        {"mask": (("example", "modality"), np.stack([raw_masks[m] for m in mods], axis=1))},
+        {"mask": (("example", "modality"), masks)},
         coords={"example": coords["example"], "modality": coords["modality"]})
     constant_data.attrs = _attrs()
+    return constant_data
+
+
+def _per_example(model: MultimodalDPMixture, out: Mapping[str, Any],
+                 coords: Mapping[str, Any], S: int) -> "xr.Dataset":
+    """Monte Carlo posterior means per example (ours; ArviZ ignores the group)."""
+    import xarray as xr
 
     per: dict[str, Any] = {}
     resp_dims = (("example", "component") if model.mixture == "joint"
@@ -608,55 +383,7 @@ def to_datatree(
     per_example.attrs = _attrs(description=(
         f"Monte Carlo posterior means over {S} draws (responsibilities p(c_i = k | z_i "
         "or x_i, theta); class probabilities)"))
-
-    groups = {"posterior": posterior, "posterior_predictive": posterior_predictive,
-              "log_likelihood": log_likelihood, "sample_stats": sample_stats,
-              "observed_data": observed_data, "constant_data": constant_data,
-              "per_example": per_example}
-    groups = {k: v for k, v in groups.items() if len(v.data_vars)}
-    tree = xr.DataTree.from_dict(groups)
-    tree.attrs = _attrs(
-        representation=model.representation, mixture=model.mixture,
-        num_components=K, num_examples=n, num_samples=S,
-        alpha=None if model.learn_alpha else float(model.alpha),
-        global_guide=getattr(guide, "global_guide_name", None),
-        log_likelihood=(
-            "per example and draw; see pyro_mm.diagnostics.datatree: 'x' exact "
-            "log p(x_i | theta) (observed), 'y' log p(y_i | z_i, theta) and 'x_<m>' "
-            "log p(x_im | z_i) with z_i ~ q(z_i | x_i) (latent); original feature scale"),
-    )
-    return tree
-
-
-# ---------------------------------------------------------------------- storage
-def _engine(path: Path, engine: str | None) -> str:
-    if engine is not None:
-        return engine
-    return "zarr" if path.suffix == ".zarr" else "h5netcdf"
-
-
-def save_datatree(tree: "xr.DataTree", path: str | Path, engine: str | None = None) -> Path:
-    """Write ``tree`` to netCDF (``engine="h5netcdf"``, the default) or Zarr (a path
-    ending in ``.zarr``, or ``engine="zarr"``; needs the ``zarr`` package)."""
-    path = Path(path)
-    engine = _engine(path, engine)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if engine == "zarr":
-        tree.to_zarr(path, mode="w")
-    else:
-        tree.to_netcdf(path, engine=engine, mode="w")
-    return path
-
-
-def load_datatree(path: str | Path, engine: str | None = None) -> "xr.DataTree":
-    """Read a tree written by :func:`save_datatree` fully into memory (the file is
-    closed afterwards)."""
-    import xarray as xr
-
-    path = Path(path)
-    engine = _engine(path, engine)
-    with xr.open_datatree(path, engine=engine) as tree:
-        return tree.load().copy()
+    return per_example
 
 
 __all__ = ["MAX_PREDICTIVE_VALUES", "importance_log_ratios", "load_datatree",

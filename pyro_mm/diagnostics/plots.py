@@ -11,6 +11,9 @@
   ``D x M`` representation matrix (what PMRL aligns);
 * :func:`plot_ppc`: posterior predictive check of one feature (or of the labels);
 * :func:`plot_importance_ratios`: the log importance ratios behind Pareto k.
+
+The history figures are in :mod:`pyro_mm.diagnostics.history_plots` and the shared
+figure helpers in :mod:`pyro_mm.diagnostics._figures`; all names stay importable here.
 """
 
 from __future__ import annotations
@@ -21,108 +24,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import MultimodalData
+from ..inference import predict
+from ..metrics import adjusted_rand_index
+from ._figures import _figure, _finish
+from .history_plots import history_keys, plot_history, plot_modality_contributions
+from .reliability import ParetoK, effective_components, pareto_k
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
     from matplotlib.figure import Figure
 
-    from ..training import FitResult, History
-
-
-def _finish(fig, path) -> "Figure":
-    fig.tight_layout()
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    return fig
-
-
-def _figure(nrows=1, ncols=1, width=5.0, height=3.4, **kwargs):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows),
-                             squeeze=False, **kwargs)
-    return fig, axes
-
-
-def _history(source) -> "History":
-    history = getattr(source, "history", source)
-    if not hasattr(history, "steps"):
-        raise TypeError("expected a FitResult or a History")
-    return history
-
-
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    if window <= 1 or values.size < window:
-        return values
-    kernel = np.ones(window) / window
-    padded = np.concatenate([np.full(window - 1, values[0]), values])
-    return np.convolve(padded, kernel, mode="valid")
-
-
-def history_keys(source) -> list[str]:
-    """The logged values of a history besides the loss (factor components, ...)."""
-    history = _history(source)
-    skip = {"step", "epoch", "loss"}
-    keys: dict[str, None] = {}
-    for row in history.steps:
-        for key, value in row.items():
-            if key not in skip and isinstance(value, (int, float)):
-                keys.setdefault(key)
-    return list(keys)
-
-
-def plot_history(source, path=None, smooth: int | None = None, ncols: int = 3
-                 ) -> "Figure":
-    """ELBO (per example) over training and every value logged by factors.
-
-    Args:
-        source: a :class:`~pyro_mm.training.FitResult` or its ``history``.
-        path: save the figure here.
-        smooth: moving-average window over steps (default: about 1% of the steps).
-        ncols: panels per row.
-    """
-    history = _history(source)
-    if not history.steps:
-        raise ValueError("plot_history: the history has no steps")
-    keys = ["loss"] + history_keys(history)
-    n = len(keys)
-    cols = min(ncols, n)
-    rows = -(-n // cols)
-    fig, axes = _figure(rows, cols, width=4.2, height=3.0)
-    flat = axes.ravel()
-    window = smooth if smooth is not None else max(1, len(history.steps) // 100)
-    for ax, key in zip(flat, keys):
-        steps = np.array([r["step"] for r in history.steps if key in r])
-        values = np.array([r[key] for r in history.steps if key in r], dtype=float)
-        if key == "loss":
-            values = -values
-            ax.plot(steps, values, color="0.75", lw=0.7, label="per step")
-            ax.plot(steps, _smooth(values, window), color="C0", lw=1.5,
-                    label=f"moving mean ({window})" if window > 1 else None)
-            if history.epochs and "val_loss" in history.epochs[-1]:
-                last_step = {}
-                for r in history.steps:
-                    last_step[r["epoch"]] = r["step"]
-                ep = [(last_step.get(e["epoch"]), -e["val_loss"]) for e in history.epochs
-                      if "val_loss" in e and e["epoch"] in last_step]
-                if ep:
-                    ax.plot(*zip(*ep), "o-", color="C1", ms=3, lw=1, label="validation")
-            ax.set_title("ELBO per example")
-            low = np.nanpercentile(values, 5)
-            high = np.nanmax(values)
-            if np.isfinite(low) and high > low:
-                ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-            ax.legend(fontsize=7)
-        else:
-            ax.plot(steps, values, color="0.75", lw=0.7)
-            ax.plot(steps, _smooth(values, window), color="C2", lw=1.5)
-            ax.set_title(key)
-        ax.set_xlabel("SVI step")
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return _finish(fig, path)
+    from ..result import FitResult
 
 
 def _weight_draws(source) -> np.ndarray:
@@ -135,8 +47,6 @@ def plot_weights(tree: "xr.DataTree", path=None, ci_prob: float | None = None,
     """Posterior of the mixture weights sorted by size (each draw sorted, then the
     median and an equal-tailed interval per rank), next to the posterior of the
     effective number of components ``exp(H(pi))``."""
-    from .reliability import effective_components
-
     w = np.sort(_weight_draws(tree), axis=-1)[:, ::-1]
     ec = effective_components(tree, ci_prob)
     ci = ec["ci_prob"]
@@ -174,13 +84,9 @@ def plot_responsibilities(source, data: MultimodalData | None = None, path=None,
         source: a fitted result with ``data`` (plug-in responsibilities, as
             :func:`pyro_mm.predict`) or a tree (its ``per_example`` posterior means).
     """
-    from ..metrics import adjusted_rand_index
-
     if hasattr(source, "model"):
         if data is None:
             raise ValueError("plot_responsibilities: pass the data with a fitted result")
-        from ..inference import predict
-
         resp = predict(source, data)["responsibilities"]
         labels = data.labels
     else:
@@ -218,47 +124,6 @@ def plot_responsibilities(source, data: MultimodalData | None = None, path=None,
     return _finish(fig, path)
 
 
-def plot_modality_contributions(source, path=None, prefix: str = "arm/phi/",
-                                smooth: int | None = None) -> "Figure":
-    """ARM's conditional contribution ``phi_m`` of each modality over training (the
-    history keys ``<prefix><modality>``, plus ``arm/phi_mi`` / ``arm/loss``-style
-    keys of the same factor in a second panel when present).
-
-    Raises:
-        ValueError: when the history has no such keys (ARM did not run).
-    """
-    history = _history(source)
-    keys = [k for k in history_keys(history) if k.startswith(prefix)]
-    if not keys:
-        raise ValueError(f"plot_modality_contributions: no history keys starting with "
-                         f"{prefix!r} (did ARM run?)")
-    root = prefix.split("/")[0] + "/"
-    others = [k for k in history_keys(history) if k.startswith(root) and k not in keys]
-    window = smooth if smooth is not None else max(1, len(history.steps) // 100)
-    fig, axes = _figure(1, 2 if others else 1, width=5.0)
-    ax = axes[0, 0]
-    for i, key in enumerate(keys):
-        steps = np.array([r["step"] for r in history.steps if key in r])
-        values = np.array([r[key] for r in history.steps if key in r], dtype=float)
-        ax.plot(steps, _smooth(values, window), color=f"C{i}", lw=1.5,
-                label=key[len(prefix):])
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("SVI step")
-    ax.set_ylabel("phi_m (nats)")
-    ax.set_title("Per-modality contribution to the labels")
-    ax.legend(fontsize=7)
-    if others:
-        ax = axes[0, 1]
-        for i, key in enumerate(others):
-            steps = np.array([r["step"] for r in history.steps if key in r])
-            values = np.array([r[key] for r in history.steps if key in r], dtype=float)
-            ax.plot(steps, _smooth(values, window), color=f"C{i}", lw=1.5, label=key)
-        ax.set_xlabel("SVI step")
-        ax.set_title("Other ARM terms")
-        ax.legend(fontsize=7)
-    return _finish(fig, path)
-
-
 def singular_values(latent: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """``(N, M)`` singular values (decreasing) of each example's ``D x M`` matrix of
     unit-normalised representations, from ``latent (N, M, D)``; ``sum s^2 = M``."""
@@ -286,8 +151,6 @@ def plot_pmrl_spectrum(source, data: MultimodalData | None = None, path=None
             raise ValueError("plot_pmrl_spectrum: pass the data with a fitted result")
         if source.model.representation != "latent":
             raise ValueError("plot_pmrl_spectrum: needs a latent model")
-        from ..inference import predict
-
         latent = predict(source, data)["latent_mean"]
     else:
         latent = np.asarray(source)
@@ -395,8 +258,6 @@ def plot_importance_ratios(source, path=None) -> "Figure":
         source: a tree from :func:`~pyro_mm.diagnostics.to_datatree` or a
             :class:`~pyro_mm.diagnostics.reliability.ParetoK`.
     """
-    from .reliability import ParetoK, pareto_k
-
     pk = source if isinstance(source, ParetoK) else pareto_k(source)
     r = pk.log_ratios - pk.log_ratios.max()
     w = np.exp(r) / np.exp(r).sum()
@@ -419,6 +280,7 @@ def diagnostic_plots(result: "FitResult", data: MultimodalData, tree: "xr.DataTr
                      folder, fmt: str = "png") -> dict[str, Path]:
     """Every plot that applies to this run, saved in ``folder``; returns
     ``name -> path``. Figures are closed after saving."""
+    # matplotlib is heavy and only needed for figures: imported when they are made.
     import matplotlib.pyplot as plt
 
     folder = Path(folder)

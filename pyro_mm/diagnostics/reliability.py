@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import MultimodalData
+from ..inference import predict
 from ..metrics import adjusted_rand_index
+from .sampling import _model_and_guide, importance_log_ratios
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
@@ -164,8 +166,6 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
     else:
         if data is None:
             raise ValueError("pareto_k: pass the data the ratios are computed on")
-        from .datatree import _model_and_guide, importance_log_ratios
-
         model, _ = _model_and_guide(source)
         includes_locals = model.representation == "latent"
         lp, log_q = importance_log_ratios(source, data, num_samples, batch_size, seed,
@@ -289,8 +289,6 @@ def responsibility_ari(source, data: MultimodalData | None = None
     else:
         if data is None:
             raise ValueError("responsibility_ari: pass the data with a fitted result")
-        from ..inference import predict
-
         resp = predict(source, data)["responsibilities"]
         labels = data.labels
     if labels is None:

@@ -10,13 +10,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data import MultimodalData
+from ..inference import predict
+from ..metrics import adjusted_rand_index
+from .datatree import to_datatree
 from .reliability import (ParetoK, _hard_assignments, effective_components, good_k_threshold,
                           loo, pareto_k)
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-    from ..training import FitResult
+    from ..result import FitResult
 
 
 @dataclasses.dataclass
@@ -230,8 +233,6 @@ def summary(
         seed: seed for the draws (``None``: PyTorch's current random state).
         progress: tqdm progress bar while drawing.
     """
-    from .datatree import to_datatree
-
     if tree is None:
         tree = to_datatree(result, data, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, progress=progress)
@@ -250,9 +251,6 @@ def summary(
             if key in last:
                 training[name] = float(last[key])
     pk = pareto_k(tree)
-    from ..inference import predict
-    from ..metrics import adjusted_rand_index
-
     pred = predict(result, data)
     assignments = _hard_assignments(pred["responsibilities"])
     labels = data.labels

@@ -48,7 +48,8 @@ import pyro
 import torch
 from torch import nn
 
-from .base import AuxiliaryFactor, FactorContext
+from ..params import point_params
+from ..factor_protocol import AuxiliaryFactor, FactorContext
 from .contributions import LeaveOneOut, label_entropy, leave_one_out, unimodal_bounds
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -228,8 +229,6 @@ def example_scores(model: "MultimodalDPMixture", guide, batch: "TensorBatch",
     """``(N,)``: each labelled example's weakest contribution ``min_m c_im`` over its
     valid modalities, at the posterior means (``nan`` for an unlabelled example or one
     with a single present modality)."""
-    from ..inference import point_params  # lazy: see issue 14 (layers)
-
     params = point_params(model, guide)
     globals_ = guide.point_estimate()
     out = torch.full((batch.size,), math.nan, device=batch.device)

@@ -1,97 +1,10 @@
-"""The auxiliary-factor convention shared by every multimodal loss.
+"""The auxiliary-factor convention: :class:`AuxiliaryFactor` and :class:`FactorContext`.
 
-A factor computes a loss from the model's representations and adds
-``pyro.factor(name, -weight * loss)`` to the model, inside the data plate:
-
-* a per-example loss ``(B,)`` is summed by Pyro and scaled by ``N / B``, so it is an
-  unbiased estimate of the sum over the data set, like the log-likelihood;
-* a batch-level loss (a scalar, e.g. a contrastive term that needs the whole minibatch)
-  is attached as the same value for every example of the batch, so its magnitude is
-  ``N * value``, comparable with the log-likelihood sum.
-
-Factors report what they computed through :meth:`FactorContext.log`; the trainer puts
-those values in the training history. Each factor is also a plain PyTorch loss: call it
-on a ``(batch, modalities, latent)`` tensor outside Pyro.
+They live in :mod:`pyro_mm.factor_protocol`, below the model, so that the model can run
+factors without importing this package; this module keeps the import path the factors
+(and code written against it) use.
 """
 
-from __future__ import annotations
+from ..factor_protocol import AuxiliaryFactor, FactorContext
 
-import dataclasses
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import pyro
-import torch
-from torch import nn
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..data import TensorBatch
-    from ..models import MixtureParams, MultimodalDPMixture
-
-
-@dataclasses.dataclass
-class FactorContext:
-    """What a factor may look at inside the model, for one minibatch.
-
-    Attributes:
-        model: the model being run.
-        z: ``(B, M, D)`` representations sampled by the guide.
-        batch: the minibatch (standardised), ``B`` examples.
-        params: the global mixture parameters of this trace.
-        log: ``log(name, value)`` records a detached scalar in the training history.
-    """
-
-    model: "MultimodalDPMixture"
-    z: torch.Tensor
-    batch: "TensorBatch"
-    params: "MixtureParams"
-    log: Callable[[str, torch.Tensor], None]
-
-
-class AuxiliaryFactor(nn.Module):
-    """Base class: subclasses implement :meth:`model_loss` (and ``forward``).
-
-    Args:
-        weight: multiplies the loss before it enters the ELBO.
-        name: the ``pyro.factor`` site name (default: the class's ``site_name``).
-    """
-
-    site_name = "factor"
-
-    def __init__(self, weight: float = 1.0, name: str | None = None):
-        super().__init__()
-        if not weight >= 0:
-            raise ValueError(f"weight: must be a non-negative number, got {weight!r}")
-        self.weight = float(weight)
-        self.name = name or self.site_name
-
-    def check_model(self, model: "MultimodalDPMixture") -> None:
-        """Raise ``ValueError`` if this factor cannot work with ``model``."""
-
-    def bind(self, model: "MultimodalDPMixture") -> None:
-        """Called once by the model's constructor: check the model, then build whatever
-        depends on its shapes (a factor's own parameters). A factor belongs to one
-        model."""
-        self.check_model(model)
-
-    def sampling_weights(self, model: "MultimodalDPMixture", guide, batch: "TensorBatch"
-                         ) -> torch.Tensor | None:
-        """Optional ``(N,)`` non-negative weights: how often the trainer should draw
-        each training example next epoch (``None``: uniformly)."""
-        return None
-
-    def model_loss(self, context: FactorContext) -> torch.Tensor:
-        """Loss for this minibatch: ``(B,)`` per example or a scalar for the batch."""
-        raise NotImplementedError
-
-    def attach(self, context: FactorContext) -> None:
-        """Add ``pyro.factor(name, -weight * loss)``; call inside the data plate."""
-        loss = self.model_loss(context)
-        context.log(f"{self.name}/loss", loss.mean())
-        if loss.dim() == 0:
-            loss = loss.expand(context.batch.size)
-        pyro.factor(self.name, -self.weight * loss)
-
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments (saved with checkpoints)."""
-        return {"weight": self.weight, "name": self.name}
+__all__ = ["AuxiliaryFactor", "FactorContext"]

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..params import point_params
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import MixtureParams, MultimodalDPMixture
 
@@ -193,8 +195,6 @@ def modality_contributions(result, data) -> Contributions:
     batch = model.prepare(data)
     if batch.labels is None or not bool(batch.label_mask.any()):
         raise ValueError("modality_contributions: the data has no labels")
-    from ..inference import point_params  # lazy: see issue 14 (layers)
-
     heads = _arm_heads(model)
     with torch.no_grad():
         params = point_params(model, guide)

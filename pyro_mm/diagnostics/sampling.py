@@ -1,0 +1,375 @@
+"""Drawing from the variational posterior, for :func:`~pyro_mm.diagnostics.to_datatree`
+and :func:`~pyro_mm.diagnostics.pareto_k`.
+
+How the draws are made, and what each pointwise log-likelihood means, is described in
+:mod:`pyro_mm.diagnostics.datatree`; this module makes them: a plan of what to compute
+(:func:`_make_plan`), vectorised draws of the global guide (:func:`_global_draws`) and
+the loop over draws and chunks of examples (:func:`_sample`), which fills preallocated
+NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+from ..data import MultimodalData, TensorBatch
+from ..models import MultimodalDPMixture
+from ..params import MixtureParams
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..guides import MultimodalGuide
+
+
+#: Default cap on the number of replicated feature values kept in
+#: ``posterior_predictive`` when ``predictive_features`` is ``None`` (about 200 MB in
+#: float32).
+MAX_PREDICTIVE_VALUES = 50_000_000
+
+
+def _model_and_guide(result) -> tuple[MultimodalDPMixture, "MultimodalGuide"]:
+    if isinstance(result, tuple) and len(result) == 2:
+        return result
+    try:
+        return result.model, result.guide
+    except AttributeError:
+        raise TypeError(
+            f"result: expected a FitResult (or a (model, guide) pair), got "
+            f"{type(result).__name__}") from None
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device):
+    """Seed PyTorch's generators for the block only, leaving the caller's state as it
+    was (``seed=None``: draw from the current state)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _in_data_plate(site) -> bool:
+    return any(frame.name == "data" for frame in site["cond_indep_stack"])
+
+
+def _site_log_prob(site) -> torch.Tensor:
+    """``log_prob`` of a trace site, masked but *not* scaled (the plate's ``N / B`` and
+    KL warm-up scales are left out on purpose: chunks are summed instead)."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    if site["mask"] is not None:
+        log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
+    return log_prob
+
+
+def mixture_params(model: MultimodalDPMixture, globals_: Mapping[str, torch.Tensor]
+                   ) -> MixtureParams:
+    """:class:`~pyro_mm.models.MixtureParams` from a dict of global site values (one
+    draw of the guide, or its point estimate)."""
+    return MixtureParams.from_sites(model.modalities, globals_, model.alpha)
+
+
+def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return getattr(model, f"feature_loc_{m}"), getattr(model, f"feature_scale_{m}")
+
+
+def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ``log p(y_i | logits_i)`` in float64, as ``-log1p(sum_{j != y}
+    exp(l_j - l_y))``: exact even when the classifier is nearly certain (a float32
+    ``log_softmax`` rounds those to exactly 0, and PSIS cannot fit a tail of equal
+    values)."""
+    logits = logits.double()
+    diff = logits - logits.gather(-1, labels[:, None])
+    own = torch.zeros_like(diff, dtype=torch.bool).scatter_(-1, labels[:, None], True)
+    return -torch.log1p(diff.masked_fill(own, -math.inf).exp().sum(-1))
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What the sampling loop computes, decided once from the model and the data."""
+
+    latent: bool
+    labelled: np.ndarray | None        # (N,) bool: examples with a label (y likelihood)
+    ll_vars: dict[str, np.ndarray]     # variable -> (N,) bool where it is observed
+    pp_labels: bool
+    pp_features: bool
+    responsibilities_shape: tuple[int, ...]
+
+
+def _make_plan(model: MultimodalDPMixture, batch: TensorBatch,
+               predictive_features: bool | None, num_samples: int, predictive: bool
+               ) -> _Plan:
+    n = batch.size
+    latent = model.representation == "latent"
+    masks = batch.masks.cpu().numpy()
+    ll_vars: dict[str, np.ndarray] = {}
+    labelled = None
+    if model.classifier is not None and batch.labels is not None:
+        labelled = batch.label_mask.cpu().numpy()
+    if not latent:
+        ll_vars["x"] = np.ones(n, dtype=bool)
+    else:
+        if labelled is not None and labelled.any():
+            ll_vars["y"] = labelled
+        if model.reconstruct:
+            for j, m in enumerate(model.modalities):
+                if masks[:, j].any():
+                    ll_vars[f"x_{m}"] = masks[:, j].copy()
+    has_feature_site = (not latent) or model.reconstruct
+    num_values = num_samples * n * sum(model.dims.values())
+    if not predictive or not has_feature_site:
+        pp_features = False
+    elif predictive_features is None:
+        pp_features = num_values <= MAX_PREDICTIVE_VALUES
+        if not pp_features:
+            warnings.warn(
+                f"to_datatree: leaving the replicated features out of posterior_predictive "
+                f"({num_samples} draws x {n} examples x {sum(model.dims.values())} features "
+                f"= {num_values:.3g} values); pass predictive_features=True to keep them, "
+                "or use fewer draws or examples", stacklevel=3)
+    else:
+        pp_features = bool(predictive_features)
+    K, M = model.num_components, len(model.modalities)
+    resp_shape = (n, K) if model.mixture == "joint" else (n, M, K)
+    return _Plan(latent, labelled, ll_vars, predictive and model.classifier is not None,
+                 pp_features, resp_shape)
+
+
+def _global_draws(guide: "MultimodalGuide", batch: TensorBatch, num_samples: int,
+                  draw_block: int) -> Iterator[tuple[int, "poutine.Trace", float]]:
+    """``(s, trace, log q(theta_s))`` for ``s < num_samples``: draws of the global guide,
+    made ``draw_block`` at a time in one vectorised trace (an outer plate over draws),
+    then handed out one by one as a replayable trace of that draw alone."""
+    for start in range(0, num_samples, draw_block):
+        size = min(draw_block, num_samples - start)
+        with pyro.plate("_pyro_mm_draws", size, dim=-1):
+            trace = poutine.trace(guide.global_guide).get_trace(batch, None, 1.0)
+        sites = [(name, site) for name, site in trace.nodes.items()
+                 if site["type"] == "sample" and not site["is_observed"]]
+        log_q = sum(_site_log_prob(site).double().expand(size) for _, site in sites)
+        for i in range(size):
+            draw = poutine.Trace()
+            for name, site in sites:
+                value = site["value"]
+                value = value[i] if value.dim() > 0 and value.shape[0] == size else value
+                draw.add_node(name, type="sample", name=name, is_observed=False,
+                              value=value, infer=site["infer"], fn=site["fn"],
+                              cond_indep_stack=(), mask=None, args=(), kwargs={})
+            yield start + i, draw, float(log_q[i])
+
+
+class _Sampler:
+    """The output arrays of the sampling loop (leading draw axis), filled draw by draw
+    and, within a draw, chunk by chunk."""
+
+    def __init__(self, model: MultimodalDPMixture, guide: "MultimodalGuide",
+                 batch: TensorBatch, plan: _Plan, num_samples: int, per_example: bool):
+        self.model, self.guide, self.batch, self.plan = model, guide, batch, plan
+        self.per_example = per_example
+        self.out = _allocate(model, batch.size, plan, num_samples, per_example)
+        self.ll_index = {v: np.cumsum(mask) - 1 for v, mask in plan.ll_vars.items()}
+        mods = model.modalities
+        self.jac = {m: -_feature_stats(model, m)[1].log().sum() for m in mods}
+        self.x_loc = torch.cat([_feature_stats(model, m)[0] for m in mods])
+        self.x_scale = torch.cat([_feature_stats(model, m)[1] for m in mods])
+
+    def store(self, s: int, var: str, rows: np.ndarray, value: torch.Tensor) -> None:
+        """Pointwise log-likelihoods of ``rows``, kept where ``var`` is observed."""
+        keep = self.plan.ll_vars[var][rows]
+        self.out["ll"][var][s, self.ll_index[var][rows[keep]]] = value.cpu().numpy()[keep]
+
+    def draw(self, s: int, global_trace: "poutine.Trace", log_q_global: float,
+             batch_size: int) -> None:
+        """Draw ``s``: its global values, then every chunk of the data."""
+        model, out = self.model, self.out
+        out["log_q"][s] = log_q_global
+        globals_ = {name: global_trace.nodes[name]["value"]
+                    for name in self.guide.global_sites}
+        params = mixture_params(model, globals_)
+        out["sticks"][s] = params.sticks.cpu().numpy()
+        out["log_weights"][s] = params.log_weights.double().cpu().numpy()
+        out["alpha"][s] = float(params.alpha)
+        for j, m in enumerate(model.modalities):
+            out["locs"][m][s] = params.locs[j].cpu().numpy()
+            out["scales"][m][s] = params.scales[j].cpu().numpy()
+        plan = self.plan
+        for first, idx in enumerate(self.batch.chunk_indices(batch_size)):
+            guide_trace = self.chunk_densities(s, global_trace, idx, first == 0)
+            if (self.per_example or plan.pp_labels or plan.pp_features
+                    or "y" in plan.ll_vars):
+                self.chunk_predictions(s, params, guide_trace, idx)
+
+    def chunk_densities(self, s: int, global_trace: "poutine.Trace", idx: torch.Tensor,
+                        first: bool) -> "poutine.Trace":
+        """Replay the guide and the model on one chunk; add their log densities (global
+        terms on the ``first`` chunk only) and store the feature log-likelihoods."""
+        model, batch, plan, out = self.model, self.batch, self.plan, self.out
+        if plan.latent:
+            guide_trace = poutine.trace(poutine.replay(self.guide, trace=global_trace)
+                                        ).get_trace(batch, idx, 1.0)
+        else:  # the guide of an observed model is its global part
+            guide_trace = global_trace
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)
+                                    ).get_trace(batch, idx, 1.0)
+        model.pop_records()
+        rows = idx.cpu().numpy()
+        if plan.latent:
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample" and _in_data_plate(site):
+                    out["log_q"][s] += float(_site_log_prob(site).double().sum())
+        for name, site in model_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            local = _in_data_plate(site)
+            if not local and not first:
+                continue
+            log_prob = _site_log_prob(site)
+            out["lp"][s] += float(log_prob.double().sum())
+            if not local or name not in plan.ll_vars or name == "y":
+                continue
+            value = log_prob.double()
+            if name == "x":
+                value = value + model.feature_log_jacobian(batch.masks[idx]).double()
+            else:
+                value = value + self.jac[name[2:]].double()
+            self.store(s, name, rows, value)
+        return guide_trace
+
+    def chunk_predictions(self, s: int, params: MixtureParams,
+                          guide_trace: "poutine.Trace", idx: torch.Tensor) -> None:
+        """Label log-likelihoods, responsibilities and class probabilities, and the
+        replicated labels and features of one chunk."""
+        model, plan, out = self.model, self.plan, self.out
+        part = self.batch.index(idx)
+        rows = idx.cpu().numpy()
+        if plan.latent:
+            inputs = guide_trace.nodes["z"]["value"]
+            mixture = params.mixture(model.mixture, batch_size=part.size)
+        else:
+            inputs = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            mixture = params.mixture(model.mixture, mask=part.masks,
+                                     batch_size=part.size, stacked=False)
+        logits = None
+        if model.classifier is not None:
+            logits = model.class_logits(inputs, params, part.masks)
+        if "y" in plan.ll_vars:
+            self.store(s, "y", rows, label_log_prob(logits, part.labels))
+        if self.per_example:
+            out["responsibilities"][rows] += mixture.responsibilities(
+                inputs).double().cpu().numpy()
+            if logits is not None:
+                out["class_probs"][rows] += torch.softmax(logits, -1).double().cpu().numpy()
+        if plan.pp_labels:
+            out["pp_y"][s, rows] = torch.distributions.Categorical(
+                logits=logits).sample().cpu().numpy()
+        if plan.pp_features:
+            self.replicate_features(s, params, inputs, part.size, rows)
+
+    def replicate_features(self, s: int, params: MixtureParams, inputs: torch.Tensor,
+                           size: int, rows: np.ndarray) -> None:
+        """Replicated features on the original scale: from the decoders at ``z``
+        (latent) or from the mixture (observed)."""
+        model, out = self.model, self.out
+        if self.plan.latent:
+            for j, m in enumerate(model.modalities):
+                loc, scale = model.decoders[m](inputs[..., j, :])
+                x = loc + scale * torch.randn_like(loc)
+                x_m_loc, x_m_scale = _feature_stats(model, m)
+                out["pp_x"][m][s, rows] = (x * x_m_scale + x_m_loc).cpu().numpy()
+        else:
+            free = params.mixture(model.mixture, batch_size=size, stacked=False)
+            x = free.sample()
+            out["pp_x"][s, rows] = (x * self.x_scale + self.x_loc).cpu().numpy()
+
+
+def _allocate(model: MultimodalDPMixture, n: int, plan: _Plan, S: int,
+              per_example: bool) -> dict[str, Any]:
+    """The sampling loop's preallocated NumPy outputs."""
+    K, mods, sizes = model.num_components, model.modalities, model.site_sizes
+    out: dict[str, Any] = {
+        "sticks": np.empty((S, K - 1), np.float32),
+        "log_weights": np.empty((S, K), np.float64),
+        "locs": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
+        "scales": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
+        "alpha": np.empty(S, np.float32),
+        "lp": np.zeros(S, np.float64),
+        "log_q": np.zeros(S, np.float64),
+        "ll": {v: np.empty((S, int(mask.sum())), np.float64)
+               for v, mask in plan.ll_vars.items()},
+    }
+    if plan.pp_labels:
+        out["pp_y"] = np.empty((S, n), np.int64)
+    if plan.pp_features:
+        if plan.latent:
+            out["pp_x"] = {m: np.empty((S, n, model.dims[m]), np.float32) for m in mods}
+        else:
+            out["pp_x"] = np.empty((S, n, sum(model.dims.values())), np.float32)
+    if per_example:
+        out["responsibilities"] = np.zeros(plan.responsibilities_shape, np.float64)
+        if model.classifier is not None:
+            out["class_probs"] = np.zeros((n, model.num_classes), np.float64)
+    return out
+
+
+@torch.no_grad()
+def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorBatch,
+            plan: _Plan, num_samples: int, batch_size: int, progress: bool,
+            per_example: bool = True, draw_block: int = 256) -> dict[str, Any]:
+    """The sampling loop (module docstring of :mod:`pyro_mm.diagnostics.datatree`).
+    Returns NumPy arrays with a leading draw axis."""
+    # tqdm is only the progress bar: imported when a loop starts, not with the package.
+    from tqdm.auto import tqdm
+
+    sampler = _Sampler(model, guide, batch, plan, num_samples, per_example)
+    model_was_training, guide_was_training = model.training, guide.training
+    model.eval()
+    guide.eval()
+    try:
+        bar = tqdm(total=num_samples, desc="posterior draws", unit="draw",
+                   disable=not progress)
+        for s, global_trace, log_q_global in _global_draws(guide, batch, num_samples,
+                                                           draw_block):
+            bar.update(1)
+            sampler.draw(s, global_trace, log_q_global, batch_size)
+        bar.close()
+    finally:
+        model.train(model_was_training)
+        guide.train(guide_was_training)
+    out = sampler.out
+    if per_example:
+        out["responsibilities"] /= num_samples
+        if "class_probs" in out:
+            out["class_probs"] /= num_samples
+    return out
+
+
+def importance_log_ratios(result, data: MultimodalData, num_samples: int = 1000,
+                          batch_size: int = 2048, seed: int | None = None,
+                          progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(lp, log_q)``, each ``(num_samples,)``: ``log p(theta_s, z_s, data)`` and
+    ``log q(theta_s, z_s)`` for draws from the guide (the ``sample_stats`` of
+    :func:`to_datatree`, without the rest). Their difference is the per-draw ELBO
+    integrand, the log importance ratio whose Pareto-k :func:`pyro_mm.diagnostics.pareto_k`
+    reports."""
+    model, guide = _model_and_guide(result)
+    batch = model.prepare(data)
+    plan = _make_plan(model, batch, False, num_samples, predictive=False)
+    with _seeded(seed, batch.device):
+        out = _sample(model, guide, batch, plan, num_samples, batch_size, progress,
+                      per_example=False)
+    return out["lp"], out["log_q"]
+
+
+__all__ = ["MAX_PREDICTIVE_VALUES", "importance_log_ratios", "label_log_prob",
+           "mixture_params"]

@@ -1,0 +1,377 @@
+"""The training loop of :func:`pyro_mm.training.fit` as a :class:`Trainer` with one
+method per phase.
+
+Every step is one ``Trace_ELBO`` (or ``TraceMeanField_ELBO``) evaluation on a
+:class:`Minibatch`, followed by a :class:`~pyro.optim.clipped_adam.ClippedAdam` update;
+a non-finite loss or gradient skips the update and halves the step size
+(:meth:`Trainer._recover`). See :mod:`pyro_mm.training` for the behaviour as a whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.optim.clipped_adam import ClippedAdam
+
+from . import checkpoint as ckpt
+from ._naming import evaluation_mode
+from .data import MultimodalData, TensorBatch
+from .devices import resolve_device
+from .errors import CheckpointError, TrainingDivergedError
+from .guides import MultimodalGuide
+from .inference import evaluate
+from .models import MultimodalDPMixture
+from .monitoring import EarlyStopping, validation_metrics
+from .result import FitResult, History
+
+__all__ = ["Minibatch", "Settings", "Trainer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The arguments of :func:`fit` that shape the loop (see :func:`fit` for each);
+    checked on construction."""
+
+    num_epochs: int = 100
+    batch_size: int = 128
+    learning_rate: float = 1e-2
+    clip_norm: float = 10.0
+    lr_decay: float = 1.0
+    device: str | torch.device = "auto"
+    seed: int | None = 0
+    early_stopping: int | None = None
+    kl_warmup_epochs: int = 0
+    num_particles: int = 1
+    elbo: str = "trace"
+    run_dir: str | Path | None = None
+    checkpoint_every: int = 1
+    max_recoveries: int = 5
+    validate_args: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: must be positive, got {self.learning_rate!r}")
+        if self.elbo not in ("trace", "meanfield"):
+            raise ValueError(f"elbo: expected 'trace' or 'meanfield', got {self.elbo!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Minibatch:
+    """What one SVI step consumes: ``indices`` ``(B,)`` into the prepared ``batch``
+    (``N`` examples); the model's data plate scales local terms by ``N / B``."""
+
+    batch: TensorBatch
+    indices: torch.Tensor
+
+
+def _sampling_weights(model, guide, batch) -> torch.Tensor | None:
+    """The product of the factors' per-example sampling weights, or ``None``."""
+    weights = None
+    with evaluation_mode(model, guide):
+        for factor in model.factors:
+            w = factor.sampling_weights(model, guide, batch)
+            if w is not None:
+                weights = w if weights is None else weights * w
+    return None if weights is None else weights / weights.sum()
+
+
+def _is_non_finite_parameter_error(exc: ValueError) -> bool:
+    """Pyro validates distribution parameters, so a NaN inside the model surfaces as
+    torch's "found invalid values" ValueError rather than as a NaN loss."""
+    return "invalid values" in str(exc)
+
+
+def _finite_grads(params) -> bool:
+    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+
+
+def _snapshot(model, guide) -> dict[str, Any]:
+    return {"model": copy.deepcopy(model.state_dict()),
+            "guide": copy.deepcopy(guide.state_dict())}
+
+
+def _resume_state(resume_from, device) -> dict[str, Any]:
+    """What a resumed run starts from: model, guide and optimiser state, history, RNG
+    states, epoch and step (``{}`` for a fresh run)."""
+    if resume_from is None:
+        return {}
+    if isinstance(resume_from, FitResult):
+        state = {**resume_from.state, "history": resume_from.history,
+                 "model_state": resume_from.model.state_dict(),
+                 "guide_state": resume_from.guide.state_dict(),
+                 "guide_config": resume_from.guide.config()}
+    else:
+        payload = ckpt.load_checkpoint(resume_from, map_location=device)
+        state = {**payload, "history": History.from_dict(payload["history"])}
+    if "optimizer_state" not in state:
+        raise CheckpointError("resume_from: the run has no optimiser state to resume")
+    return state
+
+
+class Trainer:
+    """Minibatch SVI in named phases; :func:`fit` runs them in order:
+
+    :meth:`prepare` (data and device) -> :meth:`build_optimizer` (fresh or restored) ->
+    :meth:`run`, which for every epoch draws :meth:`minibatches`, runs :meth:`epoch_losses`
+    (one :meth:`step` per minibatch, with non-finite recovery), then :meth:`validate`
+    (validation and early stopping) and :meth:`checkpoint`, and at the end
+    :meth:`finish`.
+
+    A step takes one :class:`Minibatch` and an epoch any iterable of them, so another
+    data source (sharded, streamed) replaces :meth:`prepare` and :meth:`minibatches`
+    without touching the rest.
+    """
+
+    def __init__(self, model: MultimodalDPMixture, settings: Settings):
+        self.model = model
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.run_path = None if settings.run_dir is None else Path(settings.run_dir)
+        self.guide: MultimodalGuide | None = None
+        self.val_data: MultimodalData | None = None
+        self.resume_state: dict[str, Any] = {}
+        self.history = History()
+        self.stopper = EarlyStopping(settings.early_stopping)
+        self.start_epoch = self.epoch = self.global_step = self.failures = 0
+
+    # ------------------------------------------------------------- data and device
+    def prepare(self, data: MultimodalData, val_data: MultimodalData | None = None,
+                guide: MultimodalGuide | None = None, resume_from=None) -> None:
+        """Restore a resumed run's model, seed, move to the device, fit the
+        standardisation, prepare the data and initialise the guide."""
+        model, s = self.model, self.settings
+        self.config = dict(
+            num_epochs=s.num_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
+            clip_norm=s.clip_norm, lr_decay=s.lr_decay, device=str(self.device), seed=s.seed,
+            early_stopping=s.early_stopping, kl_warmup_epochs=s.kl_warmup_epochs,
+            num_particles=s.num_particles, elbo=s.elbo, num_examples=len(data),
+            modalities=list(model.modalities))
+        self.resume_state = resume = _resume_state(resume_from, self.device)
+        if resume:
+            model.load_state_dict(resume["model_state"])
+            if guide is None:
+                guide = self._resumed_guide(resume["guide_config"])
+        if s.seed is not None:
+            pyro.set_rng_seed(s.seed)
+        self.generator = torch.Generator().manual_seed(0 if s.seed is None else s.seed)
+        model.to(self.device)
+        model.check_data(data)
+        if not bool(model.standardized):
+            model.fit_standardization(data)
+        self.batch = model.prepare(data)
+        self.val_data = val_data
+        self.val_batch = None if val_data is None else model.prepare(val_data)
+        self.guide = guide = MultimodalGuide(model) if guide is None else guide
+        guide.to(self.device)
+        if not bool(guide.initialized):
+            guide.initialize(model, self.batch, self.generator)
+        if "guide_state" in resume:
+            guide.load_state_dict(resume["guide_state"])
+
+    def _resumed_guide(self, guide_config: Mapping[str, Any]) -> MultimodalGuide:
+        guide_config = dict(guide_config)
+        if guide_config.pop("custom_encoders", []):
+            raise CheckpointError(
+                "resume_from: the run used custom encoders; pass guide="
+                "MultimodalGuide(model, encoders=...) built like the original")
+        return MultimodalGuide(self.model, **guide_config)
+
+    # ------------------------------------------------------------- optimiser state
+    def build_optimizer(self) -> None:
+        """Create the loss and the optimiser after one warm-up pass (so every lazily
+        created parameter exists), and restore a resumed run's state."""
+        model, guide, s = self.model, self.guide, self.settings
+        elbo_cls = Trace_ELBO if s.elbo == "trace" else TraceMeanField_ELBO
+        self.loss_fn = elbo_cls(num_particles=s.num_particles)(model, guide)
+        n = self.batch.size
+        self.minibatch_size = min(s.batch_size, n)
+        # Eval mode, so no training-time state moves during the warm-up.
+        with torch.no_grad(), evaluation_mode(model, guide):
+            self.loss_fn(self.batch, torch.arange(self.minibatch_size, device=self.device))
+        model.pop_records()
+        self.params = list(self.loss_fn.parameters())
+        self.optimizer = ClippedAdam(self.params, lr=s.learning_rate, clip_norm=s.clip_norm,
+                                     lrd=s.lr_decay)
+        resume = self.resume_state
+        if resume:
+            self.optimizer.load_state_dict(resume["optimizer_state"])
+            self.history = resume["history"]
+            self.start_epoch = int(resume["epoch"])
+            self.global_step = int(resume["step"])
+            if resume.get("early_stop"):
+                self.stopper.load(resume["early_stop"])
+            self.generator.set_state(resume["rng"]["batches"])
+            ckpt.set_rng_state(resume["rng"])
+        self.warmup_steps = s.kl_warmup_epochs * math.ceil(n / self.minibatch_size)
+        self.last_good = _snapshot(model, guide)
+        self.result = FitResult(model, guide, self.history, self.config,
+                                run_dir=self.run_path)
+
+    # ------------------------------------------------------------- one step
+    def minibatches(self, epoch: int) -> tuple[list[Minibatch], bool]:
+        """This epoch's minibatches, a random permutation of the data or, when a factor
+        re-weights the examples (e.g. ARM's re-sampling), a weighted draw; and whether
+        it was re-weighted."""
+        n = self.batch.size
+        weights = (_sampling_weights(self.model, self.guide, self.batch)
+                   if epoch > 0 else None)
+        if weights is None:
+            order = torch.randperm(n, generator=self.generator)
+        else:
+            order = torch.multinomial(weights.cpu(), n, replacement=True,
+                                      generator=self.generator)
+        order = order.to(self.device)
+        return [Minibatch(self.batch, order[start : start + self.minibatch_size])
+                for start in range(0, n, self.minibatch_size)], weights is not None
+
+    def step(self, minibatch: Minibatch) -> float | None:
+        """One SVI step; returns the loss per example, or ``None`` when a non-finite
+        loss or gradient made it skip the update (see :meth:`_recover`)."""
+        s = self.settings
+        kl_weight = (min(1.0, (self.global_step + 1) / self.warmup_steps)
+                     if self.warmup_steps else 1.0)
+        try:
+            with pyro.validation_enabled(s.validate_args):
+                loss = self.loss_fn(minibatch.batch, minibatch.indices, kl_weight)
+        except ValueError as exc:
+            if not _is_non_finite_parameter_error(exc):
+                raise
+            loss = torch.tensor(math.nan)
+        records = self.model.pop_records()
+        if torch.isfinite(loss):
+            loss.backward()
+        if not torch.isfinite(loss) or not _finite_grads(self.params):
+            self._recover()
+            return None
+        self.failures = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach()) / minibatch.batch.size
+        self.history.steps.append({"step": self.global_step, "epoch": self.epoch,
+                                   "loss": value, **records})
+        self.global_step += 1
+        return value
+
+    def _recover(self) -> None:
+        """Drop the gradient and halve the step size; after ``max_recoveries``
+        consecutive failures put back the last finite state and raise."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.failures += 1
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+        if self.failures > self.settings.max_recoveries:
+            self.model.load_state_dict(self.last_good["model"])
+            self.guide.load_state_dict(self.last_good["guide"])
+            raise TrainingDivergedError(
+                f"loss was non-finite for {self.failures} consecutive steps "
+                f"(epoch {self.epoch}, step {self.global_step}) even after halving the "
+                f"step size each time; the model holds its last finite state. "
+                "Try a smaller learning_rate or check the data scale."
+            )
+
+    # ------------------------------------------------------------- one epoch
+    def epoch_losses(self, minibatches: Iterable[Minibatch]) -> list[float]:
+        """One pass over ``minibatches`` in training mode; the finite steps' losses."""
+        losses = []
+        self.model.train()
+        self.guide.train()
+        for minibatch in minibatches:
+            value = self.step(minibatch)
+            if value is not None:
+                losses.append(value)
+        self.model.eval()
+        self.guide.eval()
+        return losses
+
+    def validate(self, losses: list[float], seconds: float, resampled: bool
+                 ) -> tuple[dict[str, float], bool]:
+        """The epoch's history row (with validation metrics when there is validation
+        data) and whether early stopping says to stop."""
+        row = {"epoch": self.epoch, "loss": sum(losses) / max(len(losses), 1),
+               "seconds": seconds, "resampled": float(resampled)}
+        if self.val_batch is not None:
+            row.update(validation_metrics(self.model, self.guide, self.val_batch,
+                                          self.generator))
+        self.history.epochs.append(row)
+        if math.isfinite(row["loss"]):
+            self.last_good = _snapshot(self.model, self.guide)
+        monitor = row.get("val_loss", row["loss"])
+        return row, self.stopper.update(monitor, self.epoch, self.model, self.guide)
+
+    def checkpoint(self, stop: bool) -> None:
+        """Keep the state a resumed run needs; write the run folder when it is due."""
+        self.result.state = {
+            "optimizer_state": self.optimizer.state_dict(), "epoch": self.epoch + 1,
+            "step": self.global_step, "early_stop": self.stopper.state(),
+            "rng": {**ckpt.rng_state(), "batches": self.generator.get_state()}}
+        s = self.settings
+        if self.run_path is not None and ((self.epoch + 1) % s.checkpoint_every == 0
+                                          or stop or self.epoch + 1 == s.num_epochs):
+            self.result.save(self.run_path)
+
+    # ------------------------------------------------------------- the loop
+    def run(self) -> FitResult:
+        """Every remaining epoch, then :meth:`finish`."""
+        bar = self._progress_bar()
+        stopped_early = False
+        self.epoch = self.start_epoch
+        try:
+            for self.epoch in range(self.start_epoch, self.settings.num_epochs):
+                started = time.perf_counter()
+                minibatches, resampled = self.minibatches(self.epoch)
+                losses = self.epoch_losses(minibatches)
+                row, stop = self.validate(losses, time.perf_counter() - started, resampled)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                                     if k in ("loss", "val_loss", "val_accuracy")})
+                self.checkpoint(stop)
+                if stop:
+                    stopped_early = True
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.finish(stopped_early)
+
+    def _progress_bar(self):
+        if not self.settings.progress:
+            return None
+        # tqdm is only needed for the bar; imported here to keep it optional.
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.settings.num_epochs, initial=self.start_epoch, desc="SVI",
+                    unit="epoch")
+
+    def finish(self, stopped_early: bool) -> FitResult:
+        """Restore the best epoch after early stopping, complete the config, compute
+        held-out metrics and write the run folder."""
+        model, guide, config = self.model, self.guide, self.config
+        best = self.stopper.best_state
+        if best is not None and stopped_early:
+            model.load_state_dict(best["model"])
+            guide.load_state_dict(best["guide"])
+        num_epochs = self.settings.num_epochs
+        config["epochs_run"] = (self.epoch + 1 if num_epochs > self.start_epoch
+                                else self.start_epoch)
+        config["stopped_early"] = stopped_early
+        config["best_epoch"] = self.stopper.best_epoch
+        if self.val_data is not None:
+            self.result.metrics = evaluate(self.result, self.val_data)
+        if self.run_path is not None:
+            self.result.save(self.run_path)
+        return self.result
