@@ -36,7 +36,7 @@ def _fit(train, factors=(), epochs=20, seed=0, **kwargs):
 
 
 def test_a_useless_modality_contributes_nothing_and_the_informative_one_most(
-        strong_weak_noise):
+        strong_weak_noise, assert_bounded):
     train, test = strong_weak_noise
     result = _fit(train)
     contributions = modality_contributions(result, test)
@@ -46,6 +46,7 @@ def test_a_useless_modality_contributes_nothing_and_the_informative_one_most(
     assert contributions.phi_mi <= contributions.label_entropy
     assert "noise" in str(contributions) and "phi_MI" in str(contributions)
     assert contributions.unimodal is None  # no ARM heads to measure it with
+    assert_bounded(contributions)
 
 
 def _with_and_without_arm(data, factor):
@@ -70,7 +71,7 @@ def _with_and_without_arm(data, factor):
     return runs
 
 
-def test_arm_reinforces_a_weak_modality_without_costing_fused_accuracy():
+def test_arm_reinforces_a_weak_modality_without_costing_fused_accuracy(assert_bounded):
     """``weak`` carries as much label information as ``strong``, but mirrored (each
     cluster at +-centre), so it is slow to learn and the fused classifier leans on
     ``strong``; its representation's linear probe is near chance without ARM."""
@@ -81,6 +82,8 @@ def test_arm_reinforces_a_weak_modality_without_costing_fused_accuracy():
     runs = _with_and_without_arm(data, ARM())
     (base, base_acc, base_probe), (arm, arm_acc, arm_probe) = runs["base"], runs["arm"]
     assert arm["weak"] > base["weak"] + 0.05
+    assert_bounded(arm)
+    assert_bounded(base)
     assert arm_probe > base_probe + 0.2
     assert arm_acc >= base_acc - 0.01
 
@@ -161,7 +164,8 @@ def test_reinforcement_is_its_own_per_example_factor(strong_weak_noise, reinforc
     torch.testing.assert_close(site["fn"].log_prob(site["value"]), expected)
 
 
-def test_unimodal_bounds_separate_the_informative_modality_from_noise(strong_weak_noise):
+def test_unimodal_bounds_separate_the_informative_modality_from_noise(strong_weak_noise,
+                                                                     assert_bounded):
     train, test = strong_weak_noise
     result = _fit(train, factors=[ARM()], epochs=15)
     last = [row for row in result.history.steps if row["epoch"] == 14]
@@ -178,17 +182,19 @@ def test_unimodal_bounds_separate_the_informative_modality_from_noise(strong_wea
     assert abs(held_out.unimodal["noise"]) < 0.15
     assert max(held_out.unimodal.values()) <= held_out.label_entropy
     assert "I(y; z_m) >=" in str(held_out)
+    assert_bounded(held_out)
     assert held_out.to_dict()["unimodal"] == held_out.unimodal
 
 
-def test_joint_contribution_never_exceeds_the_label_entropy(strong_weak_noise):
+def test_joint_contribution_never_exceeds_the_label_entropy(strong_weak_noise,
+                                                            assert_bounded):
     train, test = strong_weak_noise
     result = _fit(train, epochs=1)
     contributions = modality_contributions(result, test)
     entropy = label_entropy(result.model.class_frequencies)
     assert contributions.label_entropy == pytest.approx(float(entropy))
     assert entropy == pytest.approx(math.log(3), abs=0.01)
-    assert contributions.phi_mi <= contributions.label_entropy
+    assert_bounded(contributions)
 
 
 def test_history_logs_every_arm_value(strong_weak_noise):
