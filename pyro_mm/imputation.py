@@ -85,7 +85,7 @@ def mixture_quantiles(locs: torch.Tensor, sds: torch.Tensor, probs: Sequence[flo
             below = normal.cdf(mid).mean(0) < p
             low, high = torch.where(below, mid, low), torch.where(below, high, mid)
         out.append(0.5 * (low + high))
-    return torch.stack(out)
+    return torch.stack(out) if out else locs.new_zeros((0,) + locs.shape[1:])
 
 
 @torch.no_grad()
