@@ -493,6 +493,8 @@ def _unbatched(value: torch.Tensor, event_dim: int) -> torch.Tensor:
     """A global site's value without leading size-1 dims. ``pyro.infer.Predictive``
     (sequential, its default) conditions on draws padded to ``(1, ...)``; one draw at
     a time is what the model computes with. A real batch of draws is refused."""
+    if value.dim() == event_dim:  # the usual case: leave the tensor itself alone
+        return value
     extra = value.shape[: value.dim() - event_dim]
     if any(size != 1 for size in extra):
         raise ValueError(
