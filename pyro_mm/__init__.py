@@ -3,7 +3,7 @@
 A multimodal Dirichlet-process Gaussian mixture (:class:`MultimodalDPMixture`) with
 amortised guides (:class:`MultimodalGuide`), auxiliary multimodal factors
 (:mod:`pyro_mm.factors`), SVI training (:func:`fit`) and held-out evaluation
-(:func:`predict`, :func:`evaluate`), posterior diagnostics (:func:`to_datatree`,
+(:func:`predict`, :func:`evaluate`), imputation of missing modalities (:func:`impute`), posterior diagnostics (:func:`to_datatree`,
 :func:`summary`, :mod:`pyro_mm.diagnostics`).
 
 Importing the package needs only torch, pyro-ppl, numpy and xarray (the latter only
@@ -18,6 +18,7 @@ from .diagnostics import summary, to_datatree
 from .errors import CheckpointError, DataValidationError, TrainingDivergedError
 from .factors import modality_contributions
 from .guides import MultimodalGuide
+from .imputation import impute
 from .inference import evaluate, log_likelihood, predict
 from .models import MixtureParams, MultimodalDPMixture
 from .training import FitResult, History, fit, load
@@ -38,6 +39,7 @@ __all__ = [
     "evaluate",
     "factors",
     "fit",
+    "impute",
     "load",
     "log_likelihood",
     "modality_contributions",

@@ -1,4 +1,4 @@
-"""Command line: ``pyro-mm train``, ``pyro-mm evaluate`` and ``pyro-mm diagnose``.
+"""Command line: ``pyro-mm train``, ``evaluate``, ``impute`` and ``diagnose``.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
     pyro-mm train --data mine.npz --components 10   # arrays by modality, optional labels
     pyro-mm train --views fou mor --factor arm:weight=0.1 --factor pmrl
     pyro-mm evaluate runs/two-views --data test.nc --contributions
+    pyro-mm impute runs/two-views --data gaps.nc --out imputed.nc --quantiles 0.05 0.95
     pyro-mm diagnose runs/two-views --out runs/two-views/posterior.nc --plots figs
 """
 
@@ -139,6 +140,25 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _impute(args) -> int:
+    from .imputation import impute
+    from .training import load
+
+    result = load(args.run_dir, device=args.device)
+    data = MultimodalData.load(args.data)
+    if all(m in data.modalities for m in result.model.modalities):
+        data = data.select(result.model.modalities)
+    started = time.perf_counter()
+    imputed = impute(result, data, num_samples=args.num_samples,
+                     quantiles=args.quantiles, seed=args.seed)
+    seconds = time.perf_counter() - started
+    imputed.to_netcdf(args.out)
+    cells = {m: int(imputed[f"{m}_missing"].sum()) for m in result.model.modalities}
+    print(f"pyro-mm impute {args.run_dir} on {data!r}: missing cells {cells}; "
+          f"{seconds:.1f} s; wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-mm", description="Multimodal Dirichlet-process mixtures in Pyro.")
@@ -180,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="per-modality contributions phi_m (nats), as ARM measures them")
     ev.add_argument("--json", action="store_true", help="also print metrics as JSON")
     ev.set_defaults(func=_evaluate)
+
+    imp = sub.add_parser("impute", help="posterior predictive of the missing modalities' "
+                                         "features (mean, sd, quantiles) as netCDF")
+    imp.add_argument("run_dir")
+    imp.add_argument("--data", required=True,
+                     help=".npz or .nc file; its masks say which modalities are missing")
+    imp.add_argument("--out", required=True, metavar="FILE.nc", help="netCDF file to write")
+    imp.add_argument("--num-samples", type=int, default=100, help="global posterior draws")
+    imp.add_argument("--quantiles", type=float, nargs="*", default=[0.05, 0.95],
+                     help="quantile levels (default: 0.05 0.95, a 90%% interval)")
+    imp.add_argument("--device", default="cpu")
+    imp.add_argument("--seed", type=int, default=0)
+    imp.set_defaults(func=_impute)
 
     diag = sub.add_parser("diagnose", help="posterior diagnostics of a saved run: "
                                            "summary, ArviZ data, figures")

@@ -251,6 +251,60 @@ class MultimodalData:
             )
         return self.subset(~is_test), self.subset(is_test)
 
+    def mask_at_random(self, fraction: float, seed: int = 0, keep_at_least: int = 1
+                       ) -> "MultimodalData":
+        """A new data set with (example, modality) cells hidden completely at random.
+
+        Exactly ``round(fraction * N * M)`` cells are missing afterwards, cells that
+        were already missing included. Cells to hide are visited in a uniformly random
+        order and hidden unless that would leave their example fewer than
+        ``keep_at_least`` observed modalities, so the choice never depends on feature
+        values or labels (MCAR); the per-example floor makes it not exactly uniform over
+        cells at high ``fraction``. An example that already has fewer observed
+        modalities than ``keep_at_least`` is left as it is. ``self`` is not changed.
+
+        Raises:
+            DataValidationError: ``fraction`` outside ``[0, 1]``, below the fraction
+                already missing, or above what ``keep_at_least`` allows; or
+                ``keep_at_least`` outside ``1..M``.
+        """
+        names, n = self.modalities, self._num_examples
+        if not 1 <= int(keep_at_least) <= len(names):
+            raise DataValidationError(
+                f"keep_at_least: must be between 1 and {len(names)} (the number of "
+                f"modalities), got {keep_at_least}")
+        if not 0.0 <= fraction <= 1.0:
+            raise DataValidationError(f"fraction: must be in [0, 1], got {fraction}")
+        observed = np.stack([self._masks[m] for m in names], axis=1)        # (N, M)
+        target = int(round(fraction * observed.size))
+        already = int((~observed).sum())
+        spare = np.maximum(observed.sum(1) - int(keep_at_least), 0)          # (N,)
+        if target < already:
+            raise DataValidationError(
+                f"fraction={fraction}: {already / observed.size:.3f} of the cells are "
+                "missing already; cells cannot be un-hidden")
+        if target > already + spare.sum():
+            raise DataValidationError(
+                f"fraction={fraction}: at most {(already + spare.sum()) / observed.size:.3f}"
+                f" of the cells can be missing with keep_at_least={keep_at_least}")
+        rng = np.random.default_rng(seed)
+        cells = rng.permutation(np.flatnonzero(observed.ravel()))
+        rows = cells // len(names)
+        # Rank of each cell among its example's cells in the random order: the first
+        # `spare` of them may be hidden (a vectorised greedy pass).
+        by_row = np.argsort(rows, kind="stable")
+        starts = np.searchsorted(rows[by_row], rows[by_row])
+        rank = np.empty_like(cells)
+        rank[by_row] = np.arange(cells.size) - starts
+        hide = cells[rank < spare[rows]][: target - already]
+        masks = observed.ravel().copy()
+        masks[hide] = False
+        masks = masks.reshape(observed.shape)
+        return MultimodalData(
+            self._features, labels=self._labels,
+            masks={m: masks[:, j] for j, m in enumerate(names)},
+            num_classes=self._num_classes, metadata=self.metadata)
+
     # ------------------------------------------------------------------ conversion
     def to_tensors(self, device: torch.device | str = "cpu",
                    modalities: Sequence[str] | None = None) -> TensorBatch:

@@ -155,12 +155,17 @@ class MultimodalGuide(UniquelyNamedModule):
         if n > max_points:
             idx = torch.randperm(n, generator=generator, device=batch.device)[:max_points]
             batch = batch.index(idx)
-        reps = self.representations(batch)
+        # A missing cell stands at its modality's mean of the present ones, so what it
+        # holds never steers the seeds; spreads are measured on present cells only.
+        present = batch.masks.T
+        reps = [torch.where(seen[:, None], rep, rep[seen].mean(0)) if bool(seen.any())
+                else rep for rep, seen in zip(self.representations(batch), present)]
         seeds = kmeans_plus_plus(torch.cat(reps, dim=-1), model.num_components, generator)
         nearest = torch.cdist(torch.cat(reps, -1), torch.cat(reps, -1)[seeds]).argmin(-1)
         values = {"sticks": torch.full((model.num_components - 1,), 0.5, device=batch.device)}
-        for m, rep in zip(self.modalities, reps):
-            spread = (rep - rep[seeds][nearest]).pow(2).mean(0).div(2).sqrt()
+        for m, rep, seen in zip(self.modalities, reps, present):
+            seen = seen if bool(seen.any()) else torch.ones_like(seen)
+            spread = (rep - rep[seeds][nearest])[seen].pow(2).mean(0).div(2).sqrt()
             spread = spread.clamp_min(1e-2 * rep.std(0).clamp_min(1e-3))
             values[f"component_loc_{m}"] = rep[seeds].clone()
             values[f"component_scale_{m}"] = spread.expand(model.num_components, -1).clone()

@@ -1,9 +1,11 @@
 """Predictions and held-out metrics from a fitted model.
 
-Predictions are plug-in: the global parameters at their posterior medians (AutoNormal)
-or MAP values, and each representation at its posterior mean. The one exception is the
-feature log-likelihood of a latent model without a classifier, an importance-sampled
-estimate over ``z`` (see :func:`log_likelihood`).
+By default predictions are plug-in: the global parameters at their posterior medians
+(AutoNormal) or MAP values, and each representation at its posterior mean.
+``predict(..., num_samples=S)`` instead averages over ``S`` draws of the global
+posterior (Bayesian model averaging) and reports the spread across draws. The feature
+log-likelihood of a latent model without a classifier is an importance-sampled estimate
+over ``z`` (see :func:`log_likelihood`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 
 from ._naming import evaluation_mode
 from .data import MultimodalData, TensorBatch
@@ -27,16 +30,40 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @torch.no_grad()
+def global_draws(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+                 num_samples: int):
+    """Yield ``(globals_, params)`` for ``num_samples`` independent draws of the global
+    guide: the site values (``name -> tensor``) and the same as :class:`MixtureParams`.
+    A MAP guide yields its point estimate every time. ``poutine.block`` keeps the draws
+    out of any trace the caller is running."""
+    for _ in range(num_samples):
+        with poutine.block():
+            globals_ = guide.global_guide(batch, None, 1.0)
+        globals_ = {name: globals_[name] for name in guide.global_sites}
+        yield globals_, MixtureParams.from_sites(model.modalities, globals_, model.alpha)
+
+
+@torch.no_grad()
 def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
-                  chunk_size: int = 4096) -> dict[str, torch.Tensor]:
+                  chunk_size: int = 4096, num_samples: int | None = None
+                  ) -> dict[str, torch.Tensor]:
     """:func:`predict` on an already prepared batch; returns tensors."""
     with evaluation_mode(model, guide):
-        return _predict_batch(model, guide, batch, chunk_size)
+        if num_samples is None:
+            return _predict_batch(model, guide, batch, chunk_size)
+        draws = [_predict_batch(model, guide, batch, chunk_size, values)
+                 for values in global_draws(model, guide, batch, num_samples)]
+    out = {}
+    for key in draws[0]:
+        stacked = torch.stack([d[key] for d in draws])
+        out[key] = stacked.mean(0)
+        if key != "latent_mean":
+            out[f"{key}_sd"] = stacked.std(0, correction=0)
+    return out
 
 
-def _predict_batch(model, guide, batch, chunk_size):
-    params = point_params(model, guide)
-    globals_ = guide.point_estimate()
+def _predict_batch(model, guide, batch, chunk_size, draw=None):
+    globals_, params = draw or (guide.point_estimate(), point_params(model, guide))
     out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
                                           "latent_mean": []}
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
@@ -54,18 +81,31 @@ def _predict_batch(model, guide, batch, chunk_size):
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def predict(result: "FitResult", data: MultimodalData, chunk_size: int = 4096
-            ) -> dict[str, np.ndarray]:
+def predict(result: "FitResult", data: MultimodalData, chunk_size: int = 4096,
+            num_samples: int | None = None) -> dict[str, np.ndarray]:
     """Predictions for ``data``.
+
+    Args:
+        num_samples: ``None`` (default): plug-in, the global parameters at their point
+            estimate (posterior median, or MAP). ``S``: Bayesian model averaging, the
+            mean over ``S`` draws of the global posterior of everything below, plus its
+            standard deviation across the draws (``"probs_sd"``,
+            ``"responsibilities_sd"``): how much the prediction depends on the
+            uncertain global parameters (zero for a MAP guide, whose posterior is a
+            point). Local representations stay at their posterior means either way.
 
     Returns:
         dict with ``"responsibilities"`` (``(N, K)`` for ``joint``; ``(N, M, K)`` for
         ``independent``), ``"probs"`` (``(N, C)``, models with a classifier) and
-        ``"latent_mean"`` (``(N, M, D)``, latent models).
+        ``"latent_mean"`` (``(N, M, D)``, latent models); with ``num_samples``, also
+        ``"responsibilities_sd"`` and ``"probs_sd"`` (same shapes).
     """
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ValueError(f"num_samples: must be a positive integer or None, got "
+                         f"{num_samples!r}")
     batch = result.model.prepare(data)
     with torch.no_grad():
-        out = predict_batch(result.model, result.guide, batch, chunk_size)
+        out = predict_batch(result.model, result.guide, batch, chunk_size, num_samples)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 

@@ -33,6 +33,12 @@ Decisions not fixed by the design:
   (:meth:`~pyro_mm.distributions.MultimodalMixture.fill_absent`), the same prediction
   the guide uses for a missing modality. So "modality ``m`` missing" is one input the
   classifier handles, whether ``m`` is missing from the data or left out on purpose.
+* Unobserved data are sampled, as Pyro users expect of ``pyro.infer.Predictive``:
+  without labels, ``y`` is an ordinary latent site (its log-density masked to zero,
+  so it adds nothing to the ELBO); with some labels missing, or with a modality missing
+  where a decoder exists, the site stays observed and masked, and its unobserved rows
+  hold a draw from the model (``y`` from the classifier, ``x_<m>`` from the decoder,
+  on the standardised scale) instead of a placeholder. The ELBO is unchanged.
 * Modality dropout (``modality_dropout=p``, training only): for the label likelihood,
   each present modality of each example is treated as absent with probability ``p``
   (never all of an example's modalities). The classifier is thereby fitted to predict
@@ -300,22 +306,23 @@ class MultimodalDPMixture(UniquelyNamedModule):
         """Sample the global sites (``alpha``, ``sticks``, component locs and scales)."""
         K = self.num_components
         if self.learn_alpha:
-            alpha = pyro.sample("alpha", dist.Gamma(self.alpha_prior[0], self.alpha_prior[1]))
+            alpha = _unbatched(pyro.sample(
+                "alpha", dist.Gamma(self.alpha_prior[0], self.alpha_prior[1])), 0)
         else:
             alpha = self.alpha
-        sticks = pyro.sample(
+        sticks = _unbatched(pyro.sample(
             "sticks", dist.Beta(torch.ones_like(alpha).expand(K - 1), alpha.expand(K - 1))
-            .to_event(1))
+            .to_event(1)), 1)
         locs, scales = [], []
         for m, size in self.site_sizes.items():
-            locs.append(pyro.sample(
+            locs.append(_unbatched(pyro.sample(
                 f"component_loc_{m}",
                 dist.Normal(torch.zeros_like(self.prior_loc_scale), self.prior_loc_scale)
-                .expand([K, size]).to_event(2)))
-            scales.append(pyro.sample(
+                .expand([K, size]).to_event(2)), 2))
+            scales.append(_unbatched(pyro.sample(
                 f"component_scale_{m}",
                 dist.LogNormal(self.prior_log_scale, self.prior_scale_spread)
-                .expand([K, size]).to_event(2)))
+                .expand([K, size]).to_event(2)), 2))
         return MixtureParams(stick_breaking_log_weights(sticks), locs, scales, alpha, sticks)
 
     def fuse(self, z: torch.Tensor, params: MixtureParams,
@@ -415,8 +422,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
             for j, m in enumerate(self.modalities):
                 if self.reconstruct:
                     loc, scale = self.decoders[m](z[..., j, :])
-                    pyro.sample(f"x_{m}", dist.Normal(loc, scale).to_event(1)
-                                .mask(part.masks[:, j]), obs=part.features[m])
+                    likelihood = dist.Normal(loc, scale).to_event(1)
+                    pyro.sample(f"x_{m}", likelihood.mask(part.masks[:, j]),
+                                obs=_fill_unobserved(part.features[m], part.masks[:, j],
+                                                     likelihood))
             self._observe_labels(z, params, part)
             if len(self.factors):
                 context = FactorContext(self, z, part, params, self.record)
@@ -425,11 +434,44 @@ class MultimodalDPMixture(UniquelyNamedModule):
             return z
 
     def _observe_labels(self, inputs, params, part: TensorBatch) -> None:
-        if self.classifier is None or part.labels is None:
+        if self.classifier is None:
             return
         mask = part.masks
         if self.training and self.modality_dropout > 0:
             mask = self.dropout_mask(mask)
         logits = self.class_logits(inputs, params, mask)
-        pyro.sample("y", dist.Categorical(logits=logits).mask(part.label_mask),
-                    obs=part.labels)
+        likelihood = dist.Categorical(logits=logits)
+        if part.labels is None:  # nothing observed: an ordinary latent site
+            pyro.sample("y", likelihood.mask(False))
+            return
+        pyro.sample("y", likelihood.mask(part.label_mask),
+                    obs=_fill_unobserved(part.labels, part.label_mask, likelihood))
+
+
+def _unbatched(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """A global site's value without leading size-1 dims. ``pyro.infer.Predictive``
+    (sequential, its default) conditions on draws padded to ``(1, ...)``; one draw at
+    a time is what the model computes with. A real batch of draws is refused."""
+    if value.dim() == event_dim:  # the usual case: leave the tensor itself alone
+        return value
+    extra = value.shape[: value.dim() - event_dim]
+    if any(size != 1 for size in extra):
+        raise ValueError(
+            f"global sites: got a batch of {tuple(extra)} draws; the model takes one "
+            "draw at a time (use Predictive(..., parallel=False), the default)")
+    return value.reshape(value.shape[value.dim() - event_dim:])
+
+
+def _fill_unobserved(values: torch.Tensor, observed: torch.Tensor,
+                     likelihood: dist.Distribution) -> torch.Tensor:
+    """``values`` where ``observed (B,)``, elsewhere a draw from ``likelihood``.
+
+    The site stays observed and masked, so the unobserved rows add nothing to the
+    ELBO (it is exactly what it was), while ``pyro.infer.Predictive`` and
+    ``poutine.trace`` see the model's own prediction there instead of a placeholder.
+    """
+    if bool(observed.all()):
+        return values
+    draw = likelihood.sample()
+    keep = observed.reshape(observed.shape + (1,) * (values.dim() - observed.dim()))
+    return torch.where(keep, values, draw)
