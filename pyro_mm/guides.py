@@ -7,7 +7,8 @@
   input. ``q(z_im)`` is instead the mixture's prediction from the modalities that are
   present: responsibilities ``r_ik`` from the present representations (``joint``; the
   weights ``pi`` for ``independent``), then the moments of ``sum_k r_ik N(mu_mk,
-  sigma_mk^2)``, matched by a Gaussian.
+  sigma_mk^2)`` (the model's components: floored scales, Student-t if chosen), matched by
+  a Gaussian.
 * Global: Pyro's :class:`~pyro.infer.autoguide.AutoNormal` (mean-field) or
   :class:`~pyro.infer.autoguide.AutoDelta` (MAP) over the global sites only (the model
   is wrapped in ``poutine.block``).
@@ -17,7 +18,9 @@ fitting needs: component means start at k-means++ seeds of the representations t
 mixture sees at the start (the features, or the untrained encoders' means), component
 scales at the pooled within-cluster spread, and sticks at 0.5, so the weights start
 geometric (1/2, 1/4, ...) and later, redundant seeds start light: the
-richer-gets-richer dynamics then empties them instead of splitting clusters.
+richer-gets-richer dynamics then empties them instead of splitting clusters. The scale
+sites start at ``sqrt(spread^2 - floor^2)`` so the *effective* scales start at the
+spread.
 """
 
 from __future__ import annotations
@@ -34,8 +37,7 @@ from torch import nn
 
 from ._naming import UniquelyNamedModule
 from .data import TensorBatch
-from .distributions import stick_breaking_log_weights
-from .models import MultimodalDPMixture
+from .models import MixtureParams, MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
 
 
@@ -102,6 +104,15 @@ class MultimodalGuide(UniquelyNamedModule):
                                      for p in ("loc", "scale")}
         if model.learn_alpha:
             global_names.add("alpha")
+        if model.learn_df:
+            global_names |= {f"component_df_{m}" for m in model.modalities}
+        # What encode() needs to build the model's components without holding the model:
+        # latent floors are fixed by the model's config, so they are not saved state.
+        self.component = model.component
+        self.fixed_df = (float(model.component_df)
+                         if model.component == "studentt" and not model.learn_df else None)
+        self.register_buffer("scale_floors", torch.stack(model.scale_floors())
+                             if self.latent else torch.zeros(0), persistent=False)
         self.global_sites = tuple(sorted(global_names))
         blocked = poutine.block(model, expose=list(global_names))
         if global_guide == "meanfield":
@@ -159,11 +170,13 @@ class MultimodalGuide(UniquelyNamedModule):
         seeds = kmeans_plus_plus(torch.cat(reps, dim=-1), model.num_components, generator)
         nearest = torch.cdist(torch.cat(reps, -1), torch.cat(reps, -1)[seeds]).argmin(-1)
         values = {"sticks": torch.full((model.num_components - 1,), 0.5, device=batch.device)}
-        for m, rep in zip(self.modalities, reps):
+        for m, rep, floor in zip(self.modalities, reps, model.scale_floors()):
             spread = (rep - rep[seeds][nearest]).pow(2).mean(0).div(2).sqrt()
             spread = spread.clamp_min(1e-2 * rep.std(0).clamp_min(1e-3))
+            # sigma such that sqrt(sigma^2 + floor^2) = spread (the effective scale).
+            sigma = (spread.pow(2) - floor.pow(2)).clamp_min(1e-4 * spread.pow(2)).sqrt()
             values[f"component_loc_{m}"] = rep[seeds].clone()
-            values[f"component_scale_{m}"] = spread.expand(model.num_components, -1).clone()
+            values[f"component_scale_{m}"] = sigma.expand(model.num_components, -1).clone()
         if self.learn_alpha:
             values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
         self._init_values = values
@@ -211,18 +224,19 @@ class MultimodalGuide(UniquelyNamedModule):
         mask = batch.masks
         if bool(mask.all()):
             return loc, scale
-        log_w = stick_breaking_log_weights(globals_["sticks"])
-        locs = torch.stack([globals_[f"component_loc_{m}"] for m in self.modalities])
-        scales = torch.stack([globals_[f"component_scale_{m}"] for m in self.modalities])
-        # log N(loc_im; mu_mk, sigma_mk): (B, M, K), present modalities only.
-        comp = dist.Normal(locs, scales).log_prob(loc.detach().unsqueeze(-2)).sum(-1)
-        if self.mixture == "joint":
-            logits = log_w + (comp * mask.unsqueeze(-1)).sum(-2)
+        params = MixtureParams.from_sites(
+            self.modalities, globals_, floors=list(self.scale_floors),
+            component=self.component,
+            df=None if self.fixed_df is None else [self.fixed_df] * len(self.modalities))
+        mixture = params.mixture(self.mixture, mask=mask, batch_size=loc.shape[0])
+        if self.mixture == "joint":  # p(c | present representations): (B, K)
+            resp = mixture.responsibilities(loc.detach())
         else:
-            logits = log_w.expand(loc.shape[0], -1)
-        resp = torch.softmax(logits, dim=-1)                             # (B, K)
+            resp = params.log_weights.exp().expand(loc.shape[0], -1)
+        locs = torch.stack(params.locs)
+        variances = torch.stack(mixture.component_variances())
         mean = torch.einsum("bk,mkd->bmd", resp, locs)
-        second = torch.einsum("bk,mkd->bmd", resp, scales.pow(2) + locs.pow(2))
+        second = torch.einsum("bk,mkd->bmd", resp, variances + locs.pow(2))
         fill_scale = (second - mean.pow(2)).clamp_min(1e-6).sqrt()
         present = mask.unsqueeze(-1)
         return torch.where(present, loc, mean), torch.where(present, scale, fill_scale)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def point_params(model: MultimodalDPMixture, guide: MultimodalGuide) -> MixtureParams:
     """The global parameters at the guide's point estimate."""
-    return MixtureParams.from_sites(model.modalities, guide.point_estimate(), model.alpha)
+    return model.params_from_sites(guide.point_estimate())
 
 
 @torch.no_grad()

@@ -117,8 +117,9 @@ def _site_log_prob(site) -> torch.Tensor:
 def mixture_params(model: MultimodalDPMixture, globals_: Mapping[str, torch.Tensor]
                    ) -> MixtureParams:
     """:class:`~pyro_mm.models.MixtureParams` from a dict of global site values (one
-    draw of the guide, or its point estimate)."""
-    return MixtureParams.from_sites(model.modalities, globals_, model.alpha)
+    draw of the guide, or its point estimate), with the model's scale floors and
+    component kind."""
+    return model.params_from_sites(globals_)
 
 
 def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,6 +230,7 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
         "locs": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "scales": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "alpha": np.empty(S, np.float32),
+        "df": np.empty((S, len(mods)), np.float32),
         "lp": np.zeros(S, np.float64),
         "log_q": np.zeros(S, np.float64),
         "ll": {v: np.empty((S, int(mask.sum())), np.float64)
@@ -270,6 +272,8 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
             out["sticks"][s] = params.sticks.cpu().numpy()
             out["log_weights"][s] = params.log_weights.double().cpu().numpy()
             out["alpha"][s] = float(params.alpha)
+            if params.df is not None:
+                out["df"][s] = [float(v) for v in params.df]
             for j, m in enumerate(mods):
                 out["locs"][m][s] = params.locs[j].cpu().numpy()
                 out["scales"][m][s] = params.scales[j].cpu().numpy()
@@ -427,7 +431,10 @@ def to_datatree(
       otherwise in the root attrs), and the component means and scales:
       ``component_loc`` / ``component_scale`` [component, modality, latent] for latent
       models, ``component_loc_<m>`` / ``component_scale_<m>`` [component, <m>_feature]
-      for ``representation="observed"`` (modalities differ in size there).
+      for ``representation="observed"`` (modalities differ in size there). These are
+      the site values ``sigma``; a component's scale is ``sqrt(sigma^2 + floor^2)``
+      with the model's ``scale_floors()``, stored in ``constant_data``. With learned
+      Student-t components, ``component_df`` [modality].
     * ``posterior_predictive``: ``y`` [example] (a label drawn from the classifier, for
       every example) and the replicated features on the original scale: ``x``
       [example, feature] (observed) or ``x_<m>`` [example, <m>_feature] (latent,
@@ -436,7 +443,9 @@ def to_datatree(
     * ``observed_data``: ``y`` [example] (labels, ``-1`` = missing) and the features
       under the same names as in ``posterior_predictive`` (NaN where a modality is
       missing).
-    * ``constant_data``: ``mask`` [example, modality].
+    * ``constant_data``: ``mask`` [example, modality] and the component scale floors
+      (``component_scale_floor`` [modality, latent] or ``component_scale_floor_<m>``
+      [<m>_feature]; standardised units).
     * ``sample_stats``: ``lp`` and ``log_q``, the two sides of the importance ratio
       (see :func:`pyro_mm.diagnostics.pareto_k`).
     * ``per_example`` (ours; ArviZ ignores it): Monte Carlo posterior means of the
@@ -504,6 +513,8 @@ def to_datatree(
     }
     if model.learn_alpha:
         post["alpha"] = (sd, draws(out["alpha"]))
+    if model.learn_df:
+        post["component_df"] = (sd + ("modality",), draws(out["df"]))
     if plan.latent:
         for what in ("loc", "scale"):
             stacked = np.stack([out[what + "s"][m] for m in mods], axis=2)  # S K M D
@@ -589,9 +600,14 @@ def to_datatree(
     sample_stats["log_q"].attrs["description"] = "log q(theta, z): the guide's log density"
     sample_stats.attrs = _attrs()
 
-    constant_data = xr.Dataset(
-        {"mask": (("example", "modality"), np.stack([raw_masks[m] for m in mods], axis=1))},
-        coords={"example": coords["example"], "modality": coords["modality"]})
+    const = {"mask": (("example", "modality"), np.stack([raw_masks[m] for m in mods], axis=1))}
+    floors = [f.cpu().numpy() for f in model.scale_floors()]
+    if plan.latent:
+        const["component_scale_floor"] = (("modality", "latent"), np.stack(floors))
+    else:
+        const.update({f"component_scale_floor_{m}": ((f"{m}_feature",), f)
+                      for m, f in zip(mods, floors)})
+    constant_data = _dataset(const, coords)
     constant_data.attrs = _attrs()
 
     per: dict[str, Any] = {}
