@@ -303,9 +303,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
         self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
         # Floors of the component scales (module docstring): latent ones are fixed here,
         # observed ones are refitted with the standardisation.
-        latent_floor = self.scale_floor * (prior_scale if representation == "latent" else 1.0)
+        floor = self.scale_floor * (prior_scale if representation == "latent" else 1.0)
         for m, size in self.site_sizes.items():
-            self.register_buffer(f"component_scale_floor_{m}", torch.full((size,), latent_floor))
+            self.register_buffer(f"component_scale_floor_{m}", torch.full((size,), floor))
         # Fixed Student-t degrees of freedom; 0 = none (Gaussian, or learned: a site).
         self.register_buffer("component_df", torch.tensor(
             float(df) if component == "studentt" and not self.learn_df else 0.0))
@@ -441,11 +441,6 @@ class MultimodalDPMixture(UniquelyNamedModule):
     def scale_floors(self) -> list[torch.Tensor]:
         """``[(size_m,)]``: each modality's component scale floor ``f_m``."""
         return [getattr(self, f"component_scale_floor_{m}") for m in self.modalities]
-
-    def component_scales(self, scales: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``[(K, size_m)]``: the scales components use, ``sqrt(sigma^2 + f^2)``, from
-        ``component_scale_<m>`` values ``sigma``."""
-        return [effective_scale(s, f) for s, f in zip(scales, self.scale_floors())]
 
     def params_from_sites(self, values: Mapping[str, torch.Tensor]) -> MixtureParams:
         """:class:`MixtureParams` from global site values (a guide draw or its point

@@ -172,8 +172,8 @@ def test_guide_fills_a_missing_modality_from_the_floored_components(tiny_data):
         present, _ = guide.encode_present(batch)
     # brute force: responsibilities from modality a, moments of the floored mixture of b
     locs = [globals_[f"component_loc_{m}"] for m in model.modalities]
-    scales = model.component_scales([globals_[f"component_scale_{m}"]
-                                     for m in model.modalities])
+    scales = [(globals_[f"component_scale_{m}"].pow(2) + 2.0**2).sqrt()
+              for m in model.modalities]
     log_w = pm.distributions.stick_breaking_log_weights(globals_["sticks"])
     comp = Normal(locs[0], scales[0]).log_prob(present[:, 0].unsqueeze(1)).sum(-1)
     resp = torch.softmax(log_w + comp, -1)
