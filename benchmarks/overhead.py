@@ -20,8 +20,6 @@ from pyro.optim.clipped_adam import ClippedAdam
 from torch.distributions import biject_to
 
 import pyro_mm as pm
-from pyro_mm.distributions import stick_breaking_log_weights
-from pyro_mm.models import MixtureParams
 
 from .common import markdown_table, parser, timed, write_results
 
@@ -54,11 +52,7 @@ def handwritten_loss(model, guide, batch, idx) -> torch.Tensor:
             - transform.log_abs_det_jacobian(unconstrained, value).sum()
         log_p = log_p + prior.log_prob(value).sum()
         values[name] = value
-    params = MixtureParams(
-        stick_breaking_log_weights(values["sticks"]),
-        [values[f"component_loc_{m}"] for m in model.modalities],
-        [values[f"component_scale_{m}"] for m in model.modalities],
-        model.alpha, values["sticks"])
+    params = model.params_from_sites(values)  # the model's floored component scales
     part = batch.index(idx)
     loc, scale = guide.encode(part, values)
     z = loc + scale * torch.randn_like(loc)

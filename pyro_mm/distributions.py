@@ -1,4 +1,8 @@
-"""Stick breaking and the multimodal Gaussian mixture with assignments marginalised.
+"""Stick breaking and the multimodal mixture with assignments marginalised.
+
+Components are diagonal Gaussians (``component="normal"``) or products of univariate
+Student-t densities, one per feature (``component="studentt"``): a value ``r`` scales
+away from a component costs ``~ (nu + 1) log r`` nats per feature instead of ``r^2 / 2``.
 
 Shapes: ``K`` components, ``M`` modalities, ``d_m`` features of modality ``m`` (all equal
 to the latent size ``D`` when the mixture sits on representations), ``B`` examples.
@@ -64,20 +68,64 @@ def gaussian_component_log_density(
     return -0.5 * quadratic.clamp_min(0.0) - log_norm
 
 
+def studentt_component_log_density(
+    value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, df: torch.Tensor
+) -> torch.Tensor:
+    """``sum_j log t_nu(value_bj; locs_kj, scales_kj)`` for every example and component:
+    independent univariate Student-t densities (heavy tails per feature, so one wild
+    feature does not inflate the others as a multivariate t would).
+
+    Memory is ``O(B K d)``: the ``log1p`` does not factor into matrix products.
+
+    Args:
+        value: ``(..., B, d)``.
+        locs, scales: ``(K, d)``.
+        df: degrees of freedom, a scalar tensor (shared by the modality's features).
+
+    Returns:
+        ``(..., B, K)``.
+    """
+    z2 = ((value.unsqueeze(-2) - locs) / scales).pow(2)                 # (..., B, K, d)
+    d = value.shape[-1]
+    log_norm = (torch.lgamma(0.5 * (df + 1.0)) - torch.lgamma(0.5 * df)
+                - 0.5 * torch.log(df * math.pi))
+    return (d * log_norm - scales.log().sum(-1)
+            - 0.5 * (df + 1.0) * torch.log1p(z2 / df).sum(-1))
+
+
+def effective_scale(scale: torch.Tensor, floor: torch.Tensor | float | None
+                    ) -> torch.Tensor:
+    """``sqrt(scale^2 + floor^2)``: a component scale kept above ``floor`` (added in
+    quadrature, so a scale well above the floor is barely changed and the gradient
+    stays smooth); ``scale`` unchanged when ``floor`` is ``None``."""
+    if floor is None:
+        return scale
+    return torch.sqrt(scale.pow(2) + torch.as_tensor(floor, dtype=scale.dtype,
+                                                     device=scale.device).pow(2))
+
+
 class MultimodalMixture(TorchDistribution):
-    """A Gaussian mixture over several modalities with the assignment summed out.
+    """A Gaussian (or Student-t) mixture over several modalities with the assignment
+    summed out.
 
     ``joint``: one component per example shared by its modalities,
     ``log p(x_i) = logsumexp_k [log pi_k + sum_m o_im log N(x_im; mu_mk, sigma_mk)]``.
     ``independent``: each modality picks its own component from the same weights,
     ``log p(x_i) = sum_m o_im logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]``.
     ``o_im`` is the observation mask: a missing modality is marginalised out (its
-    Gaussian integrates to one), so it contributes nothing.
+    density integrates to one), so it contributes nothing. With ``component="studentt"``
+    every ``N`` above is a product of univariate Student-t densities with the modality's
+    degrees of freedom.
 
     Args:
         log_weights: ``(K,)`` log mixture weights.
-        locs, scales: one ``(K, d_m)`` tensor per modality.
+        locs, scales: one ``(K, d_m)`` tensor per modality (the scales used as given:
+            any floor is applied by the caller, see
+            :meth:`pyro_mm.models.MixtureParams.mixture`).
         mixture: ``"joint"`` or ``"independent"``.
+        component: ``"normal"`` or ``"studentt"``.
+        df: with ``"studentt"``, one degrees-of-freedom value (scalar tensor or
+            number) per modality.
         mask: ``(B, M)`` bool observation mask, or ``None`` for all observed.
         batch_size: ``B``, the examples in the plate.
         stacked: if ``True`` (all ``d_m`` equal), values have event shape ``(M, d)``;
@@ -96,10 +144,20 @@ class MultimodalMixture(TorchDistribution):
         mask: torch.Tensor | None = None,
         batch_size: int | None = None,
         stacked: bool = True,
+        component: str = "normal",
+        df: Sequence[torch.Tensor | float] | None = None,
         validate_args=None,
     ):
         if mixture not in ("joint", "independent"):
             raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
+        if component not in ("normal", "studentt"):
+            raise ValueError(f"component: expected 'normal' or 'studentt', got {component!r}")
+        if component == "studentt" and (df is None or len(df) != len(locs)):
+            raise ValueError("df: 'studentt' needs one degrees-of-freedom value per modality")
+        self.component = component
+        self.df = None if df is None else [torch.as_tensor(v, dtype=log_weights.dtype,
+                                                           device=log_weights.device)
+                                           for v in df]
         self.log_weights = log_weights
         self.locs = list(locs)
         self.scales = list(scales)
@@ -141,11 +199,25 @@ class MultimodalMixture(TorchDistribution):
         return per
 
     def _unmasked(self, value: torch.Tensor) -> torch.Tensor:
-        parts = [
-            gaussian_component_log_density(x, loc, scale)
-            for x, loc, scale in zip(self.split(value), self.locs, self.scales)
-        ]
+        if self.component == "studentt":
+            parts = [studentt_component_log_density(x, loc, scale, df) for x, loc, scale, df
+                     in zip(self.split(value), self.locs, self.scales, self.df)]
+        else:
+            parts = [gaussian_component_log_density(x, loc, scale)
+                     for x, loc, scale in zip(self.split(value), self.locs, self.scales)]
         return torch.stack(parts, dim=-2)
+
+    def component_variances(self, max_factor: float = 5.0) -> list[torch.Tensor]:
+        """Per-modality ``(K, d_m)`` variances of the components: ``scale^2`` (normal),
+        ``scale^2 nu / (nu - 2)`` (Student-t). A t with ``nu <= 2`` has no variance; the
+        factor is capped at ``max_factor`` (``nu = 2.5``) so moment matching (the
+        guide's fill-in of a missing modality) stays finite."""
+        if self.component == "normal":
+            return [s.pow(2) for s in self.scales]
+        factors = [torch.where(df > 2.0, df / (df - 2.0).clamp_min(1e-6),
+                               torch.full_like(df, max_factor)).clamp_max(max_factor)
+                   for df in self.df]
+        return [s.pow(2) * f for s, f in zip(self.scales, factors)]
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         lp = self.component_log_density(value)
@@ -171,7 +243,8 @@ class MultimodalMixture(TorchDistribution):
         """Mean and variance of each modality given the ``present`` ones.
 
         ``joint``: responsibilities ``r_ik`` from the present modalities of ``value``,
-        then the moments of ``sum_k r_ik N(mu_mk, sigma_mk^2)``. ``independent``: a
+        then the moments of ``sum_k r_ik p_k`` (the components' own variances, Student-t
+        included). ``independent``: a
         modality's component tells nothing about another's, so ``r_ik = pi_k`` (the
         prior moments). An example with nothing present also gets the prior moments.
         The ``mask`` this distribution was built with is not used: ``present`` says
@@ -192,9 +265,9 @@ class MultimodalMixture(TorchDistribution):
         else:
             resp = self.log_weights.exp().expand(present.shape[0], -1)
         means, variances = [], []
-        for loc, scale in zip(self.locs, self.scales):
+        for loc, var in zip(self.locs, self.component_variances()):
             mean = resp @ loc
-            second = resp @ (scale.pow(2) + loc.pow(2))
+            second = resp @ (var + loc.pow(2))
             means.append(mean)
             variances.append((second - mean.pow(2)).clamp_min(0.0))
         return means, variances
@@ -221,6 +294,11 @@ class MultimodalMixture(TorchDistribution):
             comps = torch.distributions.Categorical(logits=self.log_weights).sample(
                 shape + (num_modalities,)).unbind(-1)
         with torch.no_grad():
-            parts = [loc[c] + scale[c] * torch.randn_like(loc[c])
-                     for c, loc, scale in zip(comps, self.locs, self.scales)]
+            if self.component == "studentt":
+                noise = [torch.distributions.StudentT(df).sample(loc[c].shape)
+                         for c, loc, df in zip(comps, self.locs, self.df)]
+            else:
+                noise = [torch.randn_like(loc[c]) for c, loc in zip(comps, self.locs)]
+            parts = [loc[c] + scale[c] * e
+                     for c, loc, scale, e in zip(comps, self.locs, self.scales, noise)]
         return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)

@@ -7,7 +7,8 @@
   input. ``q(z_im)`` is instead the mixture's prediction from the modalities that are
   present: responsibilities ``r_ik`` from the present representations (``joint``; the
   weights ``pi`` for ``independent``), then the moments of ``sum_k r_ik N(mu_mk,
-  sigma_mk^2)``, matched by a Gaussian.
+  sigma_mk^2)`` (the model's components: floored scales, Student-t if chosen), matched by
+  a Gaussian.
 * Global: Pyro's :class:`~pyro.infer.autoguide.AutoNormal` (mean-field) or
   :class:`~pyro.infer.autoguide.AutoDelta` (MAP) over the global sites only (the model
   is wrapped in ``poutine.block``).
@@ -17,7 +18,9 @@ fitting needs: component means start at k-means++ seeds of the representations t
 mixture sees at the start (the features, or the untrained encoders' means), component
 scales at the pooled within-cluster spread, and sticks at 0.5, so the weights start
 geometric (1/2, 1/4, ...) and later, redundant seeds start light: the
-richer-gets-richer dynamics then empties them instead of splitting clusters.
+richer-gets-richer dynamics then empties them instead of splitting clusters. The scale
+sites start at ``sqrt(spread^2 - floor^2)`` so the *effective* scales start at the
+spread.
 """
 
 from __future__ import annotations
@@ -102,6 +105,15 @@ class MultimodalGuide(UniquelyNamedModule):
                                      for p in ("loc", "scale")}
         if model.learn_alpha:
             global_names.add("alpha")
+        if model.learn_df:
+            global_names |= {f"component_df_{m}" for m in model.modalities}
+        # What encode() needs to build the model's components without holding the model:
+        # latent floors are fixed by the model's config, so they are not saved state.
+        self.component = model.component
+        self.fixed_df = (float(model.component_df)
+                         if model.component == "studentt" and not model.learn_df else None)
+        self.register_buffer("scale_floors", torch.stack(model.scale_floors())
+                             if self.latent else torch.zeros(0), persistent=False)
         self.global_sites = tuple(sorted(global_names))
         blocked = poutine.block(model, expose=list(global_names))
         if global_guide == "meanfield":
@@ -163,12 +175,14 @@ class MultimodalGuide(UniquelyNamedModule):
         seeds = kmeans_plus_plus(torch.cat(reps, dim=-1), model.num_components, generator)
         nearest = torch.cdist(torch.cat(reps, -1), torch.cat(reps, -1)[seeds]).argmin(-1)
         values = {"sticks": torch.full((model.num_components - 1,), 0.5, device=batch.device)}
-        for m, rep, seen in zip(self.modalities, reps, present):
+        for m, rep, seen, floor in zip(self.modalities, reps, present, model.scale_floors()):
             seen = seen if bool(seen.any()) else torch.ones_like(seen)
             spread = (rep - rep[seeds][nearest])[seen].pow(2).mean(0).div(2).sqrt()
             spread = spread.clamp_min(1e-2 * rep.std(0).clamp_min(1e-3))
+            # sigma such that sqrt(sigma^2 + floor^2) = spread (the effective scale).
+            sigma = (spread.pow(2) - floor.pow(2)).clamp_min(1e-4 * spread.pow(2)).sqrt()
             values[f"component_loc_{m}"] = rep[seeds].clone()
-            values[f"component_scale_{m}"] = spread.expand(model.num_components, -1).clone()
+            values[f"component_scale_{m}"] = sigma.expand(model.num_components, -1).clone()
         if self.learn_alpha:
             values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
         self._init_values = values
@@ -216,7 +230,10 @@ class MultimodalGuide(UniquelyNamedModule):
         mask = batch.masks
         if bool(mask.all()):
             return loc, scale
-        params = MixtureParams.from_sites(self.modalities, globals_, loc.new_ones(()))
+        params = MixtureParams.from_sites(
+            self.modalities, globals_, floors=list(self.scale_floors),
+            component=self.component,
+            df=None if self.fixed_df is None else [self.fixed_df] * len(self.modalities))
         mixture = params.mixture(self.mixture, batch_size=loc.shape[0])
         means, variances = mixture.conditional_moments(loc.detach(), mask)
         fill_loc = torch.stack(means, -2)

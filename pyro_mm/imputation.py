@@ -60,8 +60,10 @@ def _draw_gaussians(model: MultimodalDPMixture, guide: MultimodalGuide,
         comps = [torch.multinomial(resp, 1)[:, 0]] * len(model.modalities)
     else:  # a missing modality's row is pi: its component says nothing about others'
         comps = [torch.multinomial(resp[:, j], 1)[:, 0] for j in range(resp.shape[1])]
-    return [(locs[k], scales[k]) for k, locs, scales in zip(comps, params.locs,
-                                                              params.scales)]
+    # The components' own spreads: floored scales, and for Student-t components the
+    # moment-matched Gaussian (same variance), as the guide's fill-in does.
+    sds = [var.sqrt() for var in mixture.component_variances()]
+    return [(locs[k], sd[k]) for k, locs, sd in zip(comps, params.locs, sds)]
 
 
 def mixture_quantiles(locs: torch.Tensor, sds: torch.Tensor, probs: Sequence[float]

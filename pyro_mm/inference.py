@@ -40,7 +40,7 @@ def global_draws(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tens
         with poutine.block():
             globals_ = guide.global_guide(batch, None, 1.0)
         globals_ = {name: globals_[name] for name in guide.global_sites}
-        yield globals_, MixtureParams.from_sites(model.modalities, globals_, model.alpha)
+        yield globals_, model.params_from_sites(globals_)
 
 
 @torch.no_grad()

@@ -7,8 +7,9 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     pi               = stick_breaking(v)     (all mass kept)
     mu_mk            ~ Normal(0, s0^2 I)                              site "component_loc_<m>"
     sigma_mk         ~ LogNormal(log s1, t1) per dimension            site "component_scale_<m>"
+    nu_m             ~ Gamma(2, 0.1)  if component="studentt", df="learned"  site "component_df_<m>"
     for i in plate("data", N, subsample=...):
-        z_i          ~ MultimodalMixture(pi, mu, sigma)  (B, M, D)    site "z"
+        z_i          ~ MultimodalMixture(pi, mu, sqrt(sigma^2 + f_m^2))  (B, M, D)  site "z"
         x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
         y_i          ~ Categorical(logits=classifier(fuse(fill(z_i))))     site "y"
         factors      pyro.factor(<factor name>, -weight * loss)
@@ -26,6 +27,18 @@ Decisions not fixed by the design:
   (:meth:`MultimodalDPMixture.fit_standardization`) and stored in buffers; every
   likelihood is on that scale, and :meth:`MultimodalDPMixture.feature_log_jacobian`
   converts to the original scale.
+* **Scale floor.** A component's scale is ``sqrt(sigma_mk^2 + f_m^2)``, never the bare
+  ``sigma_mk``, so a feature that is constant among a component's training members
+  cannot make a held-out example cost millions of nats: ``f = scale_floor`` (0.05)
+  training standard deviations for observed features, ``scale_floor * s1`` for latent
+  ones; why, and what it costs, in :mod:`pyro_mm.floors`. ``scale_floor=0`` is the
+  previous behaviour. :class:`~pyro_mm.params.MixtureParams` applies it where it builds
+  the mixture, so every consumer uses the same scale.
+* **Student-t components** (``component="studentt"``): each component is a product of
+  univariate Student-t densities (same locs and effective scales) with ``nu_m`` degrees
+  of freedom per modality, fixed or learned (site ``component_df_<m>``, prior
+  ``Gamma(2, 0.1)``, mean 20). An outlying feature then costs ``~ (nu + 1) log r`` nats
+  rather than ``r^2 / 2``. Assignments are still summed out exactly.
 * A missing modality's representation still has the mixture prior (it is a latent
   variable like any other); only its likelihood ``x_im`` is masked out.
 * The classifier never reads an absent modality's value: ``fill`` replaces it by the
@@ -55,27 +68,29 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
 from ._naming import UniquelyNamedModule
-from .data import MultimodalData, TensorBatch
+from .data import TensorBatch
 from .distributions import stick_breaking_log_weights
-from .errors import DataValidationError
 from .factor_protocol import AuxiliaryFactor, FactorContext, factor_config, make_factor
+from .floors import keep_missing_floors
 from .fusion import make_fusion
+from .model_options import check_arguments
 from .networks import GaussianDecoder, mlp
-from .params import GLOBAL_SITES, MixtureParams  # noqa: F401 (public here too)
+from .params import DF_PRIOR, GLOBAL_SITES, MixtureParams  # noqa: F401 (public here too)
+from .sites import fill_unobserved, unbatched
+from .standardization import FeatureStandardization
 
 #: Default probability of modality dropout for the classifier (see the module
 #: docstring; measured in ``benchmarks/RESULTS.md``).
 MODALITY_DROPOUT = 0.2
 
 
-class MultimodalDPMixture(UniquelyNamedModule):
+class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
     """Multimodal Dirichlet-process Gaussian mixture (see the module docstring).
 
     Args:
@@ -96,6 +111,14 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_loc_scale: ``s0``, prior scale of the component means.
         prior_scale: ``s1``, prior median of the component scales.
         prior_scale_spread: ``t1``, log-scale spread of the component scales.
+        scale_floor: floor of the component scales as a fraction of each feature's
+            training standard deviation (observed) or of ``s1`` (latent); see the
+            module docstring. ``0`` (with ``resolution_floor=False``) disables it.
+        resolution_floor: also floor observed features at their recording resolution
+            (``q / sqrt(12)``, added in quadrature).
+        component: ``"normal"`` (Gaussian components) or ``"studentt"``.
+        df: Student-t degrees of freedom: a positive number (fixed, every modality) or
+            ``"learned"`` (one per modality, site ``component_df_<m>``).
         hidden: hidden sizes of the decoders and the classifier.
         modality_dropout: probability of leaving each present modality out of the
             classifier's input during training (module docstring); 0 turns it off.
@@ -118,43 +141,24 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_loc_scale: float = 3.0,
         prior_scale: float = 1.0,
         prior_scale_spread: float = 1.0,
+        scale_floor: float = 0.05,
+        resolution_floor: bool = False,
+        component: str = "normal",
+        df: float | str = "learned",
         hidden: Sequence[int] = (256,),
         modality_dropout: float = MODALITY_DROPOUT,
         factors: Sequence[AuxiliaryFactor] = (),
     ):
         super().__init__("pyro_mm_model")
-        if not isinstance(dims, Mapping) or not dims:
-            raise ValueError("dims: need a mapping 'modality -> number of features'")
-        for name, d in dims.items():
-            if not isinstance(d, (int, np.integer)) or d < 1:
-                raise ValueError(f"dims[{name!r}]: must be a positive integer, got {d!r}")
-        if num_classes is not None and int(num_classes) < 2:
-            raise ValueError(f"num_classes: must be >= 2 or None, got {num_classes}")
-        if int(latent_dim) < 1:
-            raise ValueError(f"latent_dim: must be >= 1, got {latent_dim}")
-        if int(num_components) < 2:
-            raise ValueError(f"num_components: must be >= 2, got {num_components}")
-        if mixture not in ("joint", "independent"):
-            raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
-        if representation not in ("latent", "observed"):
-            raise ValueError(
-                f"representation: expected 'latent' or 'observed', got {representation!r}")
         if reconstruct is None:
             reconstruct = representation == "latent"
-        if representation == "observed" and reconstruct:
-            raise ValueError("reconstruct: not available with representation='observed'")
-        if representation == "observed" and fusion != "concat":
-            raise ValueError("fusion: only 'concat' with representation='observed'")
-        if representation == "observed" and factors:
-            raise ValueError("factors: need representation='latent' (they act on z)")
-        if alpha != "learned" and not (isinstance(alpha, (int, float)) and alpha > 0):
-            raise ValueError(f"alpha: expected a positive number or 'learned', got {alpha!r}")
-        if not 0.0 <= modality_dropout < 1.0:
-            raise ValueError(f"modality_dropout: must be in [0, 1), got {modality_dropout!r}")
-        for arg, value in (("prior_loc_scale", prior_loc_scale), ("prior_scale", prior_scale),
-                           ("prior_scale_spread", prior_scale_spread)):
-            if not value > 0:
-                raise ValueError(f"{arg}: must be positive, got {value!r}")
+        check_arguments(
+            dims=dims, num_classes=num_classes, latent_dim=latent_dim,
+            num_components=num_components, mixture=mixture, representation=representation,
+            reconstruct=reconstruct, fusion=fusion, factors=factors, alpha=alpha,
+            modality_dropout=modality_dropout, prior_loc_scale=prior_loc_scale,
+            prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
+            scale_floor=scale_floor, component=component, df=df)
 
         self.modalities = tuple(str(m) for m in dims)
         self.dims = {m: int(d) for m, d in dims.items()}
@@ -166,6 +170,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
         self.reconstruct = bool(reconstruct)
         self.fusion_name = fusion
         self.learn_alpha = alpha == "learned"
+        self.component = component
+        self.learn_df = component == "studentt" and df == "learned"
+        self.scale_floor = float(scale_floor)
+        self.resolution_floor = bool(resolution_floor)
         self.hidden = tuple(int(h) for h in hidden)
         self.modality_dropout = float(modality_dropout)
         self._config = dict(
@@ -174,7 +182,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
             representation=representation, reconstruct=self.reconstruct, fusion=fusion,
             alpha=alpha, alpha_prior=list(alpha_prior), prior_loc_scale=prior_loc_scale,
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
-            hidden=list(self.hidden), modality_dropout=self.modality_dropout,
+            scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
+            component=component, df=df, hidden=list(self.hidden),
+            modality_dropout=self.modality_dropout,
         )
 
         # Hyperparameters live in buffers so `.to(device)` moves everything.
@@ -187,6 +197,16 @@ class MultimodalDPMixture(UniquelyNamedModule):
         for m, d in self.dims.items():
             self.register_buffer(f"feature_loc_{m}", torch.zeros(d))
             self.register_buffer(f"feature_scale_{m}", torch.ones(d))
+        # Floors of the component scales (module docstring): latent ones are fixed here,
+        # observed ones are refitted with the standardisation.
+        floor = self.scale_floor * (prior_scale if representation == "latent" else 1.0)
+        for m, size in self.site_sizes.items():
+            self.register_buffer(f"component_scale_floor_{m}", torch.full((size,), floor))
+        # Fixed Student-t degrees of freedom; 0 = none (Gaussian, or learned: a site).
+        self.register_buffer("component_df", torch.tensor(
+            float(df) if component == "studentt" and not self.learn_df else 0.0))
+        self.register_buffer("df_prior", torch.tensor(DF_PRIOR))
+        self._register_load_state_dict_pre_hook(keep_missing_floors, with_module=True)
         # ARM's dynamic fusion writes here; 1 = neutral.
         self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
         # Training label frequencies (for H(y)), fitted with the standardisation.
@@ -218,6 +238,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
         factors = [make_factor(spec) for spec in config.pop("factors", [])]
         config["alpha_prior"] = tuple(config["alpha_prior"])
         config["hidden"] = tuple(config["hidden"])
+        # Saved before the scale floor existed: keep the behaviour it was fitted with.
+        config.setdefault("scale_floor", 0.0)
+        config.setdefault("resolution_floor", False)
         dims = config.pop("dims")
         return cls(dims, factors=factors, **config)
 
@@ -232,98 +255,51 @@ class MultimodalDPMixture(UniquelyNamedModule):
     def device(self) -> torch.device:
         return self.alpha.device
 
-    # ------------------------------------------------------------------ data
-    def check_data(self, data: MultimodalData) -> None:
-        """Raise :class:`DataValidationError` if ``data`` does not fit this model."""
-        missing = [m for m in self.modalities if m not in data.dims]
-        if missing:
-            raise DataValidationError(
-                f"modalities {missing}: the model was built for {list(self.modalities)} "
-                f"but the data has {list(data.modalities)}"
-            )
-        for m in self.modalities:
-            if data.dims[m] != self.dims[m]:
-                raise DataValidationError(
-                    f"modality {m!r}: has {data.dims[m]} features but the model expects "
-                    f"{self.dims[m]}"
-                )
-        if (self.num_classes is not None and data.num_classes is not None
-                and data.has_labels and data.labels.max() >= self.num_classes):
-            raise DataValidationError(
-                f"labels: value {int(data.labels.max())} is out of range for a model "
-                f"with num_classes={self.num_classes}"
-            )
-
-    def fit_standardization(self, data: MultimodalData) -> None:
-        """Fit per-feature mean and standard deviation on (training) ``data``, and the
-        class frequencies of its labels.
-
-        Only observed rows count; a constant feature keeps scale 1.
-        """
-        self.check_data(data)
-        features, masks = data.features, data.masks
-        for m in self.modalities:
-            x = features[m][masks[m]].astype(np.float64)
-            loc = x.mean(0)
-            scale = x.std(0)
-            scale[~(scale > 1e-8 * np.maximum(1.0, np.abs(loc)))] = 1.0
-            getattr(self, f"feature_loc_{m}").copy_(torch.as_tensor(loc))
-            getattr(self, f"feature_scale_{m}").copy_(torch.as_tensor(scale))
-        if self.num_classes is not None and data.has_labels:
-            labels = data.labels
-            counts = np.bincount(labels[labels >= 0], minlength=self.num_classes)
-            self.class_frequencies.copy_(torch.as_tensor(counts / counts.sum()))
-        self.standardized.fill_(True)
-
-    def prepare(self, data: MultimodalData) -> TensorBatch:
-        """Validate ``data`` against the model, standardise it and move it to the
-        model's device. Missing entries stay exactly zero."""
-        if not bool(self.standardized):
-            raise ValueError(
-                "prepare: the model has no standardisation statistics yet; call "
-                "model.fit_standardization(train_data) first (pyro_mm.fit does)")
-        self.check_data(data)
-        raw = data.to_tensors(self.device, modalities=self.modalities)
-        features = {}
-        for j, m in enumerate(self.modalities):
-            x = (raw.features[m] - getattr(self, f"feature_loc_{m}")) / getattr(
-                self, f"feature_scale_{m}")
-            features[m] = x * raw.masks[:, j : j + 1]
-        labels, label_mask = raw.labels, raw.label_mask
-        if self.num_classes is None:
-            labels = label_mask = None
-        return TensorBatch(features, raw.masks, labels, label_mask)
-
-    def feature_log_jacobian(self, masks: torch.Tensor) -> torch.Tensor:
-        """``(B,)``: add to a log-density of standardised features to get the density
-        of the original features (``-sum log scale`` over observed modalities)."""
-        per = torch.stack([getattr(self, f"feature_scale_{m}").log().sum()
-                           for m in self.modalities])
-        return -(masks.to(per.dtype) * per).sum(-1)
-
     # ------------------------------------------------------------------ model pieces
+    def scale_floors(self) -> list[torch.Tensor]:
+        """``[(size_m,)]``: each modality's component scale floor ``f_m``."""
+        return [getattr(self, f"component_scale_floor_{m}") for m in self.modalities]
+
+    def params_from_sites(self, values: Mapping[str, torch.Tensor]) -> MixtureParams:
+        """:class:`MixtureParams` from global site values (a guide draw or its point
+        estimate), with this model's floors and component kind."""
+        return MixtureParams.from_sites(
+            self.modalities, values, self.alpha, floors=self.scale_floors(),
+            component=self.component, df=self._fixed_df())
+
+    def _fixed_df(self) -> list[torch.Tensor] | None:
+        if self.component != "studentt" or self.learn_df:
+            return None
+        return [self.component_df] * len(self.modalities)
+
     def sample_globals(self) -> MixtureParams:
-        """Sample the global sites (``alpha``, ``sticks``, component locs and scales)."""
+        """Sample the global sites (``alpha``, ``sticks``, component locs and scales,
+        learned degrees of freedom)."""
         K = self.num_components
         if self.learn_alpha:
-            alpha = _unbatched(pyro.sample(
+            alpha = unbatched(pyro.sample(
                 "alpha", dist.Gamma(self.alpha_prior[0], self.alpha_prior[1])), 0)
         else:
             alpha = self.alpha
-        sticks = _unbatched(pyro.sample(
+        sticks = unbatched(pyro.sample(
             "sticks", dist.Beta(torch.ones_like(alpha).expand(K - 1), alpha.expand(K - 1))
             .to_event(1)), 1)
         locs, scales = [], []
         for m, size in self.site_sizes.items():
-            locs.append(_unbatched(pyro.sample(
+            locs.append(unbatched(pyro.sample(
                 f"component_loc_{m}",
                 dist.Normal(torch.zeros_like(self.prior_loc_scale), self.prior_loc_scale)
                 .expand([K, size]).to_event(2)), 2))
-            scales.append(_unbatched(pyro.sample(
+            scales.append(unbatched(pyro.sample(
                 f"component_scale_{m}",
                 dist.LogNormal(self.prior_log_scale, self.prior_scale_spread)
                 .expand([K, size]).to_event(2)), 2))
-        return MixtureParams(stick_breaking_log_weights(sticks), locs, scales, alpha, sticks)
+        df = self._fixed_df()
+        if self.learn_df:
+            df = [unbatched(pyro.sample(f"component_df_{m}", dist.Gamma(*self.df_prior)), 0)
+                  for m in self.modalities]
+        return MixtureParams(stick_breaking_log_weights(sticks), locs, scales, alpha, sticks,
+                             floors=self.scale_floors(), component=self.component, df=df)
 
     def fuse(self, z: torch.Tensor, params: MixtureParams,
              mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -424,7 +400,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
                     loc, scale = self.decoders[m](z[..., j, :])
                     likelihood = dist.Normal(loc, scale).to_event(1)
                     pyro.sample(f"x_{m}", likelihood.mask(part.masks[:, j]),
-                                obs=_fill_unobserved(part.features[m], part.masks[:, j],
+                                obs=fill_unobserved(part.features[m], part.masks[:, j],
                                                      likelihood))
             self._observe_labels(z, params, part)
             if len(self.factors):
@@ -445,33 +421,4 @@ class MultimodalDPMixture(UniquelyNamedModule):
             pyro.sample("y", likelihood.mask(False))
             return
         pyro.sample("y", likelihood.mask(part.label_mask),
-                    obs=_fill_unobserved(part.labels, part.label_mask, likelihood))
-
-
-def _unbatched(value: torch.Tensor, event_dim: int) -> torch.Tensor:
-    """A global site's value without leading size-1 dims. ``pyro.infer.Predictive``
-    (sequential, its default) conditions on draws padded to ``(1, ...)``; one draw at
-    a time is what the model computes with. A real batch of draws is refused."""
-    if value.dim() == event_dim:  # the usual case: leave the tensor itself alone
-        return value
-    extra = value.shape[: value.dim() - event_dim]
-    if any(size != 1 for size in extra):
-        raise ValueError(
-            f"global sites: got a batch of {tuple(extra)} draws; the model takes one "
-            "draw at a time (use Predictive(..., parallel=False), the default)")
-    return value.reshape(value.shape[value.dim() - event_dim:])
-
-
-def _fill_unobserved(values: torch.Tensor, observed: torch.Tensor,
-                     likelihood: dist.Distribution) -> torch.Tensor:
-    """``values`` where ``observed (B,)``, elsewhere a draw from ``likelihood``.
-
-    The site stays observed and masked, so the unobserved rows add nothing to the
-    ELBO (it is exactly what it was), while ``pyro.infer.Predictive`` and
-    ``poutine.trace`` see the model's own prediction there instead of a placeholder.
-    """
-    if bool(observed.all()):
-        return values
-    draw = likelihood.sample()
-    keep = observed.reshape(observed.shape + (1,) * (values.dim() - observed.dim()))
-    return torch.where(keep, values, draw)
+                    obs=fill_unobserved(part.labels, part.label_mask, likelihood))

@@ -13,10 +13,15 @@ import dataclasses
 
 import torch
 
-from .distributions import MultimodalMixture, stick_breaking_log_weights
+from .distributions import MultimodalMixture, effective_scale, stick_breaking_log_weights
 
 #: Names of the global latent sites (``<m>`` is each modality's name).
-GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>")
+GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>",
+                "component_df_<m>")
+
+#: ``(shape, rate)`` of the Gamma prior on learned Student-t degrees of freedom (mean 20,
+#: the usual weakly informative choice of Juarez and Steel, 2010).
+DF_PRIOR = (2.0, 0.1)
 
 
 @dataclasses.dataclass
@@ -25,9 +30,17 @@ class MixtureParams:
 
     Attributes:
         log_weights: ``(K,)`` log mixture weights.
-        locs, scales: one ``(K, d_m)`` tensor per modality.
+        locs, scales: one ``(K, d_m)`` tensor per modality; ``scales`` are the site
+            values ``sigma`` (before the floor).
         alpha: concentration (scalar tensor).
         sticks: ``(K - 1,)`` stick proportions.
+        floors: one ``(d_m,)`` scale floor per modality, or ``None`` (no floor).
+        component: ``"normal"`` or ``"studentt"``.
+        df: with ``"studentt"``, one degrees-of-freedom scalar per modality.
+
+    Build it with :meth:`~pyro_mm.models.MultimodalDPMixture.sample_globals` or
+    :meth:`~pyro_mm.models.MultimodalDPMixture.params_from_sites`, which fill in the
+    model's floors and component kind.
     """
 
     log_weights: torch.Tensor
@@ -35,29 +48,46 @@ class MixtureParams:
     scales: list[torch.Tensor]
     alpha: torch.Tensor
     sticks: torch.Tensor
+    floors: list[torch.Tensor] | None = None
+    component: str = "normal"
+    df: list[torch.Tensor] | None = None
 
     @classmethod
-    def from_sites(cls, modalities, values, default_alpha: torch.Tensor) -> "MixtureParams":
+    def from_sites(cls, modalities, values, default_alpha: torch.Tensor | None = None,
+                   floors=None, component: str = "normal", df=None) -> "MixtureParams":
         """From a mapping of global site values (``"sticks"``, ``"component_loc_<m>"``,
-        ``"component_scale_<m>"`` and, when learned, ``"alpha"``): a guide draw or its
-        point estimate."""
+        ``"component_scale_<m>"`` and, when learned, ``"alpha"`` and
+        ``"component_df_<m>"``): a guide draw or its point estimate. ``df``: fixed
+        degrees of freedom per modality; ``None`` reads the ``component_df_<m>`` sites."""
         sticks = values["sticks"]
+        if component == "studentt" and df is None:
+            df = [values[f"component_df_{m}"] for m in modalities]
         return cls(log_weights=stick_breaking_log_weights(sticks),
                    locs=[values[f"component_loc_{m}"] for m in modalities],
                    scales=[values[f"component_scale_{m}"] for m in modalities],
-                   alpha=values.get("alpha", default_alpha), sticks=sticks)
+                   alpha=values.get("alpha", default_alpha), sticks=sticks,
+                   floors=floors, component=component, df=df)
+
+    @property
+    def effective_scales(self) -> list[torch.Tensor]:
+        """``[(K, d_m)]``: ``sqrt(sigma^2 + floor^2)``, the scales the components use."""
+        floors = self.floors or [None] * len(self.scales)
+        return [effective_scale(s, f) for s, f in zip(self.scales, floors)]
 
     def mixture(self, mixture: str, mask=None, batch_size=None, stacked=True
                 ) -> MultimodalMixture:
-        return MultimodalMixture(self.log_weights, self.locs, self.scales, mixture=mixture,
-                                 mask=mask, batch_size=batch_size, stacked=stacked)
+        """The mixture distribution of these parameters (effective scales)."""
+        return MultimodalMixture(self.log_weights, self.locs, self.effective_scales,
+                                 mixture=mixture, mask=mask, batch_size=batch_size,
+                                 stacked=stacked, component=self.component, df=self.df)
 
 
 def point_params(model, guide) -> MixtureParams:
     """The global parameters at the guide's point estimate (``model``: a
     :class:`~pyro_mm.models.MultimodalDPMixture`, ``guide``: anything with
-    ``point_estimate()``, e.g. :class:`~pyro_mm.guides.MultimodalGuide`)."""
-    return MixtureParams.from_sites(model.modalities, guide.point_estimate(), model.alpha)
+    ``point_estimate()``, e.g. :class:`~pyro_mm.guides.MultimodalGuide`), with the
+    model's scale floors and component kind."""
+    return model.params_from_sites(guide.point_estimate())
 
 
-__all__ = ["GLOBAL_SITES", "MixtureParams", "point_params"]
+__all__ = ["DF_PRIOR", "GLOBAL_SITES", "MixtureParams", "point_params"]

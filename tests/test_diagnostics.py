@@ -158,7 +158,10 @@ def test_log_likelihood_is_the_exact_density_at_each_draw(observed_fit):
             stick_breaking_log_weights(sticks),
             [torch.as_tensor(draw[f"component_loc_{m}"].values) for m in model.modalities],
             [torch.as_tensor(draw[f"component_scale_{m}"].values) for m in model.modalities],
-            model.alpha, sticks)
+            model.alpha, sticks,
+            # the exported scales are the sites sigma; components use sqrt(sigma^2 + f^2)
+            floors=[torch.as_tensor(tree["constant_data"][f"component_scale_floor_{m}"].values)
+                    for m in model.modalities])
         with torch.no_grad():
             direct = (params.mixture(model.mixture, mask=batch.masks, batch_size=batch.size,
                                      stacked=False).log_prob(x)

@@ -125,7 +125,10 @@ def to_datatree(
       otherwise in the root attrs), and the component means and scales:
       ``component_loc`` / ``component_scale`` [component, modality, latent] for latent
       models, ``component_loc_<m>`` / ``component_scale_<m>`` [component, <m>_feature]
-      for ``representation="observed"`` (modalities differ in size there).
+      for ``representation="observed"`` (modalities differ in size there). These are
+      the site values ``sigma``; a component's scale is ``sqrt(sigma^2 + floor^2)``
+      with the model's ``scale_floors()``, stored in ``constant_data``. With learned
+      Student-t components, ``component_df`` [modality].
     * ``posterior_predictive``: ``y`` [example] (a label drawn from the classifier, for
       every example) and the replicated features on the original scale: ``x``
       [example, feature] (observed) or ``x_<m>`` [example, <m>_feature] (latent,
@@ -134,7 +137,9 @@ def to_datatree(
     * ``observed_data``: ``y`` [example] (labels, ``-1`` = missing) and the features
       under the same names as in ``posterior_predictive`` (NaN where a modality is
       missing).
-    * ``constant_data``: ``mask`` [example, modality].
+    * ``constant_data``: ``mask`` [example, modality] and the component scale floors
+      (``component_scale_floor`` [modality, latent] or ``component_scale_floor_<m>``
+      [<m>_feature]; standardised units).
     * ``sample_stats``: ``lp`` and ``log_q``, the two sides of the importance ratio
       (see :func:`pyro_mm.diagnostics.pareto_k`).
     * ``per_example`` (ours; ArviZ ignores it): Monte Carlo posterior means of the
@@ -239,6 +244,8 @@ def _posterior(model: MultimodalDPMixture, plan: _Plan, out: Mapping[str, Any],
     }
     if model.learn_alpha:
         post["alpha"] = (_SD, _draws(out["alpha"]))
+    if model.learn_df:
+        post["component_df"] = (_SD + ("modality",), _draws(out["df"]))
     if plan.latent:
         for what in ("loc", "scale"):
             stacked = np.stack([out[what + "s"][m] for m in mods], axis=2)  # S K M D
@@ -357,9 +364,14 @@ def _constant_data(model: MultimodalDPMixture, data: MultimodalData,
     import xarray as xr
 
     masks = np.stack([data.masks[m] for m in model.modalities], axis=1)
-    constant_data = xr.Dataset(
-        {"mask": (("example", "modality"), masks)},
-        coords={"example": coords["example"], "modality": coords["modality"]})
+    const = {"mask": (("example", "modality"), masks)}
+    floors = [f.cpu().numpy() for f in model.scale_floors()]
+    if model.representation == "latent":
+        const["component_scale_floor"] = (("modality", "latent"), np.stack(floors))
+    else:
+        const.update({f"component_scale_floor_{m}": ((f"{m}_feature",), f)
+                      for m, f in zip(model.modalities, floors)})
+    constant_data = _dataset(const, coords)
     constant_data.attrs = _attrs()
     return constant_data
 

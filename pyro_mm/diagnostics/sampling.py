@@ -76,8 +76,9 @@ def _site_log_prob(site) -> torch.Tensor:
 def mixture_params(model: MultimodalDPMixture, globals_: Mapping[str, torch.Tensor]
                    ) -> MixtureParams:
     """:class:`~pyro_mm.models.MixtureParams` from a dict of global site values (one
-    draw of the guide, or its point estimate)."""
-    return MixtureParams.from_sites(model.modalities, globals_, model.alpha)
+    draw of the guide, or its point estimate), with the model's scale floors and
+    component kind."""
+    return model.params_from_sites(globals_)
 
 
 def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +201,8 @@ class _Sampler:
         out["sticks"][s] = params.sticks.cpu().numpy()
         out["log_weights"][s] = params.log_weights.double().cpu().numpy()
         out["alpha"][s] = float(params.alpha)
+        if params.df is not None:
+            out["df"][s] = [float(v) for v in params.df]
         for j, m in enumerate(model.modalities):
             out["locs"][m][s] = params.locs[j].cpu().numpy()
             out["scales"][m][s] = params.scales[j].cpu().numpy()
@@ -303,6 +306,7 @@ def _allocate(model: MultimodalDPMixture, n: int, plan: _Plan, S: int,
         "locs": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "scales": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "alpha": np.empty(S, np.float32),
+        "df": np.empty((S, len(mods)), np.float32),
         "lp": np.zeros(S, np.float64),
         "log_q": np.zeros(S, np.float64),
         "ll": {v: np.empty((S, int(mask.sum())), np.float64)

@@ -264,6 +264,7 @@ def summary(
     description = (
         f"{model.representation} representation, {model.mixture} mixture, "
         f"K={model.num_components}"
+        + (", Student-t components" if model.component == "studentt" else "")
         + (f", D={model.latent_dim}" if model.representation == "latent" else "")
         + (f", factors {', '.join(factors)}" if factors else "")
         + f"; {n} examples, {S} posterior draws")

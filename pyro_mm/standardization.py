@@ -1,0 +1,95 @@
+"""Feature standardisation of :class:`~pyro_mm.models.MultimodalDPMixture`: checking
+data against the model, fitting the per-feature statistics on training data, and turning
+a :class:`~pyro_mm.data.MultimodalData` into the standardised tensors the model runs on.
+
+Every likelihood of the model is on the standardised scale; the statistics live in the
+model's buffers (``feature_loc_<m>``, ``feature_scale_<m>``, ``class_frequencies``,
+``component_scale_floor_<m>``), so they are saved and moved with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .data import MultimodalData, TensorBatch
+from .errors import DataValidationError
+from .floors import feature_floor
+
+
+class FeatureStandardization:
+    """Mixin of :class:`~pyro_mm.models.MultimodalDPMixture` (it provides the buffers
+    and ``modalities``, ``dims``, ``num_classes``, ``representation``, ``scale_floor``,
+    ``resolution_floor`` and ``device``)."""
+
+    def check_data(self, data: MultimodalData) -> None:
+        """Raise :class:`DataValidationError` if ``data`` does not fit this model."""
+        missing = [m for m in self.modalities if m not in data.dims]
+        if missing:
+            raise DataValidationError(
+                f"modalities {missing}: the model was built for {list(self.modalities)} "
+                f"but the data has {list(data.modalities)}"
+            )
+        for m in self.modalities:
+            if data.dims[m] != self.dims[m]:
+                raise DataValidationError(
+                    f"modality {m!r}: has {data.dims[m]} features but the model expects "
+                    f"{self.dims[m]}"
+                )
+        if (self.num_classes is not None and data.num_classes is not None
+                and data.has_labels and data.labels.max() >= self.num_classes):
+            raise DataValidationError(
+                f"labels: value {int(data.labels.max())} is out of range for a model "
+                f"with num_classes={self.num_classes}"
+            )
+
+    def fit_standardization(self, data: MultimodalData) -> None:
+        """Fit per-feature mean and standard deviation on (training) ``data``, the
+        class frequencies of its labels and, for ``representation="observed"``, the
+        component scale floors (:func:`pyro_mm.floors.feature_floor`).
+
+        Only observed rows count; a constant feature keeps scale 1.
+        """
+        self.check_data(data)
+        features, masks = data.features, data.masks
+        for m in self.modalities:
+            x = features[m][masks[m]].astype(np.float64)
+            loc = x.mean(0)
+            scale = x.std(0)
+            scale[~(scale > 1e-8 * np.maximum(1.0, np.abs(loc)))] = 1.0
+            getattr(self, f"feature_loc_{m}").copy_(torch.as_tensor(loc))
+            getattr(self, f"feature_scale_{m}").copy_(torch.as_tensor(scale))
+            if self.representation == "observed":
+                floor = feature_floor(x, scale, self.scale_floor, self.resolution_floor)
+                getattr(self, f"component_scale_floor_{m}").copy_(torch.as_tensor(floor))
+        if self.num_classes is not None and data.has_labels:
+            labels = data.labels
+            counts = np.bincount(labels[labels >= 0], minlength=self.num_classes)
+            self.class_frequencies.copy_(torch.as_tensor(counts / counts.sum()))
+        self.standardized.fill_(True)
+
+    def prepare(self, data: MultimodalData) -> TensorBatch:
+        """Validate ``data`` against the model, standardise it and move it to the
+        model's device. Missing entries stay exactly zero."""
+        if not bool(self.standardized):
+            raise ValueError(
+                "prepare: the model has no standardisation statistics yet; call "
+                "model.fit_standardization(train_data) first (pyro_mm.fit does)")
+        self.check_data(data)
+        raw = data.to_tensors(self.device, modalities=self.modalities)
+        features = {}
+        for j, m in enumerate(self.modalities):
+            x = (raw.features[m] - getattr(self, f"feature_loc_{m}")) / getattr(
+                self, f"feature_scale_{m}")
+            features[m] = x * raw.masks[:, j : j + 1]
+        labels, label_mask = raw.labels, raw.label_mask
+        if self.num_classes is None:
+            labels = label_mask = None
+        return TensorBatch(features, raw.masks, labels, label_mask)
+
+    def feature_log_jacobian(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: add to a log-density of standardised features to get the density
+        of the original features (``-sum log scale`` over observed modalities)."""
+        per = torch.stack([getattr(self, f"feature_scale_{m}").log().sum()
+                           for m in self.modalities])
+        return -(masks.to(per.dtype) * per).sum(-1)
