@@ -18,12 +18,11 @@ import time
 import numpy as np
 import pyro
 import torch
-from torch import nn
 
 import pyro_mm as pm
 from pyro_mm.factors import ARM, PMRL
 
-from .common import markdown_table, parser, write_results
+from .common import markdown_table, parser, train_mlp, write_results
 
 SETTINGS = {"all six views": None, "two views (pix strong, mor weak)": ("pix", "mor")}
 
@@ -62,20 +61,9 @@ def late_fusion(train, test, seed):
 
 
 def mlp(train, test, seed, epochs, batch_size=128, hidden=256):
-    torch.manual_seed(seed)
     xs, xt = _standardised(train, test)
-    x = torch.as_tensor(np.hstack(xs))
-    y = torch.as_tensor(train.labels)
-    net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-            optim.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            optim.step()
-    with torch.no_grad():
-        return torch.softmax(net(torch.as_tensor(np.hstack(xt))), -1).numpy()
+    return train_mlp(torch.as_tensor(np.hstack(xs)), torch.as_tensor(train.labels),
+                     torch.as_tensor(np.hstack(xt)), seed, epochs, batch_size, hidden)
 
 
 def ours(train, test, seed, epochs, fusion="concat", factors=()):

@@ -24,11 +24,10 @@ import time
 import numpy as np
 import pyro
 import torch
-from torch import nn
 
 import pyro_mm as pm
 
-from .common import markdown_table, parser, write_results
+from .common import markdown_table, parser, train_mlp, write_results
 
 FRACTIONS = (0.0, 0.3, 0.5, 0.7)
 
@@ -64,20 +63,11 @@ def logistic(xs, xt, masks, slices, labels, seed):
 
 
 def mlp(xs, xt, masks, slices, labels, seed, epochs=30, batch_size=128, hidden=256):
-    torch.manual_seed(seed)
-    x = torch.as_tensor(_with_indicators(xs, masks[0]), dtype=torch.float32)
-    y = torch.as_tensor(labels)
-    net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    optim = torch.optim.Adam(net.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
-            optim.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            optim.step()
-    with torch.no_grad():
-        xt = torch.as_tensor(_with_indicators(xt, masks[1]), dtype=torch.float32)
-        return torch.softmax(net(xt), -1).numpy()
+    def inputs(x, mask):
+        return torch.as_tensor(_with_indicators(x, mask), dtype=torch.float32)
+
+    return train_mlp(inputs(xs, masks[0]), torch.as_tensor(labels), inputs(xt, masks[1]),
+                     seed, epochs, batch_size, hidden)
 
 
 def late_fusion(xs, xt, masks, slices, labels, seed):
