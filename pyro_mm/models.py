@@ -187,31 +187,8 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
             modality_dropout=self.modality_dropout,
         )
 
-        # Hyperparameters live in buffers so `.to(device)` moves everything.
-        self.register_buffer("alpha", torch.tensor(1.0 if self.learn_alpha else float(alpha)))
-        self.register_buffer("alpha_prior", torch.tensor([float(a) for a in alpha_prior]))
-        self.register_buffer("prior_loc_scale", torch.tensor(float(prior_loc_scale)))
-        self.register_buffer("prior_log_scale", torch.tensor(math.log(prior_scale)))
-        self.register_buffer("prior_scale_spread", torch.tensor(float(prior_scale_spread)))
-        self.register_buffer("standardized", torch.tensor(False))
-        for m, d in self.dims.items():
-            self.register_buffer(f"feature_loc_{m}", torch.zeros(d))
-            self.register_buffer(f"feature_scale_{m}", torch.ones(d))
-        # Floors of the component scales (module docstring): latent ones are fixed here,
-        # observed ones are refitted with the standardisation.
-        floor = self.scale_floor * (prior_scale if representation == "latent" else 1.0)
-        for m, size in self.site_sizes.items():
-            self.register_buffer(f"component_scale_floor_{m}", torch.full((size,), floor))
-        # Fixed Student-t degrees of freedom; 0 = none (Gaussian, or learned: a site).
-        self.register_buffer("component_df", torch.tensor(
-            float(df) if component == "studentt" and not self.learn_df else 0.0))
-        self.register_buffer("df_prior", torch.tensor(DF_PRIOR))
-        self._register_load_state_dict_pre_hook(keep_missing_floors, with_module=True)
-        # ARM's dynamic fusion writes here; 1 = neutral.
-        self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
-        # Training label frequencies (for H(y)), fitted with the standardisation.
-        self.register_buffer("class_frequencies", torch.zeros(self.num_classes or 0))
-
+        self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
+                               prior_scale_spread, df)
         self.fusion = make_fusion(fusion)
         self.decoders = nn.ModuleDict(
             {m: GaussianDecoder(self.latent_dim, d, self.hidden)
@@ -226,6 +203,34 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         for factor in self.factors:
             factor.bind(self)
         self._records: dict[str, torch.Tensor] = {}
+
+    def _register_buffers(self, alpha, alpha_prior, prior_loc_scale, prior_scale,
+                          prior_scale_spread, df) -> None:
+        """Hyperparameters and fitted statistics live in buffers, so ``.to(device)``
+        moves everything and the state dict saves them."""
+        self.register_buffer("alpha", torch.tensor(1.0 if self.learn_alpha else float(alpha)))
+        self.register_buffer("alpha_prior", torch.tensor([float(a) for a in alpha_prior]))
+        self.register_buffer("prior_loc_scale", torch.tensor(float(prior_loc_scale)))
+        self.register_buffer("prior_log_scale", torch.tensor(math.log(prior_scale)))
+        self.register_buffer("prior_scale_spread", torch.tensor(float(prior_scale_spread)))
+        self.register_buffer("standardized", torch.tensor(False))
+        for m, d in self.dims.items():
+            self.register_buffer(f"feature_loc_{m}", torch.zeros(d))
+            self.register_buffer(f"feature_scale_{m}", torch.ones(d))
+        # Floors of the component scales (module docstring): latent ones are fixed here,
+        # observed ones are refitted with the standardisation.
+        floor = self.scale_floor * (prior_scale if self.representation == "latent" else 1.0)
+        for m, size in self.site_sizes.items():
+            self.register_buffer(f"component_scale_floor_{m}", torch.full((size,), floor))
+        # Fixed Student-t degrees of freedom; 0 = none (Gaussian, or learned: a site).
+        self.register_buffer("component_df", torch.tensor(
+            float(df) if self.component == "studentt" and not self.learn_df else 0.0))
+        self.register_buffer("df_prior", torch.tensor(DF_PRIOR))
+        self._register_load_state_dict_pre_hook(keep_missing_floors, with_module=True)
+        # ARM's dynamic fusion writes here; 1 = neutral.
+        self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
+        # Training label frequencies (for H(y)), fitted with the standardisation.
+        self.register_buffer("class_frequencies", torch.zeros(self.num_classes or 0))
 
     # ------------------------------------------------------------------ configuration
     def config(self) -> dict[str, Any]:
