@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -103,6 +104,27 @@ def rank_device(group: Group | None, device: torch.device) -> torch.device:
     if group is not None and device.type == "cuda" and device.index is None:
         return torch.device("cuda", group.local_rank % torch.cuda.device_count())
     return device
+
+
+def wrap(group: Group | None, loss: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``loss`` (the ELBO module, after its warm-up call) in
+    ``DistributedDataParallel``: every step must go through the wrapper's forward, whose
+    backward averages the gradients over ranks (``SVI.step`` would bypass it). Its
+    constructor broadcasts rank 0's parameters and buffers.
+
+    Buffers are not re-broadcast before every forward: the only one training changes,
+    ARM's fusion weights, is updated from values reduced over ranks, so it agrees
+    already. Parameters a step leaves unused (ARM's heads on a minibatch without
+    labels) are allowed, at the cost of one walk of the graph per step."""
+    if group is None:
+        return loss
+    options = {"find_unused_parameters": True}
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    # torch >= 2.14 renamed it; the new name still syncs at construction, as wanted.
+    options["forward_sync_buffers" if "forward_sync_buffers" in parameters
+            else "broadcast_buffers"] = False
+    return torch.nn.parallel.DistributedDataParallel(
+        loss, device_ids=[device] if device.type == "cuda" else None, **options)
 
 
 def current() -> Group | None:
@@ -265,4 +287,4 @@ def check_inputs(group: Group | None, batch: "TensorBatch", **config) -> None:
 __all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_reduce_sum", "all_true", "broadcast",
            "broadcast_object", "check_inputs", "check_same", "current", "fingerprint",
            "gather", "init_from_env", "launched_by_torchrun", "mean", "rank_device",
-           "resolve", "shard"]
+           "resolve", "shard", "wrap"]

@@ -166,6 +166,7 @@ class Trainer:
         seed the guide's noise per rank (the initialisation above was identical) and
         give each rank a share of the validation data."""
         group, s = self.group, self.settings
+        self.config["world_size"] = group.world_size
         ddp.check_inputs(group, self.batch, model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
@@ -198,12 +199,7 @@ class Trainer:
         with torch.no_grad(), evaluation_mode(model, guide):
             self.loss_fn(self.batch, torch.arange(self.minibatch_size, device=self.device))
         model.pop_records()
-        if self.group is not None:
-            # Steps go through the wrapper's forward, whose backward averages the
-            # gradients over ranks; its constructor broadcasts rank 0's parameters.
-            self.loss_fn = torch.nn.parallel.DistributedDataParallel(
-                self.loss_fn, device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=True)
+        self.loss_fn = ddp.wrap(self.group, self.loss_fn, self.device)
         self.params = list(self.loss_fn.parameters())
         self.optimizer = ClippedAdam(self.params, lr=s.learning_rate, clip_norm=s.clip_norm,
                                      lrd=s.lr_decay)

@@ -9,7 +9,11 @@ Each rank writes what it saw (a result or the exception) to ``rank<r>.pt``.
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import torch.multiprocessing as mp
 
 import pyro_mm as pm
 from pyro_mm import distributed as ddp
+from pyro_mm.cli import main
 from pyro_mm.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
@@ -219,3 +224,28 @@ def test_shards_cover_the_order_and_take_equal_steps():
     assert set(torch.cat(shards).tolist()) == set(range(7))
     assert torch.equal(ddp.shard(None, order), order)
     assert ddp.mean(None, {"a": 1.0}) == {"a": 1.0} and ddp.all_true(None, False) is False
+
+
+def test_cli_nproc_launches_torchrun_and_its_run_resumes_in_one_process(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1", "PYRO_MM_DIST_TIMEOUT": "30"}
+    command = [sys.executable, "-m", "pyro_mm.cli", "train", "--nproc", "2",
+               "--dataset", "synthetic", "--epochs", "1", "--latent-dim", "2",
+               "--components", "4", "--batch-size", "256", "--out", str(run), "--quiet"]
+    # Its own process group, so that a timeout kills torchrun's workers too.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=DEADLINE)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    assert stdout.count("Run folder:") == 1  # rank 0 alone reports
+    assert json.loads((run / "config.json").read_text())["fit"]["world_size"] == 2
+    # A run of 2 processes continues in one (each rank's noise state is not used then).
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert len(pm.load(run).history.epochs) == 2
