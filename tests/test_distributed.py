@@ -103,8 +103,26 @@ def _dies(rank, folder):
     _fit(_data(), _model(_data()), run_dir=f"{folder}/run", num_epochs=3)
 
 
+def _non_finite(rank, folder):
+    """Rank 1 alone meets a NaN loss in its third step: both ranks must skip it."""
+    if rank == 1:
+        forward, calls = pm.MultimodalDPMixture.forward, []
+
+        def forward_with_a_nan(self, *args, **kwargs):
+            out = forward(self, *args, **kwargs)
+            if self.training:
+                calls.append(1)
+                if len(calls) == 3:
+                    pyro.factor("boom", torch.tensor(float("nan")))
+            return out
+
+        pm.MultimodalDPMixture.forward = forward_with_a_nan
+    result = _fit(_data(), _model(_data()))
+    return {"state": _state(result), "steps": [r["step"] for r in result.history.steps]}
+
+
 SCENARIOS = {"equivalence": _equivalence, "mismatch": _mismatch, "arm": _arm,
-             "dies": _dies}
+             "dies": _dies, "non_finite": _non_finite}
 
 
 def _worker(rank, world, folder, names):
@@ -144,10 +162,10 @@ def _launch(folder: Path, names, world=2):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """One 2-rank session (start-up is most of the cost) running three scenarios; the
+    """One 2-rank session (start-up is most of the cost) running four scenarios; the
     mismatch comes first, and the group must still work after it."""
     folder = tmp_path_factory.mktemp("ddp")
-    return folder, _launch(folder, ["mismatch", "equivalence", "arm"])
+    return folder, _launch(folder, ["mismatch", "equivalence", "arm", "non_finite"])
 
 
 def _ok(ranks, name):
@@ -202,6 +220,24 @@ def test_arm_fusion_weights_resampling_and_early_stopping_agree(two_ranks):
                                for row, a in zip(second["epochs"], first["epochs"])]
     assert any(row["resampled"] for row in first["epochs"])
     assert first["metrics"] == second["metrics"]
+
+
+def test_a_non_finite_loss_on_one_rank_is_skipped_on_both(two_ranks):
+    _, ranks = two_ranks
+    first, second = _ok(ranks, "non_finite")
+    assert first["steps"] == second["steps"] == [0, 1, 2, 3, 4]  # 6 steps, one skipped
+    for key, value in first["state"].items():
+        assert torch.equal(value, second["state"][key]), key
+
+
+def test_the_global_autoguide_sees_no_local_site(tiny_data):
+    """Pyro issue 3468: an autoguide over a site in the data plate draws its own
+    subsample unless given the model's (create_plates). Ours covers the global sites
+    only; the local ``z`` comes from the encoders inside the guide's own data plate."""
+    trace = pm.fit(_model(tiny_data, representation="latent"), tiny_data, num_epochs=1,
+                   device="cpu", progress=False).guide.global_guide.prototype_trace
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+    assert sites and all(f.name != "data" for s in sites for f in s["cond_indep_stack"])
 
 
 def test_a_rank_that_dies_is_an_error_on_the_other_and_the_checkpoint_survives(tmp_path):
