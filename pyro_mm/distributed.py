@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import inspect
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -194,12 +195,17 @@ def mean(group: Group | None, values: Mapping[str, float],
     return {k: float(vec[i] / vec[-1]) for i, k in enumerate(keys)}
 
 
-def all_true(group: Group | None, flag: bool) -> bool:
-    """Whether ``flag`` holds on every rank (e.g. "this step's loss was finite")."""
+def finite_mean(group: Group | None, loss: torch.Tensor) -> tuple[bool, float]:
+    """Whether ``loss`` is finite on every rank, and its mean over ranks, in one
+    collective. Every rank must backpropagate or none: a lone backward would wait
+    forever for the other ranks' gradients."""
+    finite = bool(torch.isfinite(loss))
+    value = float(loss.detach()) if finite else math.nan
     if group is None:
-        return flag
-    (bad,) = all_reduce_sum(group, torch.tensor([0.0 if flag else 1.0]))
-    return bool(bad.item() == 0)
+        return finite, value
+    (sums,) = all_reduce_sum(group, torch.tensor([0.0 if finite else 1.0,
+                                                  value if finite else 0.0]))
+    return bool(sums[0] == 0), float(sums[1]) / group.world_size
 
 
 def broadcast(group: Group | None, tensor: torch.Tensor) -> torch.Tensor:
@@ -284,7 +290,7 @@ def check_inputs(group: Group | None, batch: "TensorBatch", **config) -> None:
     check_same(group, list(items), fingerprint(**items))
 
 
-__all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_reduce_sum", "all_true", "broadcast",
-           "broadcast_object", "check_inputs", "check_same", "current", "fingerprint",
-           "gather", "init_from_env", "launched_by_torchrun", "mean", "rank_device",
+__all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_reduce_sum", "broadcast",
+           "broadcast_object", "check_inputs", "check_same", "current", "finite_mean",
+           "fingerprint", "gather", "init_from_env", "launched_by_torchrun", "mean", "rank_device",
            "resolve", "shard", "wrap"]

@@ -255,9 +255,9 @@ class Trainer:
                 raise
             loss = torch.tensor(math.nan)
         records = self.model.pop_records()
-        # Every rank backpropagates or none does: a lone backward would wait forever
-        # for the others' gradients. Gradients are averaged, so they agree.
-        finite = ddp.all_true(self.group, bool(torch.isfinite(loss)))
+        # Every rank backpropagates or none does (see finite_mean); the gradients are
+        # averaged over ranks, so the check of the gradients agrees too.
+        finite, value = ddp.finite_mean(self.group, loss)
         if finite:
             loss.backward()
         if not finite or not _finite_grads(self.params):
@@ -266,7 +266,6 @@ class Trainer:
         self.failures = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = ddp.mean(self.group, {"loss": float(loss.detach())})["loss"]
         value /= minibatch.batch.size
         self.history.steps.append({"step": self.global_step, "epoch": self.epoch,
                                    "loss": value, **records})

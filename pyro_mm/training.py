@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as ddp
 from .data import MultimodalData
 from .guides import MultimodalGuide
 from .models import MultimodalDPMixture
@@ -139,6 +140,7 @@ def fit(
     if run_dir is not None:
         model.config()  # fails now, not after the first epoch, if it cannot be saved
     trainer = Trainer(model, settings)
-    trainer.prepare(data, val_data, guide, resume_from)
-    trainer.build_optimizer()
-    return trainer.run()
+    with ddp.active(trainer.group):  # a failed collective: DistributedError
+        trainer.prepare(data, val_data, guide, resume_from)
+        trainer.build_optimizer()
+        return trainer.run()

@@ -13,7 +13,8 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["classification", "arm", "dpgmm", "overhead", "gpu"])
+@pytest.mark.parametrize("name", ["classification", "arm", "dpgmm", "overhead", "scale",
+                                  "gpu"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     module = importlib.import_module(f"benchmarks.{name}")
     out = tmp_path / f"{name}.json"

@@ -259,7 +259,9 @@ def test_shards_cover_the_order_and_take_equal_steps():
     assert [len(s) for s in shards] == [3, 3, 3]
     assert set(torch.cat(shards).tolist()) == set(range(7))
     assert torch.equal(ddp.shard(None, order), order)
-    assert ddp.mean(None, {"a": 1.0}) == {"a": 1.0} and ddp.all_true(None, False) is False
+    assert ddp.mean(None, {"a": 1.0}) == {"a": 1.0}
+    assert ddp.finite_mean(None, torch.tensor(2.0)) == (True, 2.0)
+    assert ddp.finite_mean(None, torch.tensor(float("inf")))[0] is False
 
 
 def test_cli_nproc_launches_torchrun_and_its_run_resumes_in_one_process(tmp_path):
