@@ -107,7 +107,8 @@ def rank_device(group: Group | None, device: torch.device) -> torch.device:
     return device
 
 
-def wrap(group: Group | None, loss: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap(group: Group | None, loss: torch.nn.Module, device: torch.device
+         ) -> torch.nn.Module:
     """``loss`` (the ELBO module, after its warm-up call) in
     ``DistributedDataParallel``: every step must go through the wrapper's forward, whose
     backward averages the gradients over ranks (``SVI.step`` would bypass it). Its
@@ -217,6 +218,12 @@ def broadcast(group: Group | None, tensor: torch.Tensor) -> torch.Tensor:
     return out.to(tensor.device)
 
 
+def barrier(group: Group | None) -> None:
+    """Wait until every rank got here (a one-element all-reduce, which, unlike
+    ``dist.barrier``, works the same on every backend and device)."""
+    all_reduce_sum(group, torch.zeros(1))
+
+
 def broadcast_object(group: Group | None, value):
     """Rank 0's ``value`` (any picklable object) on every rank."""
     if group is None:
@@ -290,7 +297,7 @@ def check_inputs(group: Group | None, batch: "TensorBatch", **config) -> None:
     check_same(group, list(items), fingerprint(**items))
 
 
-__all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_reduce_sum", "broadcast",
-           "broadcast_object", "check_inputs", "check_same", "current", "finite_mean",
-           "fingerprint", "gather", "init_from_env", "launched_by_torchrun", "mean", "rank_device",
-           "resolve", "shard", "wrap"]
+__all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_reduce_sum", "barrier",
+           "broadcast", "broadcast_object", "check_inputs", "check_same", "current",
+           "finite_mean", "fingerprint", "gather", "init_from_env", "launched_by_torchrun",
+           "mean", "rank_device", "resolve", "shard", "wrap"]

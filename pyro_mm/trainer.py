@@ -107,7 +107,8 @@ class Trainer:
 
     A step takes one :class:`Minibatch` and an epoch any iterable of them, so another
     data source (sharded, streamed) replaces :meth:`prepare` and :meth:`minibatches`
-    without touching the rest.
+    without touching the rest. Data-parallel (``self.group``), each phase reduces over
+    the ranks what it decides on (:mod:`pyro_mm.distributed`).
     """
 
     def __init__(self, model: MultimodalDPMixture, settings: Settings):
@@ -391,4 +392,5 @@ class Trainer:
             self.result.metrics = ddp.mean(self.group, evaluate(self.result, self.val_data))
         if self.writer and self.run_path is not None:
             self.result.save(self.run_path)
+        ddp.barrier(self.group)  # no rank returns before the run folder is complete
         return self.result

@@ -121,8 +121,26 @@ def _non_finite(rank, folder):
     return {"state": _state(result), "steps": [r["step"] for r in result.history.steps]}
 
 
+def _resume(rank, folder):
+    """With guide noise: 3 epochs straight, and 1 epoch then resumed to 3."""
+    train = _data()
+    options = dict(model=dict(representation="latent"))
+
+    def run(num_epochs, name, resume=False):
+        model = _model(train, **options["model"])
+        return pm.fit(model, train, num_epochs=num_epochs, batch_size=20, device="cpu",
+                      progress=False, run_dir=f"{folder}/{name}",
+                      resume_from=f"{folder}/{name}" if resume else None)
+
+    whole = run(3, "whole")
+    run(1, "cut")
+    resumed = run(3, "cut", resume=True)
+    return {"whole": _state(whole), "resumed": _state(resumed),
+            "losses": (whole.history.series("loss"), resumed.history.series("loss"))}
+
+
 SCENARIOS = {"equivalence": _equivalence, "mismatch": _mismatch, "arm": _arm,
-             "dies": _dies, "non_finite": _non_finite}
+             "dies": _dies, "non_finite": _non_finite, "resume": _resume}
 
 
 def _worker(rank, world, folder, names):
@@ -162,10 +180,11 @@ def _launch(folder: Path, names, world=2):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """One 2-rank session (start-up is most of the cost) running four scenarios; the
+    """One 2-rank session (start-up is most of the cost) running five scenarios; the
     mismatch comes first, and the group must still work after it."""
     folder = tmp_path_factory.mktemp("ddp")
-    return folder, _launch(folder, ["mismatch", "equivalence", "arm", "non_finite"])
+    return folder, _launch(folder, ["mismatch", "equivalence", "arm", "non_finite",
+                                    "resume"])
 
 
 def _ok(ranks, name):
@@ -228,6 +247,16 @@ def test_a_non_finite_loss_on_one_rank_is_skipped_on_both(two_ranks):
     assert first["steps"] == second["steps"] == [0, 1, 2, 3, 4]  # 6 steps, one skipped
     for key, value in first["state"].items():
         assert torch.equal(value, second["state"][key]), key
+
+
+def test_a_resumed_data_parallel_run_matches_an_uninterrupted_one(two_ranks):
+    """Each rank's noise state is in the checkpoint, so resuming on as many ranks
+    continues bit for bit."""
+    _, ranks = two_ranks
+    for report in _ok(ranks, "resume"):
+        assert report["losses"][0] == report["losses"][1]
+        for key, value in report["whole"].items():
+            assert torch.equal(report["resumed"][key], value), key
 
 
 def test_the_global_autoguide_sees_no_local_site(tiny_data):
