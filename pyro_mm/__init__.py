@@ -15,7 +15,8 @@ from ._version import __version__
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .diagnostics import summary, to_datatree
-from .errors import CheckpointError, DataValidationError, TrainingDivergedError
+from .errors import (CheckpointError, DataValidationError, DistributedError,
+                     TrainingDivergedError)
 from .factors import modality_contributions
 from .guides import MultimodalGuide
 from .imputation import impute
@@ -26,6 +27,7 @@ from .training import FitResult, History, fit, load
 __all__ = [
     "CheckpointError",
     "DataValidationError",
+    "DistributedError",
     "FitResult",
     "History",
     "MixtureParams",

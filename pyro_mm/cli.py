@@ -7,6 +7,9 @@ Examples::
     pyro-mm train --dataset synthetic --mixture independent
     pyro-mm train --data mine.npz --components 10   # arrays by modality, optional labels
     pyro-mm train --views fou mor --factor arm:weight=0.1 --factor pmrl
+    pyro-mm train --resume runs/two-views --epochs 40   # continue a stopped run
+    pyro-mm train --nproc 2 --out runs/ddp              # data-parallel, via torchrun
+    torchrun --nproc_per_node=2 -m pyro_mm.cli train --out runs/ddp   # the same
     pyro-mm evaluate runs/two-views --data test.nc --contributions
     pyro-mm impute runs/two-views --data gaps.nc --out imputed.nc --quantiles 0.05 0.95
     pyro-mm diagnose runs/two-views --out runs/two-views/posterior.nc --plots figs
@@ -16,21 +19,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pyro
+import torch.distributed as dist
 
-from .checkpoint import write_json
+from . import distributed
+from .checkpoint import read_json, write_json
 from .data import MultimodalData
 from .diagnostics.cli import run_diagnose
-from .errors import CheckpointError, DataValidationError, TrainingDivergedError
+from .errors import (CheckpointError, DataValidationError, DistributedError,
+                     TrainingDivergedError)
 from .factors import FACTORS, make_factor, modality_contributions
 from .inference import evaluate
 from .models import MultimodalDPMixture
-from .run_data import DATA_SPEC, held_out_data, load_dataset
+from .run_data import DATA_SPEC, held_out_data, load_dataset, run_splits
 from .training import fit, load
+
+#: ``pyro-mm train --epochs`` when not given.
+EPOCHS = 30
 
 # Every import points down and is at the top: ``pyro_mm/__init__`` imports the whole
 # package anyway, so deferring them would not make the command start faster.
@@ -87,6 +98,49 @@ def _format_metrics(metrics: dict) -> str:
 
 
 def _train(args) -> int:
+    """``pyro-mm train``: a new run, or ``--resume`` one; with ``--nproc K`` relaunched
+    under ``torchrun``, and under ``torchrun`` one rank of a data-parallel run."""
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch(args)
+    owned = not (dist.is_available() and dist.is_initialized())
+    owned = distributed.init_from_env() and owned
+    try:
+        group = distributed.resolve(None)
+        say = print if group is None or group.is_writer else (lambda *a, **k: None)
+        return _resume(args, say) if args.resume else _train_new(args, group, say)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _launch(args) -> int:
+    """Run this same command as ``torchrun --standalone --nproc_per_node=K``; the
+    workers import this same ``pyro_mm`` and write one run folder."""
+    argv, skip = [], False
+    for item in args.argv:
+        if skip or item.startswith("--nproc="):
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        else:
+            argv.append(item)
+    if not (args.out or args.resume):  # one folder name for every rank
+        argv += ["--out", _default_out(args)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "pyro_mm.cli", *argv]
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _default_out(args) -> str:
+    name = args.data and Path(args.data).stem or args.dataset
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _train_new(args, group, say) -> int:
     data = load_dataset(args)
     train, test = data.split(test_fraction=args.test_fraction, seed=args.seed,
                              stratify=data.labels is not None)
@@ -99,27 +153,52 @@ def _train(args) -> int:
         alpha="learned" if args.alpha == "learned" else float(args.alpha),
         factors=[parse_factor(spec) for spec in args.factor],
     )
-    out = Path(args.out or f"runs/{data.metadata.get('name', 'data')}-"
-               f"{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"pyro-mm: {data!r}")
-    print(f"  train {len(train)} / test {len(test)} examples; modalities "
-          f"{', '.join(f'{k} ({d})' for k, d in train.dims.items())}")
+    out = Path(args.out or distributed.broadcast_object(group, _default_out(args)))
+    say(f"pyro-mm: {data!r}")
+    say(f"  train {len(train)} / test {len(test)} examples; modalities "
+        f"{', '.join(f'{k} ({d})' for k, d in train.dims.items())}")
+    if group is None or group.is_writer:  # first, so that a killed run can be resumed
+        write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": args.data,
+                                     "views": args.views, "seed": args.seed,
+                                     "test_fraction": args.test_fraction})
     started = time.perf_counter()
-    result = fit(model, train, num_epochs=args.epochs, batch_size=args.batch_size,
+    result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
                  learning_rate=args.lr, device=args.device, val_data=test, seed=args.seed,
                  early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet)
-    seconds = time.perf_counter() - started
-    epochs = result.history.epochs
-    print(f"\nTrained {len(epochs)} epochs in {seconds:.1f} s "
-          f"({seconds / max(len(epochs), 1):.2f} s/epoch) on {result.config['device']}")
-    print(f"  final training loss (negative ELBO per example)  {epochs[-1]['loss']:.2f}")
-    print(_format_metrics(result.metrics))
-    write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": args.data,
-                                    "views": args.views, "seed": args.seed,
-                                    "test_fraction": args.test_fraction})
-    print(f"Run folder: {out.resolve()}  (config.json, metrics.json, history.json, "
-          "checkpoint.pt, data.json)")
+    _report(result, time.perf_counter() - started, out, say)
     return 0
+
+
+#: Fit arguments a resumed run takes from the run folder's ``config.json``.
+RESUMED = ("batch_size", "learning_rate", "clip_norm", "lr_decay", "seed", "early_stopping",
+           "kl_warmup_epochs", "num_particles", "elbo")
+
+
+def _resume(args, say) -> int:
+    """Continue the run in ``args.resume`` from its last checkpoint, with its own data
+    split, model and fit arguments, up to ``--epochs`` (default: its own number)."""
+    out = Path(args.resume)
+    config = read_json(out / "config.json")
+    train, test = run_splits(out)
+    fit_config = config["fit"]
+    model = MultimodalDPMixture.from_config(config["model"])
+    say(f"pyro-mm: resuming {out} ({train!r})")
+    started = time.perf_counter()
+    result = fit(model, train, num_epochs=args.epochs or fit_config["num_epochs"],
+                 device=args.device, val_data=test, run_dir=out, resume_from=out,
+                 progress=not args.quiet, **{k: fit_config[k] for k in RESUMED})
+    _report(result, time.perf_counter() - started, out, say)
+    return 0
+
+
+def _report(result, seconds: float, out: Path, say) -> None:
+    epochs = result.history.epochs
+    say(f"\nTrained {len(epochs)} epochs in {seconds:.1f} s "
+        f"({seconds / max(len(epochs), 1):.2f} s/epoch) on {result.config['device']}")
+    say(f"  final training loss (negative ELBO per example)  {epochs[-1]['loss']:.2f}")
+    say(_format_metrics(result.metrics))
+    say(f"Run folder: {out.resolve()}  (config.json, metrics.json, history.json, "
+        "checkpoint.pt, data.json)")
 
 
 def _evaluate(args) -> int:
@@ -170,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="your own data: .npz (arrays by modality, optional "
                                       "'labels', '<name>_mask') or .nc (xarray)")
     train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--epochs", type=int, default=None,
+                       help=f"total epochs (default: {EPOCHS}, or the resumed run's)")
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-2, help="learning rate")
     train.add_argument("--components", type=int, default=20, help="truncation level K")
@@ -189,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/<dataset>-<time>)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue this run from its last checkpoint (same data, model "
+                            "and settings; other options but --epochs and --device are "
+                            "ignored)")
+    train.add_argument("--nproc", type=int, default=1, metavar="K",
+                       help="data-parallel on K processes (launches torchrun; --batch-size "
+                            "is per process)")
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="metrics of a saved run on data")
@@ -239,9 +326,11 @@ def _diagnose(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
-    except (DataValidationError, CheckpointError, TrainingDivergedError, ValueError) as exc:
+    except (DataValidationError, CheckpointError, TrainingDivergedError, DistributedError,
+            ValueError) as exc:
         print(f"pyro-mm: error: {exc}", file=sys.stderr)
         return 2
 

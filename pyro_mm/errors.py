@@ -20,3 +20,9 @@ class TrainingDivergedError(RuntimeError):
     The model and guide hold the last state whose loss was finite; no checkpoint was
     written from a non-finite state.
     """
+
+
+class DistributedError(RuntimeError):
+    """Data-parallel training cannot go on: another rank died or hung past the
+    process-group timeout, or the ranks disagree on data or configuration. Raised on
+    every rank still running; the last checkpoint is left intact."""

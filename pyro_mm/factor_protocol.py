@@ -32,6 +32,8 @@ import pyro
 import torch
 from torch import nn
 
+from ._naming import evaluation_mode
+
 if TYPE_CHECKING:  # pragma: no cover
     from .data import TensorBatch
     from .models import MultimodalDPMixture
@@ -104,6 +106,18 @@ class AuxiliaryFactor(nn.Module):
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments (saved with checkpoints)."""
         return {"weight": self.weight, "name": self.name}
+
+
+def sampling_weights(model, guide, batch) -> torch.Tensor | None:
+    """How often each example of ``batch`` should be drawn: the normalised product of
+    the factors' :meth:`AuxiliaryFactor.sampling_weights` (``None``: uniformly)."""
+    weights = None
+    with evaluation_mode(model, guide):
+        for factor in model.factors:
+            w = factor.sampling_weights(model, guide, batch)
+            if w is not None:
+                weights = w if weights is None else weights * w
+    return None if weights is None else weights / weights.sum()
 
 
 #: Factor kind (as used on the command line and in checkpoints) -> class. Filled by

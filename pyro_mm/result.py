@@ -139,4 +139,22 @@ def load(path: str | Path, encoders: Mapping[str, torch.nn.Module] | None = None
                      dict(payload.get("fit_config", {})), metrics, run_dir, state)
 
 
-__all__ = ["FitResult", "History", "load"]
+def resume_state(resume_from, device) -> dict[str, Any]:
+    """What a resumed :func:`~pyro_mm.training.fit` starts from: model, guide and
+    optimiser state, history, RNG states, epoch and step (``{}`` for a fresh run)."""
+    if resume_from is None:
+        return {}
+    if isinstance(resume_from, FitResult):
+        state = {**resume_from.state, "history": resume_from.history,
+                 "model_state": resume_from.model.state_dict(),
+                 "guide_state": resume_from.guide.state_dict(),
+                 "guide_config": resume_from.guide.config()}
+    else:
+        payload = ckpt.load_checkpoint(resume_from, map_location=device)
+        state = {**payload, "history": History.from_dict(payload["history"])}
+    if "optimizer_state" not in state:
+        raise CheckpointError("resume_from: the run has no optimiser state to resume")
+    return state
+
+
+__all__ = ["FitResult", "History", "load", "resume_state"]

@@ -34,9 +34,9 @@ def load_dataset(spec) -> MultimodalData:
     return data.select(spec.views) if spec.views else data
 
 
-def held_out_data(run_dir: str | Path) -> MultimodalData:
-    """The held-out split a run was trained beside, rebuilt from the ``data.json`` that
-    ``pyro-mm train`` writes into its run folder."""
+def run_splits(run_dir: str | Path) -> tuple[MultimodalData, MultimodalData]:
+    """The training and held-out splits a run was trained on, rebuilt from the
+    ``data.json`` that ``pyro-mm train`` writes into its run folder."""
     spec_path = Path(run_dir) / DATA_SPEC
     if not spec_path.is_file():
         raise CheckpointError(
@@ -44,9 +44,13 @@ def held_out_data(run_dir: str | Path) -> MultimodalData:
             "pass the data with --data FILE")
     spec = read_json(spec_path)
     data = load_dataset(SimpleNamespace(**spec))
-    _, test = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
-                         stratify=data.labels is not None)
-    return test
+    return data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
+                      stratify=data.labels is not None)
 
 
-__all__ = ["DATA_SPEC", "held_out_data", "load_dataset"]
+def held_out_data(run_dir: str | Path) -> MultimodalData:
+    """The held-out split a run was trained beside (see :func:`run_splits`)."""
+    return run_splits(run_dir)[1]
+
+
+__all__ = ["DATA_SPEC", "held_out_data", "load_dataset", "run_splits"]

@@ -23,15 +23,17 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
 from . import checkpoint as ckpt
+from . import distributed as ddp
 from ._naming import evaluation_mode
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .errors import CheckpointError, TrainingDivergedError
+from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
 from .inference import evaluate
 from .models import MultimodalDPMixture
 from .monitoring import EarlyStopping, validation_metrics
-from .result import FitResult, History
+from .result import FitResult, History, resume_state
 
 __all__ = ["Minibatch", "Settings", "Trainer"]
 
@@ -57,6 +59,7 @@ class Settings:
     max_recoveries: int = 5
     validate_args: bool = False
     progress: bool = True
+    distributed: bool | None = None
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):
@@ -78,17 +81,6 @@ class Minibatch:
     indices: torch.Tensor
 
 
-def _sampling_weights(model, guide, batch) -> torch.Tensor | None:
-    """The product of the factors' per-example sampling weights, or ``None``."""
-    weights = None
-    with evaluation_mode(model, guide):
-        for factor in model.factors:
-            w = factor.sampling_weights(model, guide, batch)
-            if w is not None:
-                weights = w if weights is None else weights * w
-    return None if weights is None else weights / weights.sum()
-
-
 def _is_non_finite_parameter_error(exc: ValueError) -> bool:
     """Pyro validates distribution parameters, so a NaN inside the model surfaces as
     torch's "found invalid values" ValueError rather than as a NaN loss."""
@@ -104,24 +96,6 @@ def _snapshot(model, guide) -> dict[str, Any]:
             "guide": copy.deepcopy(guide.state_dict())}
 
 
-def _resume_state(resume_from, device) -> dict[str, Any]:
-    """What a resumed run starts from: model, guide and optimiser state, history, RNG
-    states, epoch and step (``{}`` for a fresh run)."""
-    if resume_from is None:
-        return {}
-    if isinstance(resume_from, FitResult):
-        state = {**resume_from.state, "history": resume_from.history,
-                 "model_state": resume_from.model.state_dict(),
-                 "guide_state": resume_from.guide.state_dict(),
-                 "guide_config": resume_from.guide.config()}
-    else:
-        payload = ckpt.load_checkpoint(resume_from, map_location=device)
-        state = {**payload, "history": History.from_dict(payload["history"])}
-    if "optimizer_state" not in state:
-        raise CheckpointError("resume_from: the run has no optimiser state to resume")
-    return state
-
-
 class Trainer:
     """Minibatch SVI in named phases; :func:`fit` runs them in order:
 
@@ -133,13 +107,17 @@ class Trainer:
 
     A step takes one :class:`Minibatch` and an epoch any iterable of them, so another
     data source (sharded, streamed) replaces :meth:`prepare` and :meth:`minibatches`
-    without touching the rest.
+    without touching the rest. Data-parallel (``self.group``), each phase reduces over
+    the ranks what it decides on (:mod:`pyro_mm.distributed`).
     """
 
     def __init__(self, model: MultimodalDPMixture, settings: Settings):
         self.model = model
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        #: ``None`` in one process; else this rank's place (see :mod:`pyro_mm.distributed`).
+        self.group = ddp.resolve(settings.distributed)
+        self.device = ddp.rank_device(self.group, resolve_device(settings.device))
+        self.writer = self.group is None or self.group.is_writer
         self.run_path = None if settings.run_dir is None else Path(settings.run_dir)
         self.guide: MultimodalGuide | None = None
         self.val_data: MultimodalData | None = None
@@ -160,7 +138,7 @@ class Trainer:
             early_stopping=s.early_stopping, kl_warmup_epochs=s.kl_warmup_epochs,
             num_particles=s.num_particles, elbo=s.elbo, num_examples=len(data),
             modalities=list(model.modalities))
-        self.resume_state = resume = _resume_state(resume_from, self.device)
+        self.resume_state = resume = resume_state(resume_from, self.device)
         if resume:
             model.load_state_dict(resume["model_state"])
             if guide is None:
@@ -181,6 +159,25 @@ class Trainer:
             guide.initialize(model, self.batch, self.generator)
         if "guide_state" in resume:
             guide.load_state_dict(resume["guide_state"])
+        if self.group is not None:
+            self._prepare_ranks(data)
+
+    def _prepare_ranks(self, data: MultimodalData) -> None:
+        """Data-parallel only: check that every rank has the same data and settings,
+        seed the guide's noise per rank (the initialisation above was identical) and
+        give each rank a share of the validation data."""
+        group, s = self.group, self.settings
+        self.config["world_size"] = group.world_size
+        ddp.check_inputs(group, self.batch, model=self.model.config(),
+                         guide=self.guide.config(), resumed=bool(self.resume_state),
+                         settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
+        if s.seed is None:
+            torch.seed()  # torch's start-up seed is the same in every process
+        else:
+            pyro.set_rng_seed(s.seed + group.rank)
+        if self.val_batch is not None and self.val_batch.size >= group.world_size:
+            share = torch.arange(group.rank, self.val_batch.size, group.world_size)
+            self.val_batch = self.val_batch.index(share.to(self.device))
 
     def _resumed_guide(self, guide_config: Mapping[str, Any]) -> MultimodalGuide:
         guide_config = dict(guide_config)
@@ -203,6 +200,7 @@ class Trainer:
         with torch.no_grad(), evaluation_mode(model, guide):
             self.loss_fn(self.batch, torch.arange(self.minibatch_size, device=self.device))
         model.pop_records()
+        self.loss_fn = ddp.wrap(self.group, self.loss_fn, self.device)
         self.params = list(self.loss_fn.parameters())
         self.optimizer = ClippedAdam(self.params, lr=s.learning_rate, clip_norm=s.clip_norm,
                                      lrd=s.lr_decay)
@@ -216,7 +214,11 @@ class Trainer:
                 self.stopper.load(resume["early_stop"])
             self.generator.set_state(resume["rng"]["batches"])
             ckpt.set_rng_state(resume["rng"])
-        self.warmup_steps = s.kl_warmup_epochs * math.ceil(n / self.minibatch_size)
+            ranks = resume["rng"].get("ranks")
+            if self.group is not None and len(ranks or ()) == self.group.world_size:
+                torch.set_rng_state(ranks[self.group.rank].cpu())
+        per_rank = n if self.group is None else math.ceil(n / self.group.world_size)
+        self.warmup_steps = s.kl_warmup_epochs * math.ceil(per_rank / self.minibatch_size)
         self.last_good = _snapshot(model, guide)
         self.result = FitResult(model, guide, self.history, self.config,
                                 run_dir=self.run_path)
@@ -227,16 +229,18 @@ class Trainer:
         re-weights the examples (e.g. ARM's re-sampling), a weighted draw; and whether
         it was re-weighted."""
         n = self.batch.size
-        weights = (_sampling_weights(self.model, self.guide, self.batch)
+        weights = (sampling_weights(self.model, self.guide, self.batch)
                    if epoch > 0 else None)
         if weights is None:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.multinomial(weights.cpu(), n, replacement=True,
                                       generator=self.generator)
-        order = order.to(self.device)
+        # Every rank draws the same order (same seed); rank 0's is sent anyway, so a
+        # re-weighting that differs in the last bit cannot split the ranks.
+        order = ddp.shard(self.group, ddp.broadcast(self.group, order)).to(self.device)
         return [Minibatch(self.batch, order[start : start + self.minibatch_size])
-                for start in range(0, n, self.minibatch_size)], weights is not None
+                for start in range(0, len(order), self.minibatch_size)], weights is not None
 
     def step(self, minibatch: Minibatch) -> float | None:
         """One SVI step; returns the loss per example, or ``None`` when a non-finite
@@ -252,15 +256,18 @@ class Trainer:
                 raise
             loss = torch.tensor(math.nan)
         records = self.model.pop_records()
-        if torch.isfinite(loss):
+        # Every rank backpropagates or none does (see finite_mean); the gradients are
+        # averaged over ranks, so the check of the gradients agrees too.
+        finite, value = ddp.finite_mean(self.group, loss)
+        if finite:
             loss.backward()
-        if not torch.isfinite(loss) or not _finite_grads(self.params):
+        if not finite or not _finite_grads(self.params):
             self._recover()
             return None
         self.failures = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach()) / minibatch.batch.size
+        value /= minibatch.batch.size
         self.history.steps.append({"step": self.global_step, "epoch": self.epoch,
                                    "loss": value, **records})
         self.global_step += 1
@@ -304,13 +311,17 @@ class Trainer:
         row = {"epoch": self.epoch, "loss": sum(losses) / max(len(losses), 1),
                "seconds": seconds, "resampled": float(resampled)}
         if self.val_batch is not None:
-            row.update(validation_metrics(self.model, self.guide, self.val_batch,
-                                          self.generator))
+            # Each rank scores its share of the validation data; the mean over ranks,
+            # weighted by share size, is the same number on every rank.
+            row.update(ddp.mean(self.group, validation_metrics(
+                self.model, self.guide, self.val_batch, self.generator),
+                weight=self.val_batch.size))
         self.history.epochs.append(row)
         if math.isfinite(row["loss"]):
             self.last_good = _snapshot(self.model, self.guide)
         monitor = row.get("val_loss", row["loss"])
-        return row, self.stopper.update(monitor, self.epoch, self.model, self.guide)
+        stop = self.stopper.update(monitor, self.epoch, self.model, self.guide)
+        return row, bool(ddp.broadcast(self.group, torch.tensor(stop)))
 
     def checkpoint(self, stop: bool) -> None:
         """Keep the state a resumed run needs; write the run folder when it is due."""
@@ -318,14 +329,21 @@ class Trainer:
             "optimizer_state": self.optimizer.state_dict(), "epoch": self.epoch + 1,
             "step": self.global_step, "early_stop": self.stopper.state(),
             "rng": {**ckpt.rng_state(), "batches": self.generator.get_state()}}
+        if self.group is not None:  # each rank's guide noise, to resume it exactly
+            self.result.state["rng"]["ranks"] = ddp.gather(self.group, torch.get_rng_state())
         s = self.settings
-        if self.run_path is not None and ((self.epoch + 1) % s.checkpoint_every == 0
-                                          or stop or self.epoch + 1 == s.num_epochs):
+        if self.writer and self.run_path is not None and (
+                (self.epoch + 1) % s.checkpoint_every == 0 or stop
+                or self.epoch + 1 == s.num_epochs):
             self.result.save(self.run_path)
 
     # ------------------------------------------------------------- the loop
     def run(self) -> FitResult:
         """Every remaining epoch, then :meth:`finish`."""
+        with ddp.active(self.group):
+            return self._run()
+
+    def _run(self) -> FitResult:
         bar = self._progress_bar()
         stopped_early = False
         self.epoch = self.start_epoch
@@ -349,7 +367,7 @@ class Trainer:
         return self.finish(stopped_early)
 
     def _progress_bar(self):
-        if not self.settings.progress:
+        if not (self.settings.progress and self.writer):
             return None
         # tqdm is only needed for the bar; imported here to keep it optional.
         from tqdm.auto import tqdm
@@ -371,7 +389,8 @@ class Trainer:
         config["stopped_early"] = stopped_early
         config["best_epoch"] = self.stopper.best_epoch
         if self.val_data is not None:
-            self.result.metrics = evaluate(self.result, self.val_data)
-        if self.run_path is not None:
+            self.result.metrics = ddp.mean(self.group, evaluate(self.result, self.val_data))
+        if self.writer and self.run_path is not None:
             self.result.save(self.run_path)
+        ddp.barrier(self.group)  # no rank returns before the run folder is complete
         return self.result

@@ -19,6 +19,23 @@ A non-finite loss or gradient never reaches the parameters: the step is skipped 
 learning rate halved; after ``max_recoveries`` consecutive failures the model and guide
 are put back to the last epoch whose loss was finite and :class:`TrainingDivergedError`
 is raised. Checkpoints are only written from finite states.
+
+**Data-parallel** (``torchrun``, or a process group the caller created): the loss module
+is wrapped in ``torch.nn.parallel.DistributedDataParallel`` after the warm-up pass, and
+every step goes through the wrapper, whose backward averages the gradients over ranks
+(``SVI.step`` would bypass it). All ranks draw the same permutation of the data (same
+seed; rank 0's is broadcast) and each takes every ``K``-th example of it, so the ranks'
+``j``-th minibatches together are the ``j``-th minibatch of a single process with
+``K * batch_size`` examples; the data plate gets the full ``N`` and the rank's indices,
+so the averaged gradient is that of the union. Initial parameters are identical
+(the data-dependent initialisation is deterministic and DDP broadcasts rank 0's); the
+guide's noise is seeded per rank (``seed + rank``). Step losses, validation metrics
+(each rank scores a share), the non-finite check, early stopping and ARM's fusion
+weights are reduced over ranks before anything is decided, so every rank decides the
+same; rank 0 alone writes the run folder, which every rank can resume from. Factor
+values in ``history.steps`` are rank 0's. A failed collective (a rank died or hung past
+the timeout) or a mismatch of data or arguments between ranks raises
+:class:`~pyro_mm.errors.DistributedError` on every surviving rank.
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as ddp
 from .data import MultimodalData
 from .guides import MultimodalGuide
 from .models import MultimodalDPMixture
@@ -61,6 +79,7 @@ def fit(
     max_recoveries: int = 5,
     validate_args: bool = False,
     progress: bool = True,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``data`` by minibatch SVI.
 
@@ -96,7 +115,15 @@ def fit(
             enter, and a parameter that turns non-finite still shows up as a non-finite
             loss, which is skipped as described above. Turn it on to debug a model of
             your own.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (on rank 0 only when data-parallel).
+        distributed: data-parallel training on ``torch.distributed``. ``None`` (auto):
+            when a process group exists (``init_process_group`` was called) or
+            ``torchrun`` started the process (the group is then created: NCCL on GPUs,
+            gloo on CPUs, timeout :data:`pyro_mm.distributed.DEFAULT_TIMEOUT`);
+            ``False``: never; ``True``: required. Every rank passes the same data and
+            arguments (checked); ``batch_size`` is per rank and each rank takes a
+            disjoint share of every epoch; only rank 0 writes ``run_dir``. See the
+            module docstring.
 
     Returns:
         :class:`FitResult`.
@@ -109,10 +136,11 @@ def fit(
         early_stopping=early_stopping, kl_warmup_epochs=kl_warmup_epochs,
         num_particles=num_particles, elbo=elbo, run_dir=run_dir,
         checkpoint_every=checkpoint_every, max_recoveries=max_recoveries,
-        validate_args=validate_args, progress=progress)
+        validate_args=validate_args, progress=progress, distributed=distributed)
     if run_dir is not None:
         model.config()  # fails now, not after the first epoch, if it cannot be saved
     trainer = Trainer(model, settings)
-    trainer.prepare(data, val_data, guide, resume_from)
-    trainer.build_optimizer()
-    return trainer.run()
+    with ddp.active(trainer.group):  # a failed collective: DistributedError
+        trainer.prepare(data, val_data, guide, resume_from)
+        trainer.build_optimizer()
+        return trainer.run()

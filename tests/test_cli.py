@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 
 from pyro_mm.cli import main
 
@@ -55,3 +56,28 @@ def test_import_needs_neither_arviz_nor_matplotlib():
     code = ("import sys, pyro_mm; bad = [m for m in ('arviz', 'matplotlib', 'sklearn') "
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_resume_continues_a_stopped_run_like_an_uninterrupted_one(tmp_path, capsys):
+    import pyro_mm as pm
+
+    options = ["--dataset", "synthetic", "--latent-dim", "2", "--components", "4",
+               "--batch-size", "256", "--quiet"]
+    assert main(["train", *options, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    assert main(["train", *options, "--epochs", "1", "--out", str(tmp_path / "cut")]) == 0
+    # --resume takes the data, model and settings from the run folder: the options
+    # given here (a different seed and learning rate) are ignored, --epochs is not.
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "--quiet",
+                 "--seed", "7", "--lr", "0.5"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    whole, resumed = pm.load(tmp_path / "whole"), pm.load(tmp_path / "cut")
+    assert len(resumed.history.epochs) == 3
+    assert resumed.history.series("loss") == whole.history.series("loss")
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert resumed.metrics == whole.metrics
+
+
+def test_resume_needs_a_run_folder(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "nothing"), "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err

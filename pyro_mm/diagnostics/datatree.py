@@ -361,8 +361,6 @@ def _sample_stats(out: Mapping[str, Any], coords: Mapping[str, Any]) -> "xr.Data
 
 def _constant_data(model: MultimodalDPMixture, data: MultimodalData,
                    coords: Mapping[str, Any]) -> "xr.Dataset":
-    import xarray as xr
-
     masks = np.stack([data.masks[m] for m in model.modalities], axis=1)
     const = {"mask": (("example", "modality"), masks)}
     floors = [f.cpu().numpy() for f in model.scale_floors()]

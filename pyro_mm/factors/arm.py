@@ -29,8 +29,9 @@ the factor's parameters, trained and saved with the model.
 
 **Dynamic feature-level fusion**: after each training step the model's modality weights
 (used by ``concat`` and ``dp`` fusion) move towards ``M softmax_m(-phi_m / T)`` by an
-exponential moving average (``fusion_momentum``), from the minibatch's ``phi``; they are
-detached, and change only in training mode.
+exponential moving average (``fusion_momentum``), from the minibatch's ``phi`` (in
+data-parallel training, of the union of every rank's minibatch); they are detached, and
+change only in training mode.
 
 **Dynamic sample-level re-sampling** (``resample=True``, off by default): each epoch the
 trainer draws example ``i`` with probability proportional to
@@ -48,6 +49,7 @@ import pyro
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_sum, current
 from ..params import point_params
 from ..factor_protocol import AuxiliaryFactor, FactorContext
 from .contributions import LeaveOneOut, label_entropy, leave_one_out, unimodal_bounds
@@ -173,8 +175,12 @@ class ARM(AuxiliaryFactor):
                            labelled: torch.Tensor) -> None:
         model = context.model
         c = loo.contributions.detach()
-        counts = loo.valid.sum(0)
-        phi = c.sum(0) / counts.clamp_min(1)
+        sums, counts = c.sum(0), loo.valid.sum(0)
+        if model.training:
+            # Data-parallel: phi of the union of the ranks' minibatches, so every rank
+            # moves its fusion weights (a buffer DDP does not average) the same way.
+            sums, counts = all_reduce_sum(current(), sums, counts)
+        phi = sums / counts.clamp_min(1)
         if labelled.any():
             context.log(f"{self.name}/phi_mi", label_entropy(model.class_frequencies)
                         + loo.full.detach()[labelled].mean())
