@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 from ..distributed import all_reduce_sum, current
-from ..params import point_params
 from ..factor_protocol import AuxiliaryFactor, FactorContext
+from ..params import point_params
 from .contributions import LeaveOneOut, label_entropy, leave_one_out, unimodal_bounds
 
 if TYPE_CHECKING:  # pragma: no cover
