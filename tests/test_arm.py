@@ -212,7 +212,7 @@ def test_history_logs_every_arm_value(strong_weak_noise):
     assert row["arm/fusion_weight/noise"] > row["arm/fusion_weight/strong"]
 
 
-@pytest.mark.parametrize("fusion", ["concat", "dp"])
+@pytest.mark.parametrize("fusion", ["concat", "dp", "experts"])
 def test_fusion_weights_move_only_in_training(strong_weak_noise, fusion):
     train, test = strong_weak_noise
     result = _fit(train, factors=[ARM(weight=0.1)], epochs=1, model={"fusion": fusion})
