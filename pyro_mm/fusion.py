@@ -11,7 +11,8 @@ they differ in the weights:
   ``dp`` starts out as ``concat``.
 
 ``experts`` is a classifier of its own (:class:`ExpertsClassifier`): one head per
-modality, logits ``b + sum over present m of h_m(z_im)`` (a product of experts). If the
+modality, logits ``b + s_n sum over present m of h_m(z_im)`` (a product of experts,
+``n`` the number of present modalities). If the
 modalities are conditionally independent given ``y``, ``log p(y | x_S) = log p(y) +
 sum_{m in S} [log p(y | x_m) - log p(y)] + const`` for any subset ``S``, which is this
 form; so an absent modality simply contributes nothing, no fill is needed, and every
@@ -19,12 +20,18 @@ subset of modalities (missing views, modality dropout, ARM's leave-one-out) is o
 classifier read on fewer terms. ``concat`` instead must be told an absent modality's
 value (the mixture's conditional mean given the present ones), and with one or two views
 present that guess is poor and the concatenated MLP reads it as if it were data.
+Views are rarely conditionally independent (mfeat's six are features of one image), so
+a plain sum counts shared evidence once per view, more so the more views are present:
+overconfident. ``s_n``, one learned scale per number of present views (starting at 1),
+corrects that on average; dropping a modality removes its term and moves to ``s_{n-1}``.
 
 ``modality_weights`` (``(M,)``, mean 1) come from outside, e.g. the ARM factor's dynamic
 feature-level fusion; they multiply the gate and are never trained through.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -78,9 +85,10 @@ class DPGateFusion(ConcatFusion):
 class ExpertsClassifier(nn.Module):
     """Product-of-experts classifier (see the module docstring).
 
-    ``logits_i = b + sum_m mask_im w_m h_m(z_im)``, with one head ``h_m`` (an MLP
-    ``D -> hidden -> C``) per modality, a bias ``b (C,)`` (the class prior's role) and
-    the optional modality weights ``w (M,)``.
+    ``logits_i = b + s_{n_i} sum_m mask_im w_m h_m(z_im)``, with one head ``h_m`` (an
+    MLP ``D -> hidden -> C``) per modality, a bias ``b (C,)`` (the class prior's role),
+    the optional modality weights ``w (M,)``, ``n_i = sum_m mask_im`` and the scales
+    ``s = softplus(count_scale) (M + 1,)``, initially 1.
 
     Args:
         num_modalities: ``M``.
@@ -94,6 +102,15 @@ class ExpertsClassifier(nn.Module):
         self.heads = nn.ModuleList(mlp(latent_dim, hidden, num_classes)
                                    for _ in range(num_modalities))
         self.bias = nn.Parameter(torch.zeros(num_classes))
+        # softplus(log(e - 1)) = 1: the plain sum of experts to start with.
+        self.count_scale = nn.Parameter(
+            torch.full((num_modalities + 1,), math.log(math.expm1(1.0))))
+
+    def scales(self, mask: torch.Tensor | None, batch_shape) -> torch.Tensor:
+        """``(B,)``: ``s_n`` for each example's number of present modalities."""
+        count = (torch.full(batch_shape, len(self.heads), device=self.bias.device)
+                 if mask is None else mask.sum(-1))
+        return nn.functional.softplus(self.count_scale)[count.long()]
 
     def terms(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, M, D) -> (B, M, C)``: every modality's head, present or not."""
@@ -111,7 +128,7 @@ class ExpertsClassifier(nn.Module):
             terms = terms * modality_weights.unsqueeze(-1)
         if mask is not None:
             terms = torch.where(mask.unsqueeze(-1), terms, torch.zeros_like(terms))
-        return self.bias + terms.sum(-2)
+        return self.bias + self.scales(mask, z.shape[:-2]).unsqueeze(-1) * terms.sum(-2)
 
 
 FUSIONS = {"concat": ConcatFusion, "dp": DPGateFusion, "experts": None}

@@ -11,7 +11,7 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     for i in plate("data", N, subsample=...):
         z_i          ~ MultimodalMixture(pi, mu, sqrt(sigma^2 + f_m^2))  (B, M, D)  site "z"
         x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
-        y_i          ~ Categorical(logits=b + sum_{m present} h_m(z_im))   site "y"
+        y_i          ~ Categorical(logits=b + s_n sum_{m present} h_m(z_im))  site "y"
                        (fusion "experts"; "concat"/"dp": classifier(fuse(fill(z_i))))
         factors      pyro.factor(<factor name>, -weight * loss)
 

@@ -198,12 +198,13 @@ def test_model_to_moves_hyperparameters_as_buffers(tiny_data):
 
 def _experts_model():
     """Three modalities, ``D = 2``, 4 classes, ``fusion="experts"``, with a non-zero
-    bias so that a missing ``b`` cannot pass unnoticed."""
+    bias and unequal scales ``s_n`` so that neither can pass unnoticed."""
     torch.manual_seed(0)
     model = pm.MultimodalDPMixture({"a": 3, "b": 2, "c": 1}, num_classes=4, latent_dim=2,
                                    num_components=3, fusion="experts", hidden=(5,))
     with torch.no_grad():
         model.classifier.bias.copy_(torch.randn(4))
+        model.classifier.count_scale.copy_(torch.randn(4))  # s_n differ by n
     return model
 
 
@@ -214,12 +215,17 @@ def _experts_inputs():
     return z, mask
 
 
+def _scale(model, n):
+    return torch.nn.functional.softplus(model.classifier.count_scale[n])
+
+
 def test_experts_logits_are_the_bias_plus_the_present_modalities_heads():
     model = _experts_model()
     z, mask = _experts_inputs()
     heads, bias = model.classifier.heads, model.classifier.bias
     expected = torch.stack([
-        bias + sum(heads[j](z[i, j]) for j in range(3) if mask[i, j]) for i in range(4)])
+        bias + _scale(model, int(mask[i].sum()))
+        * sum(heads[j](z[i, j]) for j in range(3) if mask[i, j]) for i in range(4)])
     params = model.sample_globals()
     torch.testing.assert_close(model.class_logits(z, params, mask), expected,
                                rtol=0, atol=1e-6)
@@ -228,20 +234,23 @@ def test_experts_logits_are_the_bias_plus_the_present_modalities_heads():
     torch.testing.assert_close(model.class_logits(garbage, params, mask), expected,
                                rtol=0, atol=1e-6)
     # All present (mask None) sums every head.
-    full = bias + sum(heads[j](z[:, j]) for j in range(3))
+    full = bias + _scale(model, 3) * sum(heads[j](z[:, j]) for j in range(3))
     torch.testing.assert_close(model.class_logits(z, params), full, rtol=0, atol=1e-6)
 
 
 def test_experts_dropping_a_modality_removes_exactly_its_term():
+    """... and moves a present one's example from ``s_n`` to ``s_{n-1}``."""
     model = _experts_model()
     z, mask = _experts_inputs()
     params = model.sample_globals()
     labels = torch.tensor([0, 1, 2, 3])
-    logits = model.class_logits(z, params, mask)
+    bias, count = model.classifier.bias, mask.sum(-1)
+    total = (model.class_logits(z, params, mask) - bias) / _scale(model, count)[:, None]
     for j in range(3):
         term = torch.where(mask[:, j:j + 1], model.classifier.heads[j](z[:, j]),
                            torch.zeros(4, 4))
-        expected = torch.log_softmax(logits - term, -1).gather(-1, labels[:, None])[:, 0]
+        logits = bias + _scale(model, count - mask[:, j].long())[:, None] * (total - term)
+        expected = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
         torch.testing.assert_close(model.label_log_prob(z, params, labels, mask, drop=j),
                                    expected, rtol=0, atol=1e-6)
     # Example 1 lacks b, so dropping b changes nothing there; example 0 has b.
@@ -262,6 +271,7 @@ def test_experts_config_round_trip_keeps_the_classifier():
                                model.class_logits(z, params, mask), rtol=0, atol=0)
     # The modality weights (ARM's dynamic fusion) scale each term.
     heads, bias = model.classifier.heads, model.classifier.bias
-    expected = bias + 0.5 * heads[0](z[0, 0]) + 1.5 * heads[1](z[0, 1]) + heads[2](z[0, 2])
+    expected = bias + _scale(model, 3) * (0.5 * heads[0](z[0, 0]) + 1.5 * heads[1](z[0, 1])
+                                          + heads[2](z[0, 2]))
     torch.testing.assert_close(copy.class_logits(z, params, mask)[0], expected,
                                rtol=0, atol=1e-6)
