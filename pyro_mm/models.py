@@ -11,7 +11,8 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     for i in plate("data", N, subsample=...):
         z_i          ~ MultimodalMixture(pi, mu, sqrt(sigma^2 + f_m^2))  (B, M, D)  site "z"
         x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
-        y_i          ~ Categorical(logits=classifier(fuse(fill(z_i))))     site "y"
+        y_i          ~ Categorical(logits=b + s_n sum_{m present} h_m(z_im))  site "y"
+                       (fusion "experts"; "concat"/"dp": classifier(fuse(fill(z_i))))
         factors      pyro.factor(<factor name>, -weight * loss)
 
 With ``representation="observed"`` there is no ``z`` and no decoder: the mixture is the
@@ -41,11 +42,14 @@ Decisions not fixed by the design:
   rather than ``r^2 / 2``. Assignments are still summed out exactly.
 * A missing modality's representation still has the mixture prior (it is a latent
   variable like any other); only its likelihood ``x_im`` is masked out.
-* The classifier never reads an absent modality's value: ``fill`` replaces it by the
-  mixture's conditional mean given the present modalities
+* The classifier never reads an absent modality's value. The default fusion,
+  ``experts``, leaves its head out of the sum (:mod:`pyro_mm.fusion` says why this
+  beats a fill when few views are present). With ``concat`` or ``dp``, ``fill``
+  replaces it by the mixture's conditional mean given the present modalities
   (:meth:`~pyro_mm.distributions.MultimodalMixture.fill_absent`), the same prediction
-  the guide uses for a missing modality. So "modality ``m`` missing" is one input the
-  classifier handles, whether ``m`` is missing from the data or left out on purpose.
+  the guide uses for a missing modality. Either way "modality ``m`` missing" is one
+  input the classifier handles, whether ``m`` is missing from the data or left out on
+  purpose.
 * Unobserved data are sampled, as Pyro users expect of ``pyro.infer.Predictive``:
   without labels, ``y`` is an ordinary latent site (its log-density masked to zero,
   so it adds nothing to the ELBO); with some labels missing, or with a modality missing
@@ -78,9 +82,9 @@ from .data import TensorBatch
 from .distributions import stick_breaking_log_weights
 from .factor_protocol import AuxiliaryFactor, FactorContext, factor_config, make_factor
 from .floors import keep_missing_floors
-from .fusion import make_fusion
+from .fusion import make_classifier, make_fusion
 from .model_options import check_arguments
-from .networks import GaussianDecoder, mlp
+from .networks import GaussianDecoder
 from .params import DF_PRIOR, GLOBAL_SITES, MixtureParams  # noqa: F401 (public here too)
 from .sites import fill_unobserved, unbatched
 from .standardization import FeatureStandardization
@@ -104,7 +108,9 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         representation: ``"latent"`` (amortised representations ``z``) or
             ``"observed"`` (the mixture sits on the standardised features).
         reconstruct: decode ``z`` back to the features (default: ``True`` for latent).
-        fusion: ``"concat"`` or ``"dp"`` (prominence gate); see :mod:`pyro_mm.fusion`.
+        fusion: ``"experts"`` (one head per modality, absent ones add nothing; the
+            default for latent), ``"concat"`` (the default and only choice for
+            observed) or ``"dp"`` (prominence gate); see :mod:`pyro_mm.fusion`.
         alpha: concentration: a positive number (fixed) or ``"learned"``
             (``Gamma(*alpha_prior)`` prior).
         alpha_prior: ``(a0, b0)``, shape and rate of the Gamma prior.
@@ -135,7 +141,7 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         mixture: str = "joint",
         representation: str = "latent",
         reconstruct: bool | None = None,
-        fusion: str = "concat",
+        fusion: str | None = None,
         alpha: float | str = 1.0,
         alpha_prior: tuple[float, float] = (1.0, 1.0),
         prior_loc_scale: float = 3.0,
@@ -152,6 +158,8 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         super().__init__("pyro_mm_model")
         if reconstruct is None:
             reconstruct = representation == "latent"
+        if fusion is None:
+            fusion = "experts" if representation == "latent" else "concat"
         check_arguments(
             dims=dims, num_classes=num_classes, latent_dim=latent_dim,
             num_components=num_components, mixture=mixture, representation=representation,
@@ -198,7 +206,8 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         if self.num_classes is not None:
             width = (len(self.modalities) * self.latent_dim
                      if representation == "latent" else sum(self.dims.values()))
-            self.classifier = mlp(width, self.hidden, self.num_classes)
+            self.classifier = make_classifier(fusion, len(self.modalities), self.latent_dim,
+                                              width, self.hidden, self.num_classes)
         self.factors = nn.ModuleList(factors)
         for factor in self.factors:
             factor.bind(self)
@@ -321,10 +330,13 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         concatenated standardised features ``(B, sum d)`` (observed).
 
         Modalities that ``mask (B, M)`` marks absent are first replaced by their
-        conditional mean given the present ones (module docstring)."""
+        conditional mean given the present ones (module docstring); with
+        ``fusion="experts"`` they are left out of the sum of heads instead."""
         if self.classifier is None:
             raise ValueError("this model has no classifier (num_classes=None)")
         latent = self.representation == "latent"
+        if self.fusion_name == "experts":  # absent modalities add nothing: no fill
+            return self.classifier(z, mask, self.modality_weights)
         if mask is not None and not bool(mask.all()):
             mixture = params.mixture(self.mixture, batch_size=z.shape[0], stacked=latent)
             z = mixture.fill_absent(z, mask)
@@ -341,7 +353,8 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
             labels: ``(B,)`` class indices.
             mask: ``(B, M)`` which modalities are present (``None``: all).
             drop: a modality index to leave out: it is treated as absent, i.e. filled in
-                from the other present modalities exactly as a missing modality is, so
+                from the other present modalities exactly as a missing modality is (with
+                ``fusion="experts"``: its head's term is removed), so
                 this is the prediction ``q(y | z_-m)`` the classifier was fitted to make
                 under modality dropout.
         """

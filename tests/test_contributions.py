@@ -18,6 +18,10 @@ from pyro_mm.params import point_params
 
 def _fit(train, factors=(), epochs=12, seed=0, **model_kwargs):
     pyro.set_rng_seed(seed)
+    # fusion "concat": these known answers (a redundant copy adds nothing given the
+    # other) need a classifier that can learn it; "experts" sums per-modality evidence,
+    # so it counts two copies twice (its naive-Bayes assumption), see pyro_mm.fusion.
+    model_kwargs.setdefault("fusion", "concat")
     model = pm.MultimodalDPMixture(train.dims, num_classes=train.num_classes, latent_dim=4,
                                    num_components=6, hidden=(64,), factors=list(factors),
                                    **model_kwargs)

@@ -28,7 +28,7 @@ def _traces(model, guide, batch, subsample=None):
 
 
 @pytest.mark.parametrize("mixture", ["joint", "independent"])
-@pytest.mark.parametrize("fusion", ["concat", "dp"])
+@pytest.mark.parametrize("fusion", ["concat", "dp", "experts"])
 def test_latent_site_shapes(tiny_data, mixture, fusion):
     model, guide, batch = _prepared(tiny_data, num_classes=3, latent_dim=2,
                                     num_components=5, mixture=mixture, fusion=fusion)
@@ -155,7 +155,8 @@ def test_two_models_in_one_session_do_not_share_parameters(tiny_data):
                                         num_components=3)
     Trace_ELBO().differentiable_loss(first, first_guide, batch)
     Trace_ELBO().differentiable_loss(second, second_guide, batch)
-    assert not torch.equal(first.classifier[0].weight, second.classifier[0].weight)
+    assert not torch.equal(first.classifier.heads[0][0].weight,
+                           second.classifier.heads[0][0].weight)
     assert first_guide.global_guide.locs.sticks is not second_guide.global_guide.locs.sticks
     names = set(pyro.get_param_store().keys())
     assert any(n.startswith(first._pyro_name + ".") for n in names)
@@ -193,3 +194,84 @@ def test_model_to_moves_hyperparameters_as_buffers(tiny_data):
     names = dict(model.named_buffers())
     for key in ("alpha", "prior_loc_scale", "prior_log_scale", "feature_loc_a"):
         assert key in names
+
+
+def _experts_model():
+    """Three modalities, ``D = 2``, 4 classes, ``fusion="experts"``, with a non-zero
+    bias and unequal scales ``s_n`` so that neither can pass unnoticed."""
+    torch.manual_seed(0)
+    model = pm.MultimodalDPMixture({"a": 3, "b": 2, "c": 1}, num_classes=4, latent_dim=2,
+                                   num_components=3, fusion="experts", hidden=(5,))
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.randn(4))
+        model.classifier.count_scale.copy_(torch.randn(4))  # s_n differ by n
+    return model
+
+
+def _experts_inputs():
+    z = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[True, True, True], [True, False, True],
+                         [False, False, True], [False, True, False]])
+    return z, mask
+
+
+def _scale(model, n):
+    return torch.nn.functional.softplus(model.classifier.count_scale[n])
+
+
+def test_experts_logits_are_the_bias_plus_the_present_modalities_heads():
+    model = _experts_model()
+    z, mask = _experts_inputs()
+    heads, bias = model.classifier.heads, model.classifier.bias
+    expected = torch.stack([
+        bias + _scale(model, int(mask[i].sum()))
+        * sum(heads[j](z[i, j]) for j in range(3) if mask[i, j]) for i in range(4)])
+    params = model.sample_globals()
+    torch.testing.assert_close(model.class_logits(z, params, mask), expected,
+                               rtol=0, atol=1e-6)
+    # An absent slot's value is never read, not even a non-finite one.
+    garbage = torch.where(mask.unsqueeze(-1), z, torch.full_like(z, float("nan")))
+    torch.testing.assert_close(model.class_logits(garbage, params, mask), expected,
+                               rtol=0, atol=1e-6)
+    # All present (mask None) sums every head.
+    full = bias + _scale(model, 3) * sum(heads[j](z[:, j]) for j in range(3))
+    torch.testing.assert_close(model.class_logits(z, params), full, rtol=0, atol=1e-6)
+
+
+def test_experts_dropping_a_modality_removes_exactly_its_term():
+    """... and moves a present one's example from ``s_n`` to ``s_{n-1}``."""
+    model = _experts_model()
+    z, mask = _experts_inputs()
+    params = model.sample_globals()
+    labels = torch.tensor([0, 1, 2, 3])
+    bias, count = model.classifier.bias, mask.sum(-1)
+    total = (model.class_logits(z, params, mask) - bias) / _scale(model, count)[:, None]
+    for j in range(3):
+        term = torch.where(mask[:, j:j + 1], model.classifier.heads[j](z[:, j]),
+                           torch.zeros(4, 4))
+        logits = bias + _scale(model, count - mask[:, j].long())[:, None] * (total - term)
+        expected = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
+        torch.testing.assert_close(model.label_log_prob(z, params, labels, mask, drop=j),
+                                   expected, rtol=0, atol=1e-6)
+    # Example 1 lacks b, so dropping b changes nothing there; example 0 has b.
+    dropped = model.label_log_prob(z, params, labels, mask, drop=1)
+    full = model.label_log_prob(z, params, labels, mask)
+    assert dropped[1] == full[1] and dropped[0] != full[0]
+
+
+def test_experts_config_round_trip_keeps_the_classifier():
+    model = _experts_model()
+    model.modality_weights = torch.tensor([0.5, 1.5, 1.0])
+    copy = pm.MultimodalDPMixture.from_config(model.config())
+    assert copy.config()["fusion"] == "experts"
+    copy.load_state_dict(model.state_dict())
+    z, mask = _experts_inputs()
+    params = model.sample_globals()
+    torch.testing.assert_close(copy.class_logits(z, params, mask),
+                               model.class_logits(z, params, mask), rtol=0, atol=0)
+    # The modality weights (ARM's dynamic fusion) scale each term.
+    heads, bias = model.classifier.heads, model.classifier.bias
+    expected = bias + _scale(model, 3) * (0.5 * heads[0](z[0, 0]) + 1.5 * heads[1](z[0, 1])
+                                          + heads[2](z[0, 2]))
+    torch.testing.assert_close(copy.class_logits(z, params, mask)[0], expected,
+                               rtol=0, atol=1e-6)
