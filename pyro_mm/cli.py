@@ -257,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--latent-dim", type=int, default=16)
     train.add_argument("--mixture", choices=["joint", "independent"], default="joint")
     train.add_argument("--representation", choices=["latent", "observed"], default="latent")
-    train.add_argument("--fusion", choices=["concat", "dp", "experts"], default=None,
-                       help="default: experts (latent), concat (observed)")
+    train.add_argument("--fusion", choices=["concat", "dp", "experts"], default="concat",
+                       help="experts: one head per view, for data with views often missing")
     train.add_argument("--alpha", default="1.0", help="DP concentration or 'learned'")
     train.add_argument("--unsupervised", action="store_true", help="ignore labels")
     train.add_argument("--factor", action="append", default=[], metavar="KIND[:K=V,...]",

@@ -25,6 +25,13 @@ a plain sum counts shared evidence once per view, more so the more views are pre
 overconfident. ``s_n``, one learned scale per number of present views (starting at 1),
 corrects that on average; dropping a modality removes its term and moves to ``s_{n-1}``.
 
+When to use which (``benchmarks/missing.py``, mfeat, 2 seeds): ``experts`` is more
+accurate than the default ``concat`` at 0, 30, 50 and 70 % of views missing (0.981 vs
+0.968 with every view, 0.835 vs 0.803 at 70 %). It is not the default, because the sum
+counts a redundant modality twice: two identical copies each look informative *given
+the other*, so :func:`pyro_mm.modality_contributions` (and ARM's leave-one-out terms)
+lose their meaning as conditional information. With ``concat`` they keep it.
+
 ``modality_weights`` (``(M,)``, mean 1) come from outside, e.g. the ARM factor's dynamic
 feature-level fusion; they multiply the gate and are never trained through.
 """

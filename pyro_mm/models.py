@@ -42,12 +42,13 @@ Decisions not fixed by the design:
   rather than ``r^2 / 2``. Assignments are still summed out exactly.
 * A missing modality's representation still has the mixture prior (it is a latent
   variable like any other); only its likelihood ``x_im`` is masked out.
-* The classifier never reads an absent modality's value. The default fusion,
-  ``experts``, leaves its head out of the sum (:mod:`pyro_mm.fusion` says why this
-  beats a fill when few views are present). With ``concat`` or ``dp``, ``fill``
-  replaces it by the mixture's conditional mean given the present modalities
+* The classifier never reads an absent modality's value. With ``concat`` (the default)
+  or ``dp``, ``fill`` replaces it by the mixture's conditional mean given the present
+  modalities
   (:meth:`~pyro_mm.distributions.MultimodalMixture.fill_absent`), the same prediction
-  the guide uses for a missing modality. Either way "modality ``m`` missing" is one
+  the guide uses for a missing modality. ``fusion="experts"`` leaves its head out of
+  the sum instead (:mod:`pyro_mm.fusion` says when that is better). Either way
+  "modality ``m`` missing" is one
   input the classifier handles, whether ``m`` is missing from the data or left out on
   purpose.
 * Unobserved data are sampled, as Pyro users expect of ``pyro.infer.Predictive``:
@@ -108,9 +109,10 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         representation: ``"latent"`` (amortised representations ``z``) or
             ``"observed"`` (the mixture sits on the standardised features).
         reconstruct: decode ``z`` back to the features (default: ``True`` for latent).
-        fusion: ``"experts"`` (one head per modality, absent ones add nothing; the
-            default for latent), ``"concat"`` (the default and only choice for
-            observed) or ``"dp"`` (prominence gate); see :mod:`pyro_mm.fusion`.
+        fusion: ``"concat"`` (the default, and the only choice for observed),
+            ``"dp"`` (prominence gate) or ``"experts"`` (one head per modality, absent
+            ones add nothing: better when views are often missing, but it counts
+            redundant modalities twice); see :mod:`pyro_mm.fusion`.
         alpha: concentration: a positive number (fixed) or ``"learned"``
             (``Gamma(*alpha_prior)`` prior).
         alpha_prior: ``(a0, b0)``, shape and rate of the Gamma prior.
@@ -141,7 +143,7 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         mixture: str = "joint",
         representation: str = "latent",
         reconstruct: bool | None = None,
-        fusion: str | None = None,
+        fusion: str = "concat",
         alpha: float | str = 1.0,
         alpha_prior: tuple[float, float] = (1.0, 1.0),
         prior_loc_scale: float = 3.0,
@@ -158,8 +160,6 @@ class MultimodalDPMixture(FeatureStandardization, UniquelyNamedModule):
         super().__init__("pyro_mm_model")
         if reconstruct is None:
             reconstruct = representation == "latent"
-        if fusion is None:
-            fusion = "experts" if representation == "latent" else "concat"
         check_arguments(
             dims=dims, num_classes=num_classes, latent_dim=latent_dim,
             num_components=num_components, mixture=mixture, representation=representation,

@@ -144,7 +144,7 @@ def test_impute_latent_model_and_cli(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- prediction
-def _fit_small(data, global_guide="meanfield", epochs=3, fusion=None):
+def _fit_small(data, global_guide="meanfield", epochs=3, fusion="concat"):
     pyro.set_rng_seed(0)
     model = pm.MultimodalDPMixture(data.dims, num_classes=3, latent_dim=4,
                                    num_components=6, hidden=(32,), fusion=fusion)
@@ -161,9 +161,9 @@ def test_model_averaging_with_a_map_guide_equals_plug_in():
     for key in ("probs", "responsibilities", "latent_mean"):
         np.testing.assert_allclose(averaged[key], plug_in[key], atol=1e-6)
     assert np.all(averaged["probs_sd"] < 1e-6)
-    meanfield = pm.predict(_fit_small(data), data, num_samples=4)
-    # The default classifier (fusion "experts") reads no global parameter, so only the
-    # responsibilities vary across global draws; with "concat" the fill reads them.
+    meanfield = pm.predict(_fit_small(data, fusion="experts"), data, num_samples=4)
+    # The "experts" classifier reads no global parameter, so only the responsibilities
+    # vary across global draws; with "concat" (the default) the fill reads them.
     assert meanfield["responsibilities_sd"].max() > 0
     np.testing.assert_allclose(meanfield["probs_sd"], 0.0, atol=1e-6)
     concat = pm.predict(_fit_small(data, fusion="concat"), data, num_samples=4)

@@ -155,8 +155,8 @@ def test_two_models_in_one_session_do_not_share_parameters(tiny_data):
                                         num_components=3)
     Trace_ELBO().differentiable_loss(first, first_guide, batch)
     Trace_ELBO().differentiable_loss(second, second_guide, batch)
-    assert not torch.equal(first.classifier.heads[0][0].weight,
-                           second.classifier.heads[0][0].weight)
+    assert not torch.equal(first.classifier[0].weight,
+                           second.classifier[0].weight)
     assert first_guide.global_guide.locs.sticks is not second_guide.global_guide.locs.sticks
     names = set(pyro.get_param_store().keys())
     assert any(n.startswith(first._pyro_name + ".") for n in names)
