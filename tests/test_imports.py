@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm.distributions", "pyro_mm.networks", "pyro_mm.fusion", "pyro_mm.floors",
      "pyro_mm.model_options", "pyro_mm.sites"),
     ("pyro_mm.params", "pyro_mm.factor_protocol", "pyro_mm.standardization",
-     "pyro_mm.models"),
+     "pyro_mm.label_head", "pyro_mm.models"),
     ("pyro_mm.guides",),
     ("pyro_mm.factors*",),
     ("pyro_mm.result", "pyro_mm.inference", "pyro_mm.imputation", "pyro_mm.monitoring",
