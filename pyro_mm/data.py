@@ -61,6 +61,11 @@ class TensorBatch:
         for start in range(0, self.size, size):
             yield torch.arange(start, min(start + size, self.size), device=self.device)
 
+    def concatenated(self, modalities) -> torch.Tensor:
+        """``(N, sum d_m)``: the features of ``modalities``, in that order, side by side
+        (what the observed-representation mixture and its classifier read)."""
+        return torch.cat([self.features[m] for m in modalities], dim=-1)
+
     def index(self, idx: torch.Tensor) -> "TensorBatch":
         """Rows ``idx`` of every tensor (``idx`` is a 1-D index tensor)."""
         return TensorBatch(

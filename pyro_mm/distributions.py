@@ -183,11 +183,15 @@ class MultimodalMixture(TorchDistribution):
 
     def component_log_density(self, value: torch.Tensor) -> torch.Tensor:
         """``(B, M, K)``: ``log N(x_im; mu_mk, sigma_mk)``, zero where masked out."""
-        out = self._unmasked(value)
-        if self.mask is not None:
-            # where, not multiply: a masked-out value may be inf/NaN (0 * inf = NaN).
-            out = torch.where(self.mask.unsqueeze(-1), out, out.new_zeros(()))
-        return out
+        return self._masked(self._unmasked(value), self.mask)
+
+    @staticmethod
+    def _masked(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``lp (B, M, K)`` with the rows of absent modalities set to zero."""
+        if mask is None:
+            return lp
+        # where, not multiply: a masked-out value may be inf/NaN (0 * inf = NaN).
+        return torch.where(mask.unsqueeze(-1), lp, lp.new_zeros(()))
 
     def modality_log_density(self, value: torch.Tensor) -> torch.Tensor:
         """``(B, M)``: each modality's own mixture log-density
@@ -259,8 +263,7 @@ class MultimodalMixture(TorchDistribution):
             ``([mean (B, d_m)], [variance (B, d_m)])``, one of each per modality.
         """
         if self.mixture == "joint":
-            lp = self._unmasked(value)
-            lp = torch.where(present.unsqueeze(-1), lp, lp.new_zeros(()))
+            lp = self._masked(self._unmasked(value), present)
             resp = torch.softmax(self.log_weights + lp.sum(-2), dim=-1)       # (B, K)
         else:
             resp = self.log_weights.exp().expand(present.shape[0], -1)

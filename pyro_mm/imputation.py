@@ -36,7 +36,7 @@ from .inference import global_draws
 from .models import MultimodalDPMixture
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .training import FitResult
+    from .result import FitResult
 
 _BISECTION_STEPS = 30
 
@@ -51,7 +51,7 @@ def _draw_gaussians(model: MultimodalDPMixture, guide: MultimodalGuide,
         # A decoder's scale may be per feature only, (d_m,): broadcast it to (B, d_m).
         return [torch.broadcast_tensors(*model.decoders[m](z[..., j, :]))
                 for j, m in enumerate(model.modalities)]
-    x = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+    x = part.concatenated(model.modalities)
     mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                              stacked=False)
     resp = mixture.responsibilities(x)        # (B, K) joint; (B, M, K) independent

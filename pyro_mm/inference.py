@@ -72,7 +72,7 @@ def _predict_batch(model, guide, batch, chunk_size, draw=None):
             mixture = params.mixture(model.mixture, batch_size=part.size)
             out["latent_mean"].append(z)
         else:
-            z = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            z = part.concatenated(model.modalities)
             mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                                      stacked=False)
         out["responsibilities"].append(mixture.responsibilities(z))
@@ -132,7 +132,7 @@ def _log_likelihood(model, guide, batch, num_samples, chunk_size):
     out = []
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "observed":
-            x = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            x = part.concatenated(model.modalities)
             mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                                      stacked=False)
             out.append(mixture.log_prob(x) + model.feature_log_jacobian(part.masks))

@@ -344,7 +344,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         with pyro.plate("data", batch.size, subsample=subsample) as idx:
             part = batch if subsample is None else batch.index(idx)
             if self.representation == "observed":
-                values = torch.cat([part.features[m] for m in self.modalities], dim=-1)
+                values = part.concatenated(self.modalities)
                 pyro.sample("x", params.mixture(self.mixture, mask=part.masks,
                                                 batch_size=part.size, stacked=False),
                             obs=values)

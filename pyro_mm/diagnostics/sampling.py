@@ -260,7 +260,7 @@ class _Sampler:
             inputs = guide_trace.nodes["z"]["value"]
             mixture = params.mixture(model.mixture, batch_size=part.size)
         else:
-            inputs = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            inputs = part.concatenated(model.modalities)
             mixture = params.mixture(model.mixture, mask=part.masks,
                                      batch_size=part.size, stacked=False)
         logits = None

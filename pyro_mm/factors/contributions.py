@@ -202,7 +202,7 @@ def modality_contributions(result, data) -> Contributions:
         if model.representation == "latent":
             z, _ = guide.encode(part, guide.point_estimate())
         else:
-            z = torch.cat([part.features[m] for m in model.modalities], dim=-1)
+            z = part.concatenated(model.modalities)
         loo = leave_one_out(model, z, params, part.labels, part.masks)
         entropy = float(label_entropy(model.class_frequencies))
         c = loo.contributions
