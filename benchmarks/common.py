@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,7 +81,12 @@ def write_results(name: str, payload: dict[str, Any], table: str, out: str | Non
     """Write ``payload`` (plus machine info and command) as JSON; regenerate RESULTS.md."""
     payload = {"benchmark": name, "command": "python -m benchmarks." + name + " " +
                " ".join(sys.argv[1:]), "machine": machine(), "table": table, **payload}
-    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    if out:
+        path = Path(out)
+    elif record:
+        path = RESULTS_DIR / f"{name}.json"
+    else:  # a smoke run (--tiny) must not overwrite the recorded results
+        path = Path(tempfile.gettempdir()) / f"pyro_mm_benchmark_{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     if record and out is None:

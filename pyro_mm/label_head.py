@@ -4,9 +4,11 @@ predictions, modality dropout and the ``"y"`` site.
 
 How an absent modality is handled (the model's module docstring says why): ``concat``
 and ``dp`` fill it with the mixture's conditional mean given the present modalities;
-``experts`` leaves its head out of the sum. Modality dropout (training only) marks each
-present modality absent with probability ``modality_dropout``, never all of them, so
-the classifier is fitted to every prediction it is later asked for.
+``experts`` leaves its head out of the product. Modality dropout (training, ``concat``
+and ``dp``) marks each present modality absent with probability ``modality_dropout``,
+never all of them, so the classifier is fitted to every prediction it is later asked
+for; ``experts`` needs none, as each head is fitted on its own. The optional Gaussian
+prior on the classifier's weights (``classifier_prior_scale``) is here too.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class LabelHead:
             raise ValueError("this model has no classifier (num_classes=None)")
         latent = self.representation == "latent"
         if self.fusion_name == "experts":  # absent modalities add nothing: no fill
-            return self.classifier(z, mask, self.modality_weights)
+            return self.classifier(z, self.log_class_prior(), mask, self.modality_weights)
         if mask is not None and not bool(mask.all()):
             mixture = params.mixture(self.mixture, batch_size=z.shape[0], stacked=latent)
             z = mixture.fill_absent(z, mask)
@@ -87,13 +89,57 @@ class LabelHead:
         rescue = torch.nn.functional.one_hot(rescue, mask.shape[-1]).bool()
         return torch.where(keep.any(-1, keepdim=True), keep, rescue)
 
+    def log_class_prior(self) -> torch.Tensor:
+        """``(C,)``: ``log pi``, the training label frequencies (uniform before the
+        standardisation is fitted; a class never seen gets a floor, not ``-inf``)."""
+        freq = self.class_frequencies
+        if not bool(freq.sum() > 0):
+            freq = torch.ones_like(freq)
+        freq = freq.clamp(min=1e-6)
+        return torch.log(freq / freq.sum())
+
+    def _experts_logits(self, inputs, mask, part: TensorBatch) -> torch.Tensor:
+        """``fusion="experts"`` in training: each head is fitted as a classifier of its
+        own, from every labelled example where its modality is present (the factor
+        ``"y_experts"``, ``sum_m log q_m(y_i | v_im)``, ``(B,)``); the ``"y"`` site scores
+        the product of the detached heads, so it passes no gradient (a cut: the
+        combination has nothing to fit; :mod:`pyro_mm.fusion` says why)."""
+        classifier = self.classifier
+        terms = classifier.terms(inputs)
+        if part.labels is not None:
+            index = part.labels.clamp(min=0)[:, None, None].expand(-1, terms.shape[-2], 1)
+            unimodal = terms.gather(-1, index)[..., 0]
+            seen = part.masks & part.label_mask.unsqueeze(-1)
+            pyro.factor("y_experts",
+                        torch.where(seen, unimodal, torch.zeros_like(unimodal)).sum(-1))
+        return classifier.combine(terms.detach(), self.log_class_prior(), mask,
+                                  self.modality_weights)
+
+    def classifier_prior(self) -> None:
+        """The factor ``"classifier_prior"``: ``log N(W | 0, sigma^2)`` of the classifier's
+        weight matrices (biases excluded) up to a constant, once per step (a global
+        term, outside the data plate), when ``classifier_prior_scale`` ``sigma`` is set.
+        The classifier's parameters are point estimates, so they become MAP estimates:
+        L2 regularisation of strength ``1 / (2 sigma^2)``, as scikit-learn's logistic
+        regression with ``C = sigma^2``."""
+        sigma = self.classifier_prior_scale
+        if sigma is None or self.classifier is None:
+            return
+        weights = [p for name, p in self.classifier.named_parameters()
+                   if name.endswith("weight")]
+        pyro.factor("classifier_prior",
+                    -0.5 * sum(w.pow(2).sum() for w in weights) / sigma ** 2)
+
     def _observe_labels(self, inputs, params, part: TensorBatch) -> None:
         if self.classifier is None:
             return
         mask = part.masks
-        if self.training and self.modality_dropout > 0:
-            mask = self.dropout_mask(mask)
-        logits = self.class_logits(inputs, params, mask)
+        if self.fusion_name == "experts":  # nothing to drop: every head is fitted alone
+            logits = self._experts_logits(inputs, mask, part)
+        else:
+            if self.training and self.modality_dropout > 0:
+                mask = self.dropout_mask(mask)
+            logits = self.class_logits(inputs, params, mask)
         likelihood = dist.Categorical(logits=logits)
         if part.labels is None:  # nothing observed: an ordinary latent site
             pyro.sample("y", likelihood.mask(False))

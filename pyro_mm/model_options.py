@@ -11,7 +11,7 @@ import numpy as np
 def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                     representation, reconstruct, fusion, factors, alpha, modality_dropout,
                     prior_loc_scale, prior_scale, prior_scale_spread, scale_floor,
-                    component, df) -> None:
+                    component, df, classifier_prior_scale=None) -> None:
     """Raise ``ValueError`` for the first argument the model cannot be built with (see
     the model's docstring for their meaning; ``reconstruct`` already resolved)."""
     if not isinstance(dims, Mapping) or not dims:
@@ -32,8 +32,8 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
             f"representation: expected 'latent' or 'observed', got {representation!r}")
     if representation == "observed" and reconstruct:
         raise ValueError("reconstruct: not available with representation='observed'")
-    if representation == "observed" and fusion != "concat":
-        raise ValueError("fusion: only 'concat' with representation='observed'")
+    if representation == "observed" and fusion == "dp":
+        raise ValueError("fusion: 'dp' needs representation='latent' (it gates z)")
     if representation == "observed" and factors:
         raise ValueError("factors: need representation='latent' (they act on z)")
     if alpha != "learned" and not (isinstance(alpha, (int, float)) and alpha > 0):
@@ -50,3 +50,7 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
         raise ValueError(f"component: expected 'normal' or 'studentt', got {component!r}")
     if df != "learned" and not (isinstance(df, (int, float)) and df > 0):
         raise ValueError(f"df: expected a positive number or 'learned', got {df!r}")
+    if classifier_prior_scale is not None and not (
+            isinstance(classifier_prior_scale, (int, float)) and classifier_prior_scale > 0):
+        raise ValueError("classifier_prior_scale: must be a positive number or None, got "
+                         f"{classifier_prior_scale!r}")

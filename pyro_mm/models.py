@@ -8,16 +8,20 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     mu_mk            ~ Normal(0, s0^2 I)                              site "component_loc_<m>"
     sigma_mk         ~ LogNormal(log s1, t1) per dimension            site "component_scale_<m>"
     nu_m             ~ Gamma(2, 0.1)  if component="studentt", df="learned"  site "component_df_<m>"
+    W                ~ Normal(0, sigma_W^2)  classifier weights, if classifier_prior_scale
+                                                        factor "classifier_prior"
     for i in plate("data", N, subsample=...):
         z_i          ~ MultimodalMixture(pi, mu, sqrt(sigma^2 + f_m^2))  (B, M, D)  site "z"
         x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
-        y_i          ~ Categorical(logits=b + s_n sum_{m present} h_m(z_im))  site "y"
-                       (fusion "experts"; "concat"/"dp": classifier(fuse(fill(z_i))))
+        y_i          ~ Categorical(logits=classifier(fuse(fill(z_i))))      site "y"
+                       (fusion "experts": the product of the present modalities'
+                       unimodal heads, fitted alone through the factor "y_experts")
         factors      pyro.factor(<factor name>, -weight * loss)
 
 With ``representation="observed"`` there is no ``z`` and no decoder: the mixture is the
 likelihood of the (standardised) features, site ``"x"``, event shape ``(sum_m d_m,)``,
-with missing modalities marginalised out; the classifier, if any, reads the features.
+with missing modalities marginalised out; the classifier, if any, reads the features
+(``concat``, or ``experts``: one head per modality's features).
 
 Component assignments are summed out exactly (no discrete site). The sites above are the
 model's public interface: diagnostics and users rely on these names.
@@ -131,6 +135,9 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         hidden: hidden sizes of the decoders and the classifier.
         modality_dropout: probability of leaving each present modality out of the
             classifier's input during training (module docstring); 0 turns it off.
+        classifier_prior_scale: ``sigma`` of a ``Normal(0, sigma)`` prior on the
+            classifier's weights (MAP, i.e. L2 regularisation; site
+            ``"classifier_prior"``); ``None``: no prior (maximum likelihood).
         factors: auxiliary factors (e.g. :class:`pyro_mm.factors.PMRL`).
     """
 
@@ -156,6 +163,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         df: float | str = "learned",
         hidden: Sequence[int] = (256,),
         modality_dropout: float = MODALITY_DROPOUT,
+        classifier_prior_scale: float | None = None,
         factors: Sequence[AuxiliaryFactor] = (),
     ):
         super().__init__("pyro_mm_model")
@@ -167,7 +175,8 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             reconstruct=reconstruct, fusion=fusion, factors=factors, alpha=alpha,
             modality_dropout=modality_dropout, prior_loc_scale=prior_loc_scale,
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
-            scale_floor=scale_floor, component=component, df=df)
+            scale_floor=scale_floor, component=component, df=df,
+            classifier_prior_scale=classifier_prior_scale)
 
         self.modalities = tuple(str(m) for m in dims)
         self.dims = {m: int(d) for m, d in dims.items()}
@@ -185,6 +194,8 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         self.resolution_floor = bool(resolution_floor)
         self.hidden = tuple(int(h) for h in hidden)
         self.modality_dropout = float(modality_dropout)
+        self.classifier_prior_scale = (None if classifier_prior_scale is None
+                                       else float(classifier_prior_scale))
         self._config = dict(
             dims=self.dims, num_classes=self.num_classes, latent_dim=self.latent_dim,
             num_components=self.num_components, mixture=mixture,
@@ -194,6 +205,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
             component=component, df=df, hidden=list(self.hidden),
             modality_dropout=self.modality_dropout,
+            classifier_prior_scale=self.classifier_prior_scale,
         )
 
         self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
@@ -205,10 +217,11 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         )
         self.classifier = None
         if self.num_classes is not None:
-            width = (len(self.modalities) * self.latent_dim
-                     if representation == "latent" else sum(self.dims.values()))
-            self.classifier = make_classifier(fusion, len(self.modalities), self.latent_dim,
-                                              width, self.hidden, self.num_classes)
+            latent = representation == "latent"
+            sizes = ([self.latent_dim] * len(self.modalities) if latent
+                     else list(self.dims.values()))
+            self.classifier = make_classifier(fusion, sizes, self.hidden, self.num_classes,
+                                              concatenated=not latent)
         self.factors = nn.ModuleList(factors)
         for factor in self.factors:
             factor.bind(self)
@@ -341,6 +354,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             ``(B, M, D)`` representations (latent) or ``None`` (observed).
         """
         params = self.sample_globals()
+        self.classifier_prior()
         with pyro.plate("data", batch.size, subsample=subsample) as idx:
             part = batch if subsample is None else batch.index(idx)
             if self.representation == "observed":

@@ -1,5 +1,6 @@
 """The Pyro model and guide: site shapes, scaling, masks, composition with user code."""
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -197,14 +198,12 @@ def test_model_to_moves_hyperparameters_as_buffers(tiny_data):
 
 
 def _experts_model():
-    """Three modalities, ``D = 2``, 4 classes, ``fusion="experts"``, with a non-zero
-    bias and unequal scales ``s_n`` so that neither can pass unnoticed."""
+    """Three modalities, ``D = 2``, 4 classes, ``fusion="experts"``, with an unequal
+    class prior so that the prior correction cannot pass unnoticed."""
     torch.manual_seed(0)
     model = pm.MultimodalDPMixture({"a": 3, "b": 2, "c": 1}, num_classes=4, latent_dim=2,
                                    num_components=3, fusion="experts", hidden=(5,))
-    with torch.no_grad():
-        model.classifier.bias.copy_(torch.randn(4))
-        model.classifier.count_scale.copy_(torch.randn(4))  # s_n differ by n
+    model.class_frequencies.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     return model
 
 
@@ -215,48 +214,79 @@ def _experts_inputs():
     return z, mask
 
 
-def _scale(model, n):
-    return torch.nn.functional.softplus(model.classifier.count_scale[n])
+def _product(model, z, present, weights=(1.0, 1.0, 1.0)):
+    """Brute force: ``log pi + sum_{m in S} w_m [log q_m(y | z_m) - log pi]``."""
+    log_pi = torch.log(model.class_frequencies)
+    heads = model.classifier.heads
+    return log_pi + sum(weights[j] * (torch.log_softmax(heads[j](z[j]), -1) - log_pi)
+                        for j in range(3) if present[j])
 
 
-def test_experts_logits_are_the_bias_plus_the_present_modalities_heads():
+def test_experts_logits_are_the_product_of_the_present_modalities_heads():
     model = _experts_model()
     z, mask = _experts_inputs()
-    heads, bias = model.classifier.heads, model.classifier.bias
-    expected = torch.stack([
-        bias + _scale(model, int(mask[i].sum()))
-        * sum(heads[j](z[i, j]) for j in range(3) if mask[i, j]) for i in range(4)])
+    expected = torch.stack([_product(model, z[i], mask[i]) for i in range(4)])
     params = model.sample_globals()
     torch.testing.assert_close(model.class_logits(z, params, mask), expected,
                                rtol=0, atol=1e-6)
+    # One modality present: exactly that head's own prediction.
+    single = torch.log_softmax(model.class_logits(z, params, mask)[2], -1)
+    own = torch.log_softmax(model.classifier.heads[2](z[2, 2]), -1)
+    torch.testing.assert_close(single, own, rtol=0, atol=1e-6)
     # An absent slot's value is never read, not even a non-finite one.
     garbage = torch.where(mask.unsqueeze(-1), z, torch.full_like(z, float("nan")))
     torch.testing.assert_close(model.class_logits(garbage, params, mask), expected,
                                rtol=0, atol=1e-6)
-    # All present (mask None) sums every head.
-    full = bias + _scale(model, 3) * sum(heads[j](z[:, j]) for j in range(3))
+    # All present (mask None) multiplies every head.
+    full = torch.stack([_product(model, z[i], [True] * 3) for i in range(4)])
     torch.testing.assert_close(model.class_logits(z, params), full, rtol=0, atol=1e-6)
 
 
 def test_experts_dropping_a_modality_removes_exactly_its_term():
-    """... and moves a present one's example from ``s_n`` to ``s_{n-1}``."""
     model = _experts_model()
     z, mask = _experts_inputs()
     params = model.sample_globals()
     labels = torch.tensor([0, 1, 2, 3])
-    bias, count = model.classifier.bias, mask.sum(-1)
-    total = (model.class_logits(z, params, mask) - bias) / _scale(model, count)[:, None]
     for j in range(3):
-        term = torch.where(mask[:, j:j + 1], model.classifier.heads[j](z[:, j]),
-                           torch.zeros(4, 4))
-        logits = bias + _scale(model, count - mask[:, j].long())[:, None] * (total - term)
-        expected = torch.log_softmax(logits, -1).gather(-1, labels[:, None])[:, 0]
+        kept = mask.clone()
+        kept[:, j] = False
+        expected = torch.stack([torch.log_softmax(_product(model, z[i], kept[i]), -1)[labels[i]]
+                                for i in range(4)])
         torch.testing.assert_close(model.label_log_prob(z, params, labels, mask, drop=j),
                                    expected, rtol=0, atol=1e-6)
     # Example 1 lacks b, so dropping b changes nothing there; example 0 has b.
     dropped = model.label_log_prob(z, params, labels, mask, drop=1)
     full = model.label_log_prob(z, params, labels, mask)
     assert dropped[1] == full[1] and dropped[0] != full[0]
+
+
+def test_experts_heads_are_fitted_alone_and_the_product_passes_no_gradient():
+    """The factor ``y_experts`` is ``sum over present, labelled cells of log q_m(y | z_m)``;
+    the ``y`` site scores the product but sends no gradient to the heads or to ``z``."""
+    model = _experts_model()
+    z, mask = _experts_inputs()
+    z.requires_grad_(True)
+    labels = torch.tensor([0, 1, 2, -1])  # the last label is missing
+    batch = pm.MultimodalData.from_arrays(
+        {"a": np.zeros((4, 3)), "b": np.zeros((4, 2)), "c": np.zeros((4, 1))},
+        labels=np.array([0, 1, 2, -1]), num_classes=4,
+        masks={m: mask[:, j].numpy() for j, m in enumerate("abc")})
+    model.fit_standardization(batch)
+    model.class_frequencies.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    part = model.prepare(batch)
+    with pyro.poutine.trace() as tr:
+        model._observe_labels(z, model.sample_globals(), part)
+    heads = model.classifier.heads
+    expected = torch.stack([
+        sum(torch.log_softmax(heads[j](z[i, j]), -1)[labels[i]] for j in range(3)
+            if mask[i, j]) if labels[i] >= 0 else torch.tensor(0.0) for i in range(4)])
+    factor = tr.trace.nodes["y_experts"]["fn"].log_factor
+    torch.testing.assert_close(factor, expected, rtol=0, atol=1e-6)
+    logits = tr.trace.nodes["y"]["fn"].base_dist.logits
+    assert not logits.requires_grad
+    torch.testing.assert_close(logits - logits.logsumexp(-1, keepdim=True),
+                               torch.stack([torch.log_softmax(_product(model, z[i], mask[i]), -1)
+                                            for i in range(4)]), rtol=0, atol=1e-6)
 
 
 def test_experts_config_round_trip_keeps_the_classifier():
@@ -269,9 +299,25 @@ def test_experts_config_round_trip_keeps_the_classifier():
     params = model.sample_globals()
     torch.testing.assert_close(copy.class_logits(z, params, mask),
                                model.class_logits(z, params, mask), rtol=0, atol=0)
-    # The modality weights (ARM's dynamic fusion) scale each term.
-    heads, bias = model.classifier.heads, model.classifier.bias
-    expected = bias + _scale(model, 3) * (0.5 * heads[0](z[0, 0]) + 1.5 * heads[1](z[0, 1])
-                                          + heads[2](z[0, 2]))
+    # The modality weights (ARM's dynamic fusion) temper each term.
+    expected = _product(model, z[0], [True] * 3, weights=(0.5, 1.5, 1.0))
     torch.testing.assert_close(copy.class_logits(z, params, mask)[0], expected,
                                rtol=0, atol=1e-6)
+
+
+def test_classifier_prior_is_a_gaussian_log_density_of_the_weights():
+    model = pm.MultimodalDPMixture({"a": 3, "b": 2}, num_classes=3, latent_dim=2,
+                                   num_components=3, fusion="experts",
+                                   representation="observed", hidden=(),
+                                   classifier_prior_scale=0.5)
+    with pyro.poutine.trace() as tr:
+        model.classifier_prior()
+    weights = [h[-1].weight if isinstance(h, torch.nn.Sequential) else h.weight
+               for h in model.classifier.heads]
+    expected = sum(torch.distributions.Normal(0.0, 0.5).log_prob(w).sum()
+                   - w.numel() * torch.distributions.Normal(0.0, 0.5).log_prob(
+                       torch.tensor(0.0)) for w in weights)
+    torch.testing.assert_close(tr.trace.nodes["classifier_prior"]["fn"].log_factor,
+                               expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="classifier_prior_scale"):
+        pm.MultimodalDPMixture({"a": 3}, num_classes=3, classifier_prior_scale=0)
