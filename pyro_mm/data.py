@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data_checks import MISSING_LABEL, check_features, check_labels
+from .data_checks import MISSING_LABEL, check_features, check_labels, check_rows
 from .data_formats import read_file, read_xarray
+from .data_store import DEFAULT_CHUNK_ROWS, StoreArrays, StoreWriter, open_store
 from .errors import DataValidationError
 
 
@@ -106,6 +107,21 @@ class MultimodalData:
         self._labels, self._num_classes = check_labels(labels, num_classes,
                                                        self._num_examples)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._store: StoreArrays | None = None   # features on disk (open_zarr)
+        self._rows: np.ndarray | None = None     # this object's rows of the store
+
+    @classmethod
+    def _on_disk(cls, store: StoreArrays, masks, labels, num_classes, metadata,
+                 rows: np.ndarray | None) -> "MultimodalData":
+        """Features left in ``store`` (rows ``rows`` of it, ``None``: all); masks and
+        labels in memory, already checked."""
+        self = cls.__new__(cls)
+        self._features, self._store, self._rows = {}, store, rows
+        self._masks = {m: np.asarray(masks[m], dtype=bool) for m in store.dims}
+        self._num_examples = len(next(iter(self._masks.values())))
+        self._labels, self._num_classes = labels, num_classes
+        self.metadata = dict(metadata or {})
+        return self
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -148,14 +164,52 @@ class MultimodalData:
         ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`)."""
         return cls(**read_file(path, label=label, example_dim=example_dim))
 
+    @classmethod
+    def open_zarr(cls, path: str) -> "MultimodalData":
+        """Open a Zarr store written by :meth:`to_zarr` (or
+        :class:`~pyro_mm.data_store.StoreWriter`) without reading its features: they
+        stay on disk and are read a block of rows at a time (:meth:`read_rows`,
+        :meth:`to_tensors` with ``rows``), validated as they are read. Masks and labels
+        are read now. ``fit``, ``predict``, ``evaluate`` and ``impute`` stream such
+        data (``guides/gpu-and-scale.md``)."""
+        spec = open_store(path)
+        labels, num_classes = check_labels(spec["labels"], spec["num_classes"],
+                                           spec["num_examples"])
+        check_features({m: np.zeros((spec["num_examples"], 1)) for m in spec["masks"]},
+                       spec["masks"])  # the masks' own checks (an example with none)
+        return cls._on_disk(spec["features"], spec["masks"], labels, num_classes,
+                            spec["metadata"], None)
+
+    def to_zarr(self, path: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                overwrite: bool = False) -> None:
+        """Write a Zarr store (layout in :mod:`pyro_mm.data_store`), ``chunk_rows``
+        examples at a time, into a temporary directory renamed to ``path`` when complete.
+        Metadata entries JSON cannot hold are not written."""
+        with StoreWriter(path, self.dims, self._num_examples,
+                         labels=self._labels is not None, num_classes=self._num_classes,
+                         metadata=self.metadata, chunk_rows=chunk_rows,
+                         overwrite=overwrite) as writer:
+            for start in range(0, self._num_examples, chunk_rows):
+                rows = np.arange(start, min(start + chunk_rows, self._num_examples))
+                writer.write(start, self.read_rows(rows),
+                             {m: v[rows] for m, v in self._masks.items()},
+                             None if self._labels is None else self._labels[rows])
+
     # ------------------------------------------------------------------ properties
     @property
+    def on_disk(self) -> bool:
+        """Whether the features stay in a Zarr store (:meth:`open_zarr`)."""
+        return self._store is not None
+
+    @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self._features)
+        return tuple(self._masks)
 
     @property
     def dims(self) -> dict[str, int]:
         """``name -> number of features``, in modality order."""
+        if self._store is not None:
+            return dict(self._store.dims)
         return {k: v.shape[1] for k, v in self._features.items()}
 
     @property
@@ -167,7 +221,14 @@ class MultimodalData:
 
     @property
     def features(self) -> dict[str, np.ndarray]:
-        """Read-only views of the feature arrays."""
+        """Read-only views of the feature arrays; for data on disk, the read-only
+        ``zarr.Array`` of each modality (nothing read), which a subset cannot give."""
+        if self._store is not None:
+            if self._rows is not None:
+                raise DataValidationError(
+                    "features: a subset of a Zarr store has no array of its own; read "
+                    "rows with read_rows(rows)")
+            return dict(self._store.arrays)
         out = {}
         for k, v in self._features.items():
             view = v.view()
@@ -199,11 +260,36 @@ class MultimodalData:
         return f"MultimodalData(N={self._num_examples}, {{{views}}}{observed})"
 
     # ------------------------------------------------------------------ selection
+    def read_rows(self, rows: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+        """``name -> (len(rows), d_name)`` float32 copies of examples ``rows`` (in that
+        order), zeros where unobserved. Data on disk is read in sorted order (contiguous
+        reads) and checked for NaN/inf in observed rows as it is read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._store is None:
+            return {k: v[rows] for k, v in self._features.items()}
+        if rows.size and (rows.min() < 0 or rows.max() >= self._num_examples):
+            raise IndexError(f"rows: out of range for {self._num_examples} examples")
+        positions = rows if self._rows is None else self._rows[rows]
+        unique, inverse = np.unique(positions, return_inverse=True)
+        out = {}
+        for m in self._masks:
+            block = self._store.read(m, unique)[inverse]
+            out[m] = check_rows(m, block, self._masks[m][rows], rows)
+        return out
+
     def subset(self, index: Iterable[int] | np.ndarray) -> "MultimodalData":
-        """Examples ``index`` (integer positions or a boolean mask), as a new object."""
+        """Examples ``index`` (integer positions or a boolean mask), as a new object
+        (still on disk for data on disk: only the row map is kept)."""
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
+        if self._store is not None:
+            index = index.astype(np.int64)
+            rows = index if self._rows is None else self._rows[index]
+            return MultimodalData._on_disk(
+                self._store, {k: v[index] for k, v in self._masks.items()},
+                None if self._labels is None else self._labels[index],
+                self._num_classes, self.metadata, rows)
         return MultimodalData(
             {k: v[index] for k, v in self._features.items()},
             labels=None if self._labels is None else self._labels[index],
@@ -221,6 +307,11 @@ class MultimodalData:
             )
         if len(modalities) == 0:
             raise DataValidationError("modalities: select at least one")
+        if self._store is not None:
+            store = StoreArrays(self._store.path, {m: self.dims[m] for m in modalities})
+            return MultimodalData._on_disk(store, {m: self._masks[m] for m in modalities},
+                                           self._labels, self._num_classes,
+                                           self.metadata, self._rows)
         return MultimodalData(
             {k: self._features[k] for k in modalities},
             labels=self._labels,
@@ -305,6 +396,10 @@ class MultimodalData:
         masks = observed.ravel().copy()
         masks[hide] = False
         masks = masks.reshape(observed.shape)
+        if self._store is not None:
+            return MultimodalData._on_disk(
+                self._store, {m: masks[:, j] for j, m in enumerate(names)}, self._labels,
+                self._num_classes, self.metadata, self._rows)
         return MultimodalData(
             self._features, labels=self._labels,
             masks={m: masks[:, j] for j, m in enumerate(names)},
@@ -312,17 +407,25 @@ class MultimodalData:
 
     # ------------------------------------------------------------------ conversion
     def to_tensors(self, device: torch.device | str = "cpu",
-                   modalities: Sequence[str] | None = None) -> TensorBatch:
-        """Tensors on ``device`` (features as stored: not standardised)."""
+                   modalities: Sequence[str] | None = None, rows=None) -> TensorBatch:
+        """Tensors on ``device`` (features as stored: not standardised) of every
+        example, or of examples ``rows`` (``(B,)`` positions, in that order)."""
         names = list(modalities or self.modalities)
-        # torch.tensor copies: a caller writing to the tensors cannot reach our arrays.
-        features = {k: torch.tensor(self._features[k], device=device) for k in names}
-        masks = torch.tensor(np.stack([self._masks[k] for k in names], axis=1),
+        if rows is None and self._store is None:
+            # torch.tensor copies: a caller writing to the tensors cannot reach our arrays.
+            features = {k: torch.tensor(self._features[k], device=device) for k in names}
+        else:
+            rows = np.arange(self._num_examples) if rows is None else np.asarray(rows)
+            block = self.read_rows(rows)  # already copies
+            features = {k: torch.from_numpy(block[k]).to(device) for k in names}
+        pick = slice(None) if rows is None else rows
+        masks = torch.tensor(np.stack([self._masks[k][pick] for k in names], axis=1),
                              device=device)
         labels = label_mask = None
         if self._labels is not None:
-            label_mask = torch.as_tensor(self._labels != MISSING_LABEL, device=device)
-            labels = torch.as_tensor(np.maximum(self._labels, 0), device=device)
+            raw = self._labels[pick]
+            label_mask = torch.as_tensor(raw != MISSING_LABEL, device=device)
+            labels = torch.as_tensor(np.maximum(raw, 0), device=device)
         return TensorBatch(features, masks, labels, label_mask)
 
     def to_xarray(self, example_dim: str = "example"):
@@ -330,6 +433,10 @@ class MultimodalData:
         ``<name>_feature``), ``<name>_mask`` variables and ``labels``."""
         import xarray as xr
 
+        if self._store is not None:
+            raise DataValidationError(
+                "to_xarray: the features are in a Zarr store; open it with "
+                "xarray.open_zarr or read rows with read_rows")
         variables = {}
         for name, array in self._features.items():
             variables[name] = ((example_dim, f"{name}_feature"), array)
