@@ -300,7 +300,7 @@ class MultimodalData:
 
     def select(self, modalities: Sequence[str]) -> "MultimodalData":
         """Only the named modalities, in the given order."""
-        missing = [m for m in modalities if m not in self._features]
+        missing = [m for m in modalities if m not in self._masks]
         if missing:
             raise DataValidationError(
                 f"modalities {missing}: not in this data set (have {list(self.modalities)})"

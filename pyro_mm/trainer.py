@@ -31,6 +31,7 @@ from .errors import CheckpointError, TrainingDivergedError
 from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
 from .inference import evaluate
+from .loading import RowLoader
 from .models import MultimodalDPMixture
 from .monitoring import EarlyStopping, validation_metrics
 from .result import FitResult, History, resume_state
@@ -60,6 +61,7 @@ class Settings:
     validate_args: bool = False
     progress: bool = True
     distributed: bool | None = None
+    num_workers: int = 2
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):
@@ -150,7 +152,11 @@ class Trainer:
         model.check_data(data)
         if not bool(model.standardized):
             model.fit_standardization(data)
+        # Data on disk: a StoreBatch, whose minibatches a DataLoader reads ahead.
         self.batch = model.prepare(data)
+        self.loader = None
+        if data.on_disk:
+            self.loader = RowLoader(data, model.modalities, self.device, s.num_workers)
         self.val_data = val_data
         self.val_batch = None if val_data is None else model.prepare(val_data)
         self.guide = guide = MultimodalGuide(model) if guide is None else guide
@@ -168,7 +174,7 @@ class Trainer:
         give each rank a share of the validation data."""
         group, s = self.group, self.settings
         self.config["world_size"] = group.world_size
-        ddp.check_inputs(group, self.batch, model=self.model.config(),
+        ddp.check_inputs(group, self._fingerprinted(), model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
         if s.seed is None:
@@ -177,7 +183,21 @@ class Trainer:
             pyro.set_rng_seed(s.seed + group.rank)
         if self.val_batch is not None and self.val_batch.size >= group.world_size:
             share = torch.arange(group.rank, self.val_batch.size, group.world_size)
-            self.val_batch = self.val_batch.index(share.to(self.device))
+            self.val_batch = (self.model.prepare(self.val_data.subset(share.numpy()))
+                              if self.val_data.on_disk else
+                              self.val_batch.index(share.to(self.device)))
+
+    def _fingerprinted(self) -> TensorBatch:
+        """What ranks compare: the prepared data, or for data on disk (never read
+        whole) its masks and labels with the standardisation statistics in place of
+        the features (every rank computed them from its own copy of the data)."""
+        if isinstance(self.batch, TensorBatch):
+            return self.batch
+        stats = {m: torch.cat([getattr(self.model, f"feature_loc_{m}"),
+                               getattr(self.model, f"feature_scale_{m}")])
+                 for m in self.model.modalities}
+        return TensorBatch(stats, self.batch.masks, self.batch.labels,
+                           self.batch.label_mask)
 
     def _resumed_guide(self, guide_config: Mapping[str, Any]) -> MultimodalGuide:
         guide_config = dict(guide_config)
@@ -224,10 +244,11 @@ class Trainer:
                                 run_dir=self.run_path)
 
     # ------------------------------------------------------------- one step
-    def minibatches(self, epoch: int) -> tuple[list[Minibatch], bool]:
+    def minibatches(self, epoch: int) -> tuple[Iterable[Minibatch], bool]:
         """This epoch's minibatches, a random permutation of the data or, when a factor
         re-weights the examples (e.g. ARM's re-sampling), a weighted draw; and whether
-        it was re-weighted."""
+        it was re-weighted. For data on disk the same minibatches, read ahead by the
+        DataLoader (:mod:`pyro_mm.loading`)."""
         n = self.batch.size
         weights = (sampling_weights(self.model, self.guide, self.batch)
                    if epoch > 0 else None)
@@ -239,8 +260,15 @@ class Trainer:
         # Every rank draws the same order (same seed); rank 0's is sent anyway, so a
         # re-weighting that differs in the last bit cannot split the ranks.
         order = ddp.shard(self.group, ddp.broadcast(self.group, order)).to(self.device)
-        return [Minibatch(self.batch, order[start : start + self.minibatch_size])
-                for start in range(0, len(order), self.minibatch_size)], weights is not None
+        chunks = [order[start : start + self.minibatch_size]
+                  for start in range(0, len(order), self.minibatch_size)]
+        if self.loader is None:
+            return [Minibatch(self.batch, idx) for idx in chunks], weights is not None
+        return self._read_ahead(chunks), weights is not None
+
+    def _read_ahead(self, chunks: list[torch.Tensor]) -> Iterable[Minibatch]:
+        for idx, raw in self.loader.epoch(chunks):
+            yield Minibatch(self.batch.with_rows(idx, self.model.standardize(raw)), idx)
 
     def step(self, minibatch: Minibatch) -> float | None:
         """One SVI step; returns the loss per example, or ``None`` when a non-finite
