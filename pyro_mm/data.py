@@ -202,6 +202,11 @@ class MultimodalData:
         return self._store is not None
 
     @property
+    def store_path(self) -> str | None:
+        """The Zarr store holding the features (``None`` in memory)."""
+        return None if self._store is None else self._store.path
+
+    @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self._masks)
 
