@@ -19,6 +19,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -161,7 +162,10 @@ class MultimodalData:
     def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
              ) -> "MultimodalData":
         """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
-        ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`)."""
+        ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`); open a
+        directory as a Zarr store (:meth:`open_zarr`: its features stay on disk)."""
+        if os.path.isdir(path):
+            return cls.open_zarr(path)
         return cls(**read_file(path, label=label, example_dim=example_dim))
 
     @classmethod
