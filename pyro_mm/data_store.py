@@ -174,12 +174,15 @@ class StoreWriter:
         chunk_rows: rows per chunk of the feature arrays.
         overwrite: replace an existing store at ``path`` (only once the new one is
             complete); otherwise an existing ``path`` is an error.
+        compress: compress the feature chunks (Zarr's default codec); ``False`` for
+            features that do not compress (noise-like floats), to save the CPU time.
     """
 
     def __init__(self, path: str | Path, dims: Mapping[str, int], num_examples: int,
                  labels: bool = False, num_classes: int | None = None,
                  metadata: Mapping[str, Any] | None = None,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False):
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False,
+                 compress: bool = True):
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path}: exists; pass overwrite=True to replace it")
@@ -189,7 +192,7 @@ class StoreWriter:
         self.labels, self.num_classes, self.chunk_rows = labels, num_classes, int(chunk_rows)
         self.metadata = _json_metadata(metadata or {})
         self.temp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        self.overwrite = overwrite
+        self.overwrite, self.compress = overwrite, compress
         self.group = None
 
     def __enter__(self) -> "StoreWriter":
@@ -202,8 +205,9 @@ class StoreWriter:
             "metadata": self.metadata})
         rows = min(self.chunk_rows, max(n, 1))
         for m, d in self.dims.items():
+            codec = {} if self.compress else {"compressors": None}
             group.create_array(f"features/{m}", shape=(n, d), chunks=(rows, d),
-                               dtype="float32", fill_value=0.0)
+                               dtype="float32", fill_value=0.0, **codec)
             group.create_array(f"masks/{m}", shape=(n,), chunks=(max(n, 1),), dtype="bool",
                                fill_value=True)
         if self.labels:

@@ -8,9 +8,9 @@ processes, for training on a Zarr store (:meth:`~pyro_mm.data.MultimodalData.ope
   the reads of a chunk are contiguous and each chunk is read once, then put back in
   the minibatch's order (so a minibatch equals its in-memory counterpart row for row).
   It pickles the store's path, not open handles: each worker opens the store once.
-* Workers are persistent (started once per training run) and read ``prefetch``
-  minibatches ahead; with a CUDA target the batches are put in pinned memory, so the
-  copy to the GPU can overlap with compute (``non_blocking``).
+* Workers are persistent (started with the loader, once per training run) and read
+  ``prefetch`` minibatches ahead; with a CUDA target the batches are put in pinned
+  memory, so the copy to the GPU can overlap with compute (``non_blocking``).
 
 Rows come back as stored (not standardised); the trainer standardises them on the
 device (:meth:`~pyro_mm.models.MultimodalDPMixture.standardize`).
@@ -89,6 +89,9 @@ class RowLoader:
                                  # workers' seed from torch's global one, shifting the
                                  # guide's noise away from the in-memory run's.
                                  generator=torch.Generator().manual_seed(0), **extra)
+        # Start the workers now (an empty pass): a start-up under ``spawn`` imports torch
+        # in every worker, seconds that belong to preparation, not to the first epoch.
+        self._workers = iter(self.loader) if num_workers else None
 
     def epoch(self, batches: Sequence[torch.Tensor]) -> Iterator[tuple[torch.Tensor,
                                                                         TensorBatch]]:
