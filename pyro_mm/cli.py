@@ -167,7 +167,7 @@ def _train_new(args, group, say) -> int:
     result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
                  learning_rate=args.lr, device=args.device, val_data=test, seed=args.seed,
                  early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet,
-                 num_workers=args.num_workers)
+                 num_workers=args.num_workers, disk_order=args.disk_order)
     _report(result, time.perf_counter() - started, out, say)
     return 0
 
@@ -196,6 +196,7 @@ def _resume(args, say) -> int:
     result = fit(model, train, num_epochs=args.epochs or fit_config["num_epochs"],
                  device=args.device, val_data=test, run_dir=out, resume_from=out,
                  progress=not args.quiet, num_workers=args.num_workers,
+                 disk_order=args.disk_order,
                  **{k: fit_config[k] for k in RESUMED})
     _report(result, time.perf_counter() - started, out, say)
     return 0
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "from disk, never whole)")
     train.add_argument("--num-workers", type=int, default=2,
                        help="processes reading minibatches of a Zarr store (default: 2)")
+    train.add_argument("--disk-order", choices=["random", "chunks"], default="random",
+                       help="minibatches of a Zarr store: uniform draws as in memory, or "
+                            "from few chunks at a time (stores much larger than memory)")
     train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
     train.add_argument("--epochs", type=int, default=None,
                        help=f"total epochs (default: {EPOCHS}, or the resumed run's)")

@@ -210,6 +210,13 @@ class MultimodalData:
         """The Zarr store holding the features (``None`` in memory)."""
         return None if self._store is None else self._store.path
 
+    def store_chunks(self) -> np.ndarray:
+        """``(N,)`` int64: the chunk of the store holding each example (data on disk)."""
+        if self._store is None:
+            raise DataValidationError("store_chunks: the data is in memory, not in a store")
+        positions = np.arange(self._num_examples) if self._rows is None else self._rows
+        return positions // self._store.chunk_rows
+
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self._masks)

@@ -74,6 +74,11 @@ class StoreArrays:
             self._arrays = {m: group["features"][m] for m in self.dims}
         return self._arrays
 
+    @property
+    def chunk_rows(self) -> int:
+        """Examples per chunk (of the first modality: a minibatch's reads follow it)."""
+        return int(next(iter(self.arrays.values())).chunks[0])
+
     def read(self, name: str, positions: np.ndarray) -> np.ndarray:
         """``(len(positions), d_name)`` float32: rows ``positions`` (sorted, unique)."""
         array = self.arrays[name]

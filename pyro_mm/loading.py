@@ -27,6 +27,27 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .data import MultimodalData, TensorBatch
 
 
+def chunk_local(order: torch.Tensor, chunk_of: torch.Tensor, window: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """``order`` (``(L,)`` example indices: a permutation or a weighted draw) rearranged
+    so that consecutive stretches come from few chunks of the store: chunks are visited
+    in a random order, ``window`` at a time, and the examples of a window are shuffled
+    among themselves. A minibatch no larger than a window then touches at most
+    ``2 * window`` chunks (it may straddle two windows) instead of nearly all of them;
+    every example keeps its number of draws.
+
+    Args:
+        chunk_of: ``(N,)`` the store chunk of each example.
+    """
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: must be a positive integer, got {window!r}")
+    chunks = chunk_of[order]
+    visit = torch.randperm(int(chunk_of.max()) + 1, generator=generator)[chunks]
+    order, visit = order[torch.argsort(visit, stable=True)], visit.sort().values
+    noise = torch.rand(len(order), generator=generator, dtype=torch.float64)
+    return order[torch.argsort((visit // window).double() + noise)]
+
+
 class RowReader(Dataset):
     """``indices (B,) -> dict`` of raw CPU tensors of those rows (``features``,
     ``masks`` ``(B, M)``, ``labels`` and ``label_mask`` ``(B,)`` when present)."""
@@ -110,4 +131,4 @@ class RowLoader:
                            move(item.get("label_mask")))
 
 
-__all__ = ["EpochBatches", "RowLoader", "RowReader"]
+__all__ = ["EpochBatches", "RowLoader", "RowReader", "chunk_local"]

@@ -31,12 +31,15 @@ from .errors import CheckpointError, TrainingDivergedError
 from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
 from .inference import evaluate
-from .loading import RowLoader
+from .loading import RowLoader, chunk_local
 from .models import MultimodalDPMixture
 from .monitoring import EarlyStopping, validation_metrics
 from .result import FitResult, History, resume_state
 
-__all__ = ["Minibatch", "Settings", "Trainer"]
+__all__ = ["CHUNK_WINDOW", "Minibatch", "Settings", "Trainer"]
+
+#: ``disk_order="chunks"``: store chunks whose examples are shuffled together.
+CHUNK_WINDOW = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Settings:
     progress: bool = True
     distributed: bool | None = None
     num_workers: int = 2
+    disk_order: str = "random"
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):
@@ -70,6 +74,9 @@ class Settings:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: must be positive, got {self.learning_rate!r}")
+        if self.disk_order not in ("random", "chunks"):
+            raise ValueError(f"disk_order: expected 'random' or 'chunks', got "
+                             f"{self.disk_order!r}")
         if self.elbo not in ("trace", "meanfield"):
             raise ValueError(f"elbo: expected 'trace' or 'meanfield', got {self.elbo!r}")
 
@@ -154,9 +161,11 @@ class Trainer:
             model.fit_standardization(data)
         # Data on disk: a StoreBatch, whose minibatches a DataLoader reads ahead.
         self.batch = model.prepare(data)
-        self.loader = None
+        self.loader = self.chunk_of = None
         if data.on_disk:
             self.loader = RowLoader(data, model.modalities, self.device, s.num_workers)
+            if s.disk_order == "chunks":
+                self.chunk_of = torch.as_tensor(data.store_chunks())
         self.val_data = val_data
         self.val_batch = None if val_data is None else model.prepare(val_data)
         self.guide = guide = MultimodalGuide(model) if guide is None else guide
@@ -257,6 +266,8 @@ class Trainer:
         else:
             order = torch.multinomial(weights.cpu(), n, replacement=True,
                                       generator=self.generator)
+        if self.chunk_of is not None:  # minibatches from few chunks (see fit)
+            order = chunk_local(order, self.chunk_of, CHUNK_WINDOW, self.generator)
         # Every rank draws the same order (same seed); rank 0's is sent anyway, so a
         # re-weighting that differs in the last bit cannot split the ranks.
         order = ddp.shard(self.group, ddp.broadcast(self.group, order)).to(self.device)

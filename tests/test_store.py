@@ -226,3 +226,27 @@ def test_nan_in_an_observed_stored_row_is_named_when_read(data, tmp_path):
     model = pyro_mm.MultimodalDPMixture(data.dims, num_classes=3, num_components=4)
     with pytest.raises(DataValidationError, match="modality 'a'"):
         model.fit_standardization(store)
+
+
+def test_chunk_local_order_keeps_every_draw_and_reads_few_chunks():
+    chunk_of = torch.arange(4096) // 64                      # 64 chunks of 64 examples
+    generator = torch.Generator().manual_seed(0)
+    for order in (torch.randperm(4096, generator=generator),
+                  torch.multinomial(torch.rand(4096), 4096, replacement=True,
+                                    generator=generator)):   # a weighted draw
+        out = pyro_mm.loading.chunk_local(order, chunk_of, 4, generator)
+        assert torch.equal(out.sort().values, order.sort().values)
+        touched = [len(chunk_of[b].unique()) for b in out.split(128)]
+        # Within one window (4 chunks) or straddling two, never all 64; shuffled.
+        assert max(touched) <= 8 and min(touched) >= 2
+        assert not torch.equal(out, order.sort().values)
+
+
+def test_training_from_a_store_in_chunk_order(data, tmp_path):
+    path = tmp_path / "s.zarr"
+    data.to_zarr(path, chunk_rows=16)
+    result = _fit(MultimodalData.open_zarr(path), num_workers=1, disk_order="chunks")
+    assert len(result.history.steps) == 2 * 5
+    assert all(np.isfinite(r["loss"]) for r in result.history.steps)
+    with pytest.raises(ValueError, match="disk_order"):
+        _fit(data, disk_order="sorted")
