@@ -7,9 +7,11 @@ process (``spawn``), with one thread:
 
 * **disk**: ``fit``'s phases on the whole store: the streaming standardisation pass
   (timed on its own), the guide's initialisation, then one epoch (or its first
-  ``steps`` minibatches) read by the ``DataLoader`` (``num_workers`` processes). The
+  ``steps`` minibatches) read by the ``DataLoader`` (``num_workers`` processes), in
+  ``disk_order="chunks"`` (a minibatch from a window of 4 chunks of 256 examples: with
+  uniform draws every minibatch would touch nearly every chunk of the store). The
   store's pages are dropped from the OS page cache first (``posix_fadvise``), so the
-  reads come from the disk.
+  first reads come from the disk.
 * **memory**: the same model on the store's first ``memory_rows`` examples loaded into a
   :class:`~pyro_mm.data.MultimodalData`: one epoch, timed the same way.
 
@@ -34,10 +36,12 @@ import numpy as np
 
 #: Seconds a run may take before its process is killed.
 DEADLINE = 3000
+#: Examples per chunk of the store: a window of CHUNK_WINDOW chunks is one minibatch.
+CHUNK_ROWS = 256
 
 
 def write_store(path: Path, num_examples: int, dims: dict[str, int], seed: int = 0,
-                block: int = 16384) -> float:
+                block: int = 16384, chunk_rows: int = CHUNK_ROWS) -> float:
     """A synthetic store: ``x = mean[label] + noise`` per modality; returns seconds."""
     from pyro_mm.data_store import StoreWriter
 
@@ -45,7 +49,7 @@ def write_store(path: Path, num_examples: int, dims: dict[str, int], seed: int =
     rng = np.random.default_rng(seed)
     means = {m: 3.0 * rng.standard_normal((8, d), dtype=np.float32) for m, d in dims.items()}
     with StoreWriter(path, dims, num_examples, labels=True, num_classes=8,
-                     chunk_rows=4096, compress=False) as writer:
+                     chunk_rows=chunk_rows, compress=False) as writer:
         for start in range(0, num_examples, block):
             b = min(block, num_examples - start)
             labels = rng.integers(0, 8, b)
@@ -89,7 +93,8 @@ def _train(config: dict, out: str) -> None:
     model = pm.MultimodalDPMixture(data.dims, latent_dim=8, num_components=10, hidden=(64,))
     trainer = Trainer(model, Settings(num_epochs=1, batch_size=config["batch_size"],
                                       device="cpu", seed=0, progress=False,
-                                      num_workers=config["num_workers"]))
+                                      num_workers=config["num_workers"],
+                                      disk_order=config["disk_order"]))
     started = time.perf_counter()
     model.fit_standardization(data)
     stats_seconds = time.perf_counter() - started
@@ -138,7 +143,8 @@ FULL = (2**21, {"a": 512, "b": 512}, 1024, 2**17, None)  # 2^21 x 1024 float32 =
 TINY = (4096, {"a": 16, "b": 16}, 256, 2048, None)
 
 
-def run(sizes=FULL, folder: str | None = None, num_workers: int = 2) -> dict:
+def run(sizes=FULL, folder: str | None = None, num_workers: int = 2,
+        disk_order: str = "chunks") -> dict:
     """Write the store, train from disk and in memory (each in a fresh process),
     delete the store."""
     num_examples, dims, batch, memory_rows, steps = sizes
@@ -148,13 +154,14 @@ def run(sizes=FULL, folder: str | None = None, num_workers: int = 2) -> dict:
         write_seconds = write_store(store, num_examples, dims)
         size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         common = {"store": str(store), "batch_size": batch, "num_workers": num_workers,
-                  "memory_rows": memory_rows}
+                  "memory_rows": memory_rows, "disk_order": disk_order}
         disk = run_child({**common, "where": "disk", "steps": steps})
         memory = run_child({**common, "where": "memory", "steps": None})
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"num_examples": num_examples, "dims": dims, "batch_size": batch,
-            "num_workers": num_workers, "store_bytes": size,
+            "num_workers": num_workers, "disk_order": disk_order,
+            "chunk_rows": CHUNK_ROWS, "store_bytes": size,
             "feature_bytes": num_examples * sum(dims.values()) * 4,
             "write_seconds": write_seconds, "disk": disk, "memory": memory}
 

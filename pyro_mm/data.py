@@ -28,7 +28,8 @@ import torch
 
 from .data_checks import MISSING_LABEL, check_features, check_labels, check_rows
 from .data_formats import read_file, read_xarray
-from .data_store import DEFAULT_CHUNK_ROWS, StoreArrays, StoreWriter, open_store
+from .data_store import (DEFAULT_CHUNK_ROWS, StoreArrays, StoreWriter, XarrayArrays,
+                         open_store)
 from .errors import DataValidationError
 
 
@@ -147,16 +148,31 @@ class MultimodalData:
         modalities: Sequence[str] | None = None,
         mask_suffix: str = "_mask",
         num_classes: int | None = None,
+        lazy: bool = False,
     ) -> "MultimodalData":
         """Build from an ``xarray.Dataset`` whose variables share ``example_dim``.
 
         Every variable with two dims, one of them ``example_dim``, is a modality (or
         only those named in ``modalities``); ``label`` names a 1-D label variable; a
         1-D boolean variable ``<modality><mask_suffix>`` is that modality's mask.
+
+        ``lazy=True`` (for a dataset opened lazily, e.g. ``xr.open_zarr``): the
+        features are never loaded whole but read by rows as for :meth:`open_zarr`;
+        masks and labels are loaded.
         """
-        return cls(**read_xarray(dataset, example_dim=example_dim, label=label,
-                                 modalities=modalities, mask_suffix=mask_suffix,
-                                 num_classes=num_classes))
+        args = read_xarray(dataset, example_dim=example_dim, label=label,
+                           modalities=modalities, mask_suffix=mask_suffix,
+                           num_classes=num_classes, lazy=lazy)
+        if not lazy:
+            return cls(**args)
+        n = dataset.sizes[example_dim]
+        store = XarrayArrays(dataset, {m: dataset[m].sizes[d] for m in args["features"]
+                                       for d in dataset[m].dims if d != example_dim},
+                             example_dim)
+        masks = {m: args["masks"].get(m, np.ones(n, dtype=bool)) for m in store.dims}
+        check_features({m: np.zeros((n, 1)) for m in masks}, masks)
+        labels, num_classes = check_labels(args["labels"], num_classes, n)
+        return cls._on_disk(store, masks, labels, num_classes, args["metadata"], None)
 
     @classmethod
     def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
@@ -324,7 +340,7 @@ class MultimodalData:
         if len(modalities) == 0:
             raise DataValidationError("modalities: select at least one")
         if self._store is not None:
-            store = StoreArrays(self._store.path, {m: self.dims[m] for m in modalities})
+            store = self._store.select(modalities)
             return MultimodalData._on_disk(store, {m: self._masks[m] for m in modalities},
                                            self._labels, self._num_classes,
                                            self.metadata, self._rows)

@@ -79,6 +79,10 @@ class StoreArrays:
         """Examples per chunk (of the first modality: a minibatch's reads follow it)."""
         return int(next(iter(self.arrays.values())).chunks[0])
 
+    def select(self, names) -> "StoreArrays":
+        """Only modalities ``names``."""
+        return StoreArrays(self.path, {m: self.dims[m] for m in names})
+
     def read(self, name: str, positions: np.ndarray) -> np.ndarray:
         """``(len(positions), d_name)`` float32: rows ``positions`` (sorted, unique)."""
         array = self.arrays[name]
@@ -88,6 +92,48 @@ class StoreArrays:
         if last - first + 1 == positions.size:  # a contiguous run: one slice
             return np.asarray(array[first : last + 1])
         return np.asarray(array.get_orthogonal_selection((positions, slice(None))))
+
+
+class XarrayArrays:
+    """The modalities of a lazily opened ``xarray.Dataset`` (e.g. ``xr.open_zarr``),
+    read by rows like :class:`StoreArrays`: xarray's lazy indexing reads only the
+    chunks holding the rows asked for.
+
+    Args:
+        dataset: the dataset (pickled with it: xarray reopens its files on unpickling).
+        dims: ``name -> d_name``.
+        example_dim: the example dimension.
+    """
+
+    path = None
+
+    def __init__(self, dataset, dims: Mapping[str, int], example_dim: str):
+        self.dataset, self.dims, self.example_dim = dataset, dict(dims), example_dim
+
+    @property
+    def arrays(self) -> dict[str, Any]:
+        """``name -> xarray.DataArray`` (lazy), examples first."""
+        return {m: self.dataset[m].transpose(self.example_dim, ...) for m in self.dims}
+
+    @property
+    def chunk_rows(self) -> int:
+        first = self.dataset[next(iter(self.dims))]
+        chunks = first.encoding.get("chunks") or first.encoding.get("preferred_chunks")
+        if isinstance(chunks, dict):
+            return int(chunks.get(self.example_dim, 1))
+        return int(chunks[first.dims.index(self.example_dim)]) if chunks else 1
+
+    def select(self, names) -> "XarrayArrays":
+        return XarrayArrays(self.dataset, {m: self.dims[m] for m in names}, self.example_dim)
+
+    def read(self, name: str, positions: np.ndarray) -> np.ndarray:
+        var = self.arrays[name].isel({self.example_dim: positions})
+        values = np.asarray(var.values)
+        if not np.issubdtype(values.dtype, np.floating):
+            raise DataValidationError(
+                f"modality {name!r}: expected floating-point features, got dtype "
+                f"{values.dtype}")
+        return values.astype(np.float32, copy=False)
 
 
 def open_store(path: str | Path) -> dict[str, Any]:
@@ -267,4 +313,5 @@ def _json_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "STORE_FORMAT", "StoreArrays", "StoreWriter", "open_store"]
+__all__ = ["DEFAULT_CHUNK_ROWS", "STORE_FORMAT", "StoreArrays", "StoreWriter",
+           "XarrayArrays", "open_store"]

@@ -250,3 +250,19 @@ def test_training_from_a_store_in_chunk_order(data, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in result.history.steps)
     with pytest.raises(ValueError, match="disk_order"):
         _fit(data, disk_order="sorted")
+
+
+def test_from_xarray_lazy_reads_rows_of_a_lazily_opened_dataset(data, tmp_path):
+    xr = pytest.importorskip("xarray")
+    path = tmp_path / "x.zarr"
+    data.to_xarray().to_zarr(path, encoding={"a": {"chunks": (64, 5)},
+                                             "b": {"chunks": (64, 3)}})
+    lazy = MultimodalData.from_xarray(xr.open_zarr(path, chunks=None), label="labels",
+                                      num_classes=3, lazy=True)
+    assert lazy.on_disk and lazy.store_chunks().max() == 299 // 64
+    assert not isinstance(lazy.features["a"], np.ndarray)  # a lazy DataArray
+    rows = np.array([299, 0, 64])
+    for m, block in lazy.read_rows(rows).items():
+        np.testing.assert_array_equal(block, data.features[m][rows])
+    np.testing.assert_array_equal(lazy.masks["b"], data.masks["b"])
+    np.testing.assert_array_equal(lazy.labels, data.labels)
