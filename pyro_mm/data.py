@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data_checks import MISSING_LABEL, check_features, check_labels, check_rows
+from .data_checks import MISSING_LABEL, check_features, check_labels
+from .data_disk import OnDisk
 from .data_formats import read_file, read_xarray
-from .data_store import (DEFAULT_CHUNK_ROWS, StoreArrays, StoreWriter, XarrayArrays,
-                         open_store)
 from .errors import DataValidationError
 
 
@@ -79,7 +78,7 @@ class TensorBatch:
         )
 
 
-class MultimodalData:
+class MultimodalData(OnDisk):
     """Named modalities with a shared example axis, optional labels and masks.
 
     Args:
@@ -109,21 +108,8 @@ class MultimodalData:
         self._labels, self._num_classes = check_labels(labels, num_classes,
                                                        self._num_examples)
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self._store: StoreArrays | None = None   # features on disk (open_zarr)
+        self._store = None   # features on disk (open_zarr): a StoreArrays
         self._rows: np.ndarray | None = None     # this object's rows of the store
-
-    @classmethod
-    def _on_disk(cls, store: StoreArrays, masks, labels, num_classes, metadata,
-                 rows: np.ndarray | None) -> "MultimodalData":
-        """Features left in ``store`` (rows ``rows`` of it, ``None``: all); masks and
-        labels in memory, already checked."""
-        self = cls.__new__(cls)
-        self._features, self._store, self._rows = {}, store, rows
-        self._masks = {m: np.asarray(masks[m], dtype=bool) for m in store.dims}
-        self._num_examples = len(next(iter(self._masks.values())))
-        self._labels, self._num_classes = labels, num_classes
-        self.metadata = dict(metadata or {})
-        return self
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -165,14 +151,7 @@ class MultimodalData:
                            num_classes=num_classes, lazy=lazy)
         if not lazy:
             return cls(**args)
-        n = dataset.sizes[example_dim]
-        store = XarrayArrays(dataset, {m: dataset[m].sizes[d] for m in args["features"]
-                                       for d in dataset[m].dims if d != example_dim},
-                             example_dim)
-        masks = {m: args["masks"].get(m, np.ones(n, dtype=bool)) for m in store.dims}
-        check_features({m: np.zeros((n, 1)) for m in masks}, masks)
-        labels, num_classes = check_labels(args["labels"], num_classes, n)
-        return cls._on_disk(store, masks, labels, num_classes, args["metadata"], None)
+        return cls._from_lazy_xarray(dataset, args, example_dim)
 
     @classmethod
     def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
@@ -184,54 +163,7 @@ class MultimodalData:
             return cls.open_zarr(path)
         return cls(**read_file(path, label=label, example_dim=example_dim))
 
-    @classmethod
-    def open_zarr(cls, path: str) -> "MultimodalData":
-        """Open a Zarr store written by :meth:`to_zarr` (or
-        :class:`~pyro_mm.data_store.StoreWriter`) without reading its features: they
-        stay on disk and are read a block of rows at a time (:meth:`read_rows`,
-        :meth:`to_tensors` with ``rows``), validated as they are read. Masks and labels
-        are read now. ``fit``, ``predict``, ``evaluate`` and ``impute`` stream such
-        data (``guides/gpu-and-scale.md``)."""
-        spec = open_store(path)
-        labels, num_classes = check_labels(spec["labels"], spec["num_classes"],
-                                           spec["num_examples"])
-        check_features({m: np.zeros((spec["num_examples"], 1)) for m in spec["masks"]},
-                       spec["masks"])  # the masks' own checks (an example with none)
-        return cls._on_disk(spec["features"], spec["masks"], labels, num_classes,
-                            spec["metadata"], None)
-
-    def to_zarr(self, path: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                overwrite: bool = False) -> None:
-        """Write a Zarr store (layout in :mod:`pyro_mm.data_store`), ``chunk_rows``
-        examples at a time, into a temporary directory renamed to ``path`` when complete.
-        Metadata entries JSON cannot hold are not written."""
-        with StoreWriter(path, self.dims, self._num_examples,
-                         labels=self._labels is not None, num_classes=self._num_classes,
-                         metadata=self.metadata, chunk_rows=chunk_rows,
-                         overwrite=overwrite) as writer:
-            for start in range(0, self._num_examples, chunk_rows):
-                rows = np.arange(start, min(start + chunk_rows, self._num_examples))
-                writer.write(start, self.read_rows(rows),
-                             {m: v[rows] for m, v in self._masks.items()},
-                             None if self._labels is None else self._labels[rows])
-
     # ------------------------------------------------------------------ properties
-    @property
-    def on_disk(self) -> bool:
-        """Whether the features stay in a Zarr store (:meth:`open_zarr`)."""
-        return self._store is not None
-
-    @property
-    def store_path(self) -> str | None:
-        """The Zarr store holding the features (``None`` in memory)."""
-        return None if self._store is None else self._store.path
-
-    def store_chunks(self) -> np.ndarray:
-        """``(N,)`` int64: the chunk of the store holding each example (data on disk)."""
-        if self._store is None:
-            raise DataValidationError("store_chunks: the data is in memory, not in a store")
-        positions = np.arange(self._num_examples) if self._rows is None else self._rows
-        return positions // self._store.chunk_rows
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -299,15 +231,7 @@ class MultimodalData:
         rows = np.asarray(rows, dtype=np.int64)
         if self._store is None:
             return {k: v[rows] for k, v in self._features.items()}
-        if rows.size and (rows.min() < 0 or rows.max() >= self._num_examples):
-            raise IndexError(f"rows: out of range for {self._num_examples} examples")
-        positions = rows if self._rows is None else self._rows[rows]
-        unique, inverse = np.unique(positions, return_inverse=True)
-        out = {}
-        for m in self._masks:
-            block = self._store.read(m, unique)[inverse]
-            out[m] = check_rows(m, block, self._masks[m][rows], rows)
-        return out
+        return self._read_stored_rows(rows)
 
     def subset(self, index: Iterable[int] | np.ndarray) -> "MultimodalData":
         """Examples ``index`` (integer positions or a boolean mask), as a new object
@@ -318,7 +242,7 @@ class MultimodalData:
         if self._store is not None:
             index = index.astype(np.int64)
             rows = index if self._rows is None else self._rows[index]
-            return MultimodalData._on_disk(
+            return type(self)._on_disk(
                 self._store, {k: v[index] for k, v in self._masks.items()},
                 None if self._labels is None else self._labels[index],
                 self._num_classes, self.metadata, rows)
@@ -341,7 +265,7 @@ class MultimodalData:
             raise DataValidationError("modalities: select at least one")
         if self._store is not None:
             store = self._store.select(modalities)
-            return MultimodalData._on_disk(store, {m: self._masks[m] for m in modalities},
+            return type(self)._on_disk(store, {m: self._masks[m] for m in modalities},
                                            self._labels, self._num_classes,
                                            self.metadata, self._rows)
         return MultimodalData(
@@ -429,7 +353,7 @@ class MultimodalData:
         masks[hide] = False
         masks = masks.reshape(observed.shape)
         if self._store is not None:
-            return MultimodalData._on_disk(
+            return type(self)._on_disk(
                 self._store, {m: masks[:, j] for j, m in enumerate(names)}, self._labels,
                 self._num_classes, self.metadata, self._rows)
         return MultimodalData(
