@@ -76,9 +76,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def write_results(name: str, payload: dict[str, Any], table: str, out: str | None = None,
-                  record: bool = True) -> Path:
-    """Write ``payload`` (plus machine info and command) as JSON; regenerate RESULTS.md."""
-    payload = {"benchmark": name, "command": "python -m benchmarks." + name + " " +
+                  record: bool = True, module: str | None = None) -> Path:
+    """Write ``payload`` (plus machine info and command) as JSON; regenerate RESULTS.md.
+    ``module``: the benchmark module that ran, when it is not ``name``."""
+    payload = {"benchmark": name, "command": "python -m benchmarks." + (module or name) + " " +
                " ".join(sys.argv[1:]), "machine": machine(), "table": table, **payload}
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,8 +141,11 @@ def disk(args) -> None:
              "and deleted afterwards. Model: latent, unsupervised, latent_dim 8, 10 "
              f"components, encoders with one hidden layer of 64; batch {r['batch_size']}; "
              "one torch thread. Each row is a fresh process. 'disk': the store opened with "
-             "MultimodalData.open_zarr, its pages dropped from the OS page cache "
-             "(posix_fadvise) first; the standardisation statistics in one streaming pass "
+             "MultimodalData.open_zarr, the OS asked to drop its pages from the page cache "
+             "first (posix_fadvise DONTNEED, which keeps pages not yet written back; with "
+             "23 GB of RAM the cache can hold the whole store, so most reads may come "
+             "from memory: this measures the loader's and Zarr's costs more than the "
+             "disk's bandwidth); the standardisation statistics in one streaming pass "
              "(timed alone), then fit's phases (prepare, which starts the DataLoader's "
              f"{r['num_workers']} forked workers and initialises the guide on 20000 random "
              "rows, timed as 'prepare'), then the epoch in disk_order="
@@ -161,7 +164,7 @@ def disk(args) -> None:
     write_results("scale_disk", {"title": "Training from disk (Zarr) vs in memory",
                                  "rows": [r["disk"], r["memory"]], "store": r,
                                  "notes": notes},
-                  table, out=out, record=not args.tiny)
+                  table, out=out, record=not args.tiny, module="scale")
 
 
 def parallel(args) -> None:

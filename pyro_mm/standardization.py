@@ -145,6 +145,12 @@ class FeatureStandardization:
             labels = label_mask = None
         return TensorBatch(features, raw.masks, labels, label_mask)
 
+    def standardization_statistics(self) -> dict[str, torch.Tensor]:
+        """``name -> (2 d_m,)``: each modality's feature means then scales."""
+        return {m: torch.cat([getattr(self, f"feature_loc_{m}"),
+                              getattr(self, f"feature_scale_{m}")])
+                for m in self.modalities}
+
     def feature_log_jacobian(self, masks: torch.Tensor) -> torch.Tensor:
         """``(B,)``: add to a log-density of standardised features to get the density
         of the original features (``-sum log scale`` over observed modalities)."""

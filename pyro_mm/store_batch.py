@@ -74,6 +74,12 @@ class StoreBatch:
                 return rows
         return self.read(idx.detach().cpu().numpy().astype(np.int64))
 
+    def summary(self, features: dict[str, torch.Tensor]) -> TensorBatch:
+        """A :class:`TensorBatch` with this data's masks and labels and ``features`` in
+        place of the rows (what data-parallel ranks compare: they cannot compare every
+        feature of a store, but each computed its standardisation from its own copy)."""
+        return TensorBatch(features, self.masks, self.labels, self.label_mask)
+
     def whole(self) -> TensorBatch:
         """Every row as one :class:`TensorBatch` (read once, then kept); refused above
         :data:`WHOLE_ROWS` examples, since the point of a store is not to do that."""

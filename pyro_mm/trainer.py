@@ -183,7 +183,10 @@ class Trainer:
         give each rank a share of the validation data."""
         group, s = self.group, self.settings
         self.config["world_size"] = group.world_size
-        ddp.check_inputs(group, self._fingerprinted(), model=self.model.config(),
+        batch = self.batch
+        if not isinstance(batch, TensorBatch):  # on disk: never read whole
+            batch = batch.summary(self.model.standardization_statistics())
+        ddp.check_inputs(group, batch, model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
         if s.seed is None:
@@ -195,18 +198,6 @@ class Trainer:
             self.val_batch = (self.model.prepare(self.val_data.subset(share.numpy()))
                               if self.val_data.on_disk else
                               self.val_batch.index(share.to(self.device)))
-
-    def _fingerprinted(self) -> TensorBatch:
-        """What ranks compare: the prepared data, or for data on disk (never read
-        whole) its masks and labels with the standardisation statistics in place of
-        the features (every rank computed them from its own copy of the data)."""
-        if isinstance(self.batch, TensorBatch):
-            return self.batch
-        stats = {m: torch.cat([getattr(self.model, f"feature_loc_{m}"),
-                               getattr(self.model, f"feature_scale_{m}")])
-                 for m in self.model.modalities}
-        return TensorBatch(stats, self.batch.masks, self.batch.labels,
-                           self.batch.label_mask)
 
     def _resumed_guide(self, guide_config: Mapping[str, Any]) -> MultimodalGuide:
         guide_config = dict(guide_config)
@@ -278,6 +269,7 @@ class Trainer:
         return self._read_ahead(chunks), weights is not None
 
     def _read_ahead(self, chunks: list[torch.Tensor]) -> Iterable[Minibatch]:
+        """Data on disk: the minibatches ``chunks`` as the loader delivers them."""
         for idx, raw in self.loader.epoch(chunks):
             yield Minibatch(self.batch.with_rows(idx, self.model.standardize(raw)), idx)
 
