@@ -79,7 +79,8 @@ def write_results(name: str, payload: dict[str, Any], table: str, out: str | Non
                   record: bool = True, module: str | None = None) -> Path:
     """Write ``payload`` (plus machine info and command) as JSON; regenerate RESULTS.md.
     ``module``: the benchmark module that ran, when it is not ``name``."""
-    payload = {"benchmark": name, "command": "python -m benchmarks." + (module or name) + " " +
+    command = "python -m benchmarks." + (module or name) + " "
+    payload = {"benchmark": name, "command": command +
                " ".join(sys.argv[1:]), "machine": machine(), "table": table, **payload}
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
