@@ -128,8 +128,8 @@ def _fit(d, **kw):
     pyro.set_rng_seed(0)
     model = pyro_mm.MultimodalDPMixture(d.dims, num_classes=3, latent_dim=2,
                                         num_components=4, hidden=(8,))
-    return pyro_mm.fit(model, d, num_epochs=2, batch_size=64, device="cpu",
-                       progress=False, **kw)
+    options = dict(num_epochs=2, batch_size=64, device="cpu", progress=False)
+    return pyro_mm.fit(model, d, **{**options, **kw})
 
 
 def test_training_from_a_store_equals_training_in_memory(data, store):
@@ -266,3 +266,12 @@ def test_from_xarray_lazy_reads_rows_of_a_lazily_opened_dataset(data, tmp_path):
         np.testing.assert_array_equal(block, data.features[m][rows])
     np.testing.assert_array_equal(lazy.masks["b"], data.masks["b"])
     np.testing.assert_array_equal(lazy.labels, data.labels)
+
+
+def test_a_resumed_run_from_a_store_matches_an_uninterrupted_one(store, tmp_path):
+    whole = _fit(store, num_workers=0, run_dir=tmp_path / "whole")
+    _fit(store, num_workers=0, run_dir=tmp_path / "cut", num_epochs=1)
+    resumed = _fit(store, num_workers=0, run_dir=tmp_path / "cut",
+                   resume_from=tmp_path / "cut")
+    for name, value in whole.guide.state_dict().items():
+        torch.testing.assert_close(resumed.guide.state_dict()[name], value)
