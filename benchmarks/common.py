@@ -77,9 +77,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def write_results(name: str, payload: dict[str, Any], table: str, out: str | None = None,
-                  record: bool = True) -> Path:
-    """Write ``payload`` (plus machine info and command) as JSON; regenerate RESULTS.md."""
-    payload = {"benchmark": name, "command": "python -m benchmarks." + name + " " +
+                  record: bool = True, module: str | None = None) -> Path:
+    """Write ``payload`` (plus machine info and command) as JSON; regenerate RESULTS.md.
+    ``module``: the benchmark module that ran, when it is not ``name``."""
+    command = "python -m benchmarks." + (module or name) + " "
+    payload = {"benchmark": name, "command": command +
                " ".join(sys.argv[1:]), "machine": machine(), "table": table, **payload}
     if out:
         path = Path(out)
@@ -109,7 +111,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def regenerate_markdown() -> None:
     """RESULTS.md = one section per results/*.json, in a fixed order."""
-    order = ["classification", "missing", "arm", "dpgmm", "overhead", "scale", "gpu"]
+    order = ["classification", "missing", "arm", "dpgmm", "overhead", "scale", "scale_disk",
+             "gpu"]
     files = sorted(RESULTS_DIR.glob("*.json"),
                    key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
     parts = ["# Benchmark results",

@@ -1,4 +1,6 @@
-"""Data-parallel training: 2 processes against 1, at one thread each.
+"""Scale: data-parallel training (2 processes against 1) and training from disk.
+
+**Data-parallel**, at one thread each.
 
 Every run trains the same model on the same synthetic data for one epoch on the CPU:
 2 processes (gloo) at batch B each, 1 process at batch 2B (the same minibatches: the
@@ -14,7 +16,11 @@ that the data-parallel epoch fits as well as one process on the same minibatches
 On a shared 2-core machine the ratio is noisy and bounded by 2; other work on the
 machine lowers it.
 
-    python -m benchmarks.scale [--tiny] [--repeats 3]
+**Out of core** (results ``scale_disk``): an 8 GiB Zarr store of float32 features, one
+epoch from disk against the same model in memory on a subset; see
+:mod:`benchmarks.out_of_core` for what is timed.
+
+    python -m benchmarks.scale [--tiny] [--repeats 3] [--part all|parallel|disk]
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import pyro_mm as pm
 from pyro_mm import distributed as ddp
 from pyro_mm.trainer import Settings, Trainer
 
+from . import out_of_core
 from .common import markdown_table, parser, write_results
 
 #: Seconds a run may take before its processes are killed.
@@ -101,7 +108,68 @@ def run_once(world: int, config: dict) -> dict:
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--part", choices=["all", "parallel", "disk"], default="all")
+    p.add_argument("--tmp", default=None, help="where the store is written (default: the "
+                                                "system's temporary directory)")
     args = p.parse_args(argv)
+    if args.part in ("all", "parallel"):
+        parallel(args)
+    if args.part in ("all", "disk"):
+        disk(args)
+
+
+def disk(args) -> None:
+    """The out-of-core part: writes ``scale_disk`` results (beside ``--out`` if given)."""
+    r = out_of_core.run(out_of_core.TINY if args.tiny else out_of_core.FULL, args.tmp)
+    rows = []
+    for run in (r["disk"], r["memory"]):
+        rows.append([run["where"], run["num_examples"], run["steps"], run["examples_timed"],
+                     round(run["examples_per_second"]), run["stats_seconds"],
+                     run["prepare_seconds"], run["peak_rss_gb"], run["worker_peak_rss_gb"]])
+    table = markdown_table(
+        ["data", "examples", "steps timed", "examples timed", "examples/s",
+         "standardisation pass (s)", "prepare (s)", "peak RSS, training process (GB)",
+         "peak RSS, largest child (GB)"], rows)
+    ratio = r["disk"]["examples_per_second"] / r["memory"]["examples_per_second"]
+    table += (f"\n\nFrom disk / in memory: **{ratio:.2f}x** the examples per second; "
+              f"store {r['store_bytes'] / 1e9:.2f} GB on disk ({r['feature_bytes'] / 1e9:.2f}"
+              f" GB of float32 features), written in {r['write_seconds']:.0f} s.")
+    dims = " + ".join(f"{d}" for d in r["dims"].values())
+    notes = (f"Synthetic store: {r['num_examples']} examples, two modalities ({dims} "
+             "float32 features, 8 clusters, uncompressed), chunks of "
+             f"{r['chunk_rows']} rows, under /tmp "
+             "and deleted afterwards. Model: latent, unsupervised, latent_dim 8, 10 "
+             f"components, encoders with one hidden layer of 64; batch {r['batch_size']}; "
+             "one torch thread. Each row is a fresh process. 'disk': the store opened with "
+             "MultimodalData.open_zarr, the OS asked to drop its pages from the page cache "
+             "first (posix_fadvise DONTNEED, which keeps pages not yet written back; with "
+             "23 GB of RAM the cache can hold the whole store, so most reads may come "
+             "from memory: this measures the loader's and Zarr's costs more than the "
+             "disk's bandwidth); the standardisation statistics in one streaming pass "
+             "(timed alone), then fit's phases (prepare, which starts the DataLoader's "
+             f"{r['num_workers']} forked workers and initialises the guide on 20000 random "
+             "rows, timed as 'prepare'), then the epoch in disk_order="
+             f"'{r['disk_order']}' (each minibatch a random draw from a window of 4 "
+             "chunks): every minibatch read by the "
+             "workers (sorted indices), standardised and stepped; 'examples/s' is the "
+             "examples of the timed steps over the epoch's wall-clock time. 'memory': the "
+             "same model and settings (uniform minibatches) on the store's first "
+             "examples read into a "
+             "MultimodalData, one epoch. Peak RSS is ru_maxrss of the training process "
+             "and the largest of its children (the loader's workers, which fork from it "
+             "and share its pages); the OS page cache is not in it. The machine has 2 "
+             "cores shared with other work, so the loader's workers compete with the "
+             "training process and with other users for CPU.")
+    out = None if args.out is None else str(Path(args.out).with_name(
+        Path(args.out).stem + "_disk.json"))
+    write_results("scale_disk", {"title": "Training from disk (Zarr) vs in memory",
+                                 "rows": [r["disk"], r["memory"]], "store": r,
+                                 "notes": notes},
+                  table, out=out, record=not args.tiny, module="scale")
+
+
+def parallel(args) -> None:
+    """The data-parallel part: writes ``scale`` results."""
     repeats = 1 if args.tiny else args.repeats
     num_examples, batch = (2_000, 128) if args.tiny else (100_000, 1024)
     # (processes, batch per process): 2 x B against 1 x 2B (the same minibatches, so

@@ -6,6 +6,7 @@ Examples::
     pyro-mm train --views fou pix --epochs 20 --out runs/two-views
     pyro-mm train --dataset synthetic --mixture independent
     pyro-mm train --data mine.npz --components 10   # arrays by modality, optional labels
+    pyro-mm train --data big.zarr --num-workers 2    # a Zarr store, read from disk
     pyro-mm train --views fou mor --factor arm:weight=0.1 --factor pmrl
     pyro-mm train --resume runs/two-views --epochs 40   # continue a stopped run
     pyro-mm train --nproc 2 --out runs/ddp              # data-parallel, via torchrun
@@ -158,15 +159,23 @@ def _train_new(args, group, say) -> int:
     say(f"  train {len(train)} / test {len(test)} examples; modalities "
         f"{', '.join(f'{k} ({d})' for k, d in train.dims.items())}")
     if group is None or group.is_writer:  # first, so that a killed run can be resumed
-        write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": args.data,
+        write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": _data_path(args, data),
+                                     "data_format": "zarr" if data.on_disk else "file",
                                      "views": args.views, "seed": args.seed,
                                      "test_fraction": args.test_fraction})
     started = time.perf_counter()
     result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
                  learning_rate=args.lr, device=args.device, val_data=test, seed=args.seed,
-                 early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet)
+                 early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet,
+                 num_workers=args.num_workers, disk_order=args.disk_order)
     _report(result, time.perf_counter() - started, out, say)
     return 0
+
+
+def _data_path(args, data: MultimodalData) -> str | None:
+    """The data file as ``data.json`` records it: a store by its absolute path, so that
+    evaluate, diagnose and resume reopen it from any working directory."""
+    return str(Path(args.data).resolve()) if data.on_disk else args.data
 
 
 #: Fit arguments a resumed run takes from the run folder's ``config.json``.
@@ -186,7 +195,9 @@ def _resume(args, say) -> int:
     started = time.perf_counter()
     result = fit(model, train, num_epochs=args.epochs or fit_config["num_epochs"],
                  device=args.device, val_data=test, run_dir=out, resume_from=out,
-                 progress=not args.quiet, **{k: fit_config[k] for k in RESUMED})
+                 progress=not args.quiet, num_workers=args.num_workers,
+                 disk_order=args.disk_order,
+                 **{k: fit_config[k] for k in RESUMED})
     _report(result, time.perf_counter() - started, out, say)
     return 0
 
@@ -247,7 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", choices=["mfeat", "synthetic"], default="mfeat",
                        help="bundled data set (default: mfeat)")
     train.add_argument("--data", help="your own data: .npz (arrays by modality, optional "
-                                      "'labels', '<name>_mask') or .nc (xarray)")
+                                      "'labels', '<name>_mask'), .nc (xarray) or a Zarr "
+                                      "store written by MultimodalData.to_zarr (read "
+                                      "from disk, never whole)")
+    train.add_argument("--num-workers", type=int, default=2,
+                       help="processes reading minibatches of a Zarr store (default: 2)")
+    train.add_argument("--disk-order", choices=["random", "chunks"], default="random",
+                       help="minibatches of a Zarr store: uniform draws as in memory, or "
+                            "from few chunks at a time (stores much larger than memory)")
     train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
     train.add_argument("--epochs", type=int, default=None,
                        help=f"total epochs (default: {EPOCHS}, or the resumed run's)")

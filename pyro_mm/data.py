@@ -19,6 +19,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from .data_checks import MISSING_LABEL, check_features, check_labels
+from .data_disk import OnDisk
 from .data_formats import read_file, read_xarray
 from .errors import DataValidationError
 
@@ -76,7 +78,7 @@ class TensorBatch:
         )
 
 
-class MultimodalData:
+class MultimodalData(OnDisk):
     """Named modalities with a shared example axis, optional labels and masks.
 
     Args:
@@ -106,6 +108,8 @@ class MultimodalData:
         self._labels, self._num_classes = check_labels(labels, num_classes,
                                                        self._num_examples)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._store = None   # features on disk (open_zarr): a StoreArrays
+        self._rows: np.ndarray | None = None     # this object's rows of the store
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -130,32 +134,46 @@ class MultimodalData:
         modalities: Sequence[str] | None = None,
         mask_suffix: str = "_mask",
         num_classes: int | None = None,
+        lazy: bool = False,
     ) -> "MultimodalData":
         """Build from an ``xarray.Dataset`` whose variables share ``example_dim``.
 
         Every variable with two dims, one of them ``example_dim``, is a modality (or
         only those named in ``modalities``); ``label`` names a 1-D label variable; a
         1-D boolean variable ``<modality><mask_suffix>`` is that modality's mask.
+
+        ``lazy=True`` (for a dataset opened lazily, e.g. ``xr.open_zarr``): the
+        features are never loaded whole but read by rows as for :meth:`open_zarr`;
+        masks and labels are loaded.
         """
-        return cls(**read_xarray(dataset, example_dim=example_dim, label=label,
-                                 modalities=modalities, mask_suffix=mask_suffix,
-                                 num_classes=num_classes))
+        args = read_xarray(dataset, example_dim=example_dim, label=label,
+                           modalities=modalities, mask_suffix=mask_suffix,
+                           num_classes=num_classes, lazy=lazy)
+        if not lazy:
+            return cls(**args)
+        return cls._from_lazy_xarray(dataset, args, example_dim)
 
     @classmethod
     def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
              ) -> "MultimodalData":
         """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
-        ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`)."""
+        ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`); open a
+        directory as a Zarr store (:meth:`open_zarr`: its features stay on disk)."""
+        if os.path.isdir(path):
+            return cls.open_zarr(path)
         return cls(**read_file(path, label=label, example_dim=example_dim))
 
     # ------------------------------------------------------------------ properties
+
     @property
     def modalities(self) -> tuple[str, ...]:
-        return tuple(self._features)
+        return tuple(self._masks)
 
     @property
     def dims(self) -> dict[str, int]:
         """``name -> number of features``, in modality order."""
+        if self._store is not None:
+            return dict(self._store.dims)
         return {k: v.shape[1] for k, v in self._features.items()}
 
     @property
@@ -167,7 +185,14 @@ class MultimodalData:
 
     @property
     def features(self) -> dict[str, np.ndarray]:
-        """Read-only views of the feature arrays."""
+        """Read-only views of the feature arrays; for data on disk, the read-only
+        ``zarr.Array`` of each modality (nothing read), which a subset cannot give."""
+        if self._store is not None:
+            if self._rows is not None:
+                raise DataValidationError(
+                    "features: a subset of a Zarr store has no array of its own; read "
+                    "rows with read_rows(rows)")
+            return dict(self._store.arrays)
         out = {}
         for k, v in self._features.items():
             view = v.view()
@@ -199,11 +224,28 @@ class MultimodalData:
         return f"MultimodalData(N={self._num_examples}, {{{views}}}{observed})"
 
     # ------------------------------------------------------------------ selection
+    def read_rows(self, rows: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
+        """``name -> (len(rows), d_name)`` float32 copies of examples ``rows`` (in that
+        order), zeros where unobserved. Data on disk is read in sorted order (contiguous
+        reads) and checked for NaN/inf in observed rows as it is read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._store is None:
+            return {k: v[rows] for k, v in self._features.items()}
+        return self._read_stored_rows(rows)
+
     def subset(self, index: Iterable[int] | np.ndarray) -> "MultimodalData":
-        """Examples ``index`` (integer positions or a boolean mask), as a new object."""
+        """Examples ``index`` (integer positions or a boolean mask), as a new object
+        (still on disk for data on disk: only the row map is kept)."""
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
+        if self._store is not None:
+            index = index.astype(np.int64)
+            rows = index if self._rows is None else self._rows[index]
+            return type(self)._on_disk(
+                self._store, {k: v[index] for k, v in self._masks.items()},
+                None if self._labels is None else self._labels[index],
+                self._num_classes, self.metadata, rows)
         return MultimodalData(
             {k: v[index] for k, v in self._features.items()},
             labels=None if self._labels is None else self._labels[index],
@@ -214,13 +256,18 @@ class MultimodalData:
 
     def select(self, modalities: Sequence[str]) -> "MultimodalData":
         """Only the named modalities, in the given order."""
-        missing = [m for m in modalities if m not in self._features]
+        missing = [m for m in modalities if m not in self._masks]
         if missing:
             raise DataValidationError(
                 f"modalities {missing}: not in this data set (have {list(self.modalities)})"
             )
         if len(modalities) == 0:
             raise DataValidationError("modalities: select at least one")
+        if self._store is not None:
+            store = self._store.select(modalities)
+            return type(self)._on_disk(store, {m: self._masks[m] for m in modalities},
+                                           self._labels, self._num_classes,
+                                           self.metadata, self._rows)
         return MultimodalData(
             {k: self._features[k] for k in modalities},
             labels=self._labels,
@@ -305,6 +352,10 @@ class MultimodalData:
         masks = observed.ravel().copy()
         masks[hide] = False
         masks = masks.reshape(observed.shape)
+        if self._store is not None:
+            return type(self)._on_disk(
+                self._store, {m: masks[:, j] for j, m in enumerate(names)}, self._labels,
+                self._num_classes, self.metadata, self._rows)
         return MultimodalData(
             self._features, labels=self._labels,
             masks={m: masks[:, j] for j, m in enumerate(names)},
@@ -312,17 +363,25 @@ class MultimodalData:
 
     # ------------------------------------------------------------------ conversion
     def to_tensors(self, device: torch.device | str = "cpu",
-                   modalities: Sequence[str] | None = None) -> TensorBatch:
-        """Tensors on ``device`` (features as stored: not standardised)."""
+                   modalities: Sequence[str] | None = None, rows=None) -> TensorBatch:
+        """Tensors on ``device`` (features as stored: not standardised) of every
+        example, or of examples ``rows`` (``(B,)`` positions, in that order)."""
         names = list(modalities or self.modalities)
-        # torch.tensor copies: a caller writing to the tensors cannot reach our arrays.
-        features = {k: torch.tensor(self._features[k], device=device) for k in names}
-        masks = torch.tensor(np.stack([self._masks[k] for k in names], axis=1),
+        if rows is None and self._store is None:
+            # torch.tensor copies: a caller writing to the tensors cannot reach our arrays.
+            features = {k: torch.tensor(self._features[k], device=device) for k in names}
+        else:
+            rows = np.arange(self._num_examples) if rows is None else np.asarray(rows)
+            block = self.read_rows(rows)  # already copies
+            features = {k: torch.from_numpy(block[k]).to(device) for k in names}
+        pick = slice(None) if rows is None else rows
+        masks = torch.tensor(np.stack([self._masks[k][pick] for k in names], axis=1),
                              device=device)
         labels = label_mask = None
         if self._labels is not None:
-            label_mask = torch.as_tensor(self._labels != MISSING_LABEL, device=device)
-            labels = torch.as_tensor(np.maximum(self._labels, 0), device=device)
+            raw = self._labels[pick]
+            label_mask = torch.as_tensor(raw != MISSING_LABEL, device=device)
+            labels = torch.as_tensor(np.maximum(raw, 0), device=device)
         return TensorBatch(features, masks, labels, label_mask)
 
     def to_xarray(self, example_dim: str = "example"):
@@ -330,6 +389,10 @@ class MultimodalData:
         ``<name>_feature``), ``<name>_mask`` variables and ``labels``."""
         import xarray as xr
 
+        if self._store is not None:
+            raise DataValidationError(
+                "to_xarray: the features are in a Zarr store; open it with "
+                "xarray.open_zarr or read rows with read_rows")
         variables = {}
         for name, array in self._features.items():
             variables[name] = ((example_dim, f"{name}_feature"), array)

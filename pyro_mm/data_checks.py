@@ -119,6 +119,23 @@ def _check_mask(name: str, mask: Any, num_examples: int) -> np.ndarray:
     return mask
 
 
+def check_rows(name: str, block: np.ndarray, mask: np.ndarray, rows: np.ndarray
+               ) -> np.ndarray:
+    """A block of a stored modality, ``(B, d)`` float32, read from disk: zeros where
+    unobserved (``mask`` ``(B,)``); NaN/inf in an observed row is an error naming the
+    modality and the rows (``rows``: their positions in the data set)."""
+    block = np.array(block, dtype=np.float32)  # a private copy: zeroed below
+    bad = ~np.isfinite(block[mask]).all(axis=1)
+    if bad.any():
+        first = rows[np.flatnonzero(mask)[np.flatnonzero(bad)]]
+        raise DataValidationError(
+            f"modality {name!r}: NaN/inf value(s) in {int(bad.sum())} observed "
+            f"example(s) of the store (first rows {first[:5].tolist()}); mark missing "
+            "examples with masks instead")
+    block[~mask] = 0.0
+    return block
+
+
 def check_labels(labels: Any, num_classes: int | None, num_examples: int
                  ) -> tuple[np.ndarray | None, int | None]:
     """``(N,)`` int64 labels (``-1``: missing; NaN in a float array is missing too) and
@@ -163,4 +180,4 @@ def check_labels(labels: Any, num_classes: int | None, num_examples: int
     return array, num_classes
 
 
-__all__ = ["MISSING_LABEL", "as_numpy", "check_features", "check_labels"]
+__all__ = ["MISSING_LABEL", "as_numpy", "check_features", "check_labels", "check_rows"]

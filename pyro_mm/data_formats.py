@@ -18,9 +18,10 @@ from .errors import DataValidationError
 
 def read_xarray(dataset, example_dim: str = "example", label: str | None = None,
                 modalities: Sequence[str] | None = None, mask_suffix: str = "_mask",
-                num_classes: int | None = None) -> dict[str, Any]:
+                num_classes: int | None = None, lazy: bool = False) -> dict[str, Any]:
     """Constructor arguments from an ``xarray.Dataset`` (see
-    :meth:`~pyro_mm.data.MultimodalData.from_xarray`)."""
+    :meth:`~pyro_mm.data.MultimodalData.from_xarray`); with ``lazy``, the features are
+    the names of the modalities, not their values."""
     if example_dim not in dataset.dims:
         raise DataValidationError(
             f"example_dim: {example_dim!r} is not a dimension of the dataset "
@@ -43,7 +44,7 @@ def read_xarray(dataset, example_dim: str = "example", label: str | None = None,
                 f"modality {name!r}: expected dims ({example_dim!r}, <features>), "
                 f"got {var.dims}"
             )
-        features[str(name)] = var.transpose(example_dim, ...).values
+        features[str(name)] = None if lazy else var.transpose(example_dim, ...).values
         mask_name = f"{name}{mask_suffix}"
         if mask_name in dataset.data_vars:
             masks[str(name)] = dataset[mask_name].values

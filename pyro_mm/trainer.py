@@ -31,11 +31,15 @@ from .errors import CheckpointError, TrainingDivergedError
 from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
 from .inference import evaluate
+from .loading import RowLoader, chunk_local
 from .models import MultimodalDPMixture
 from .monitoring import EarlyStopping, validation_metrics
 from .result import FitResult, History, resume_state
 
-__all__ = ["Minibatch", "Settings", "Trainer"]
+__all__ = ["CHUNK_WINDOW", "Minibatch", "Settings", "Trainer"]
+
+#: ``disk_order="chunks"``: store chunks whose examples are shuffled together.
+CHUNK_WINDOW = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,8 @@ class Settings:
     validate_args: bool = False
     progress: bool = True
     distributed: bool | None = None
+    num_workers: int = 2
+    disk_order: str = "random"
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):
@@ -68,6 +74,9 @@ class Settings:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: must be positive, got {self.learning_rate!r}")
+        if self.disk_order not in ("random", "chunks"):
+            raise ValueError(f"disk_order: expected 'random' or 'chunks', got "
+                             f"{self.disk_order!r}")
         if self.elbo not in ("trace", "meanfield"):
             raise ValueError(f"elbo: expected 'trace' or 'meanfield', got {self.elbo!r}")
 
@@ -150,7 +159,13 @@ class Trainer:
         model.check_data(data)
         if not bool(model.standardized):
             model.fit_standardization(data)
+        # Data on disk: a StoreBatch, whose minibatches a DataLoader reads ahead.
         self.batch = model.prepare(data)
+        self.loader = self.chunk_of = None
+        if data.on_disk:
+            self.loader = RowLoader(data, model.modalities, self.device, s.num_workers)
+            if s.disk_order == "chunks":
+                self.chunk_of = torch.as_tensor(data.store_chunks())
         self.val_data = val_data
         self.val_batch = None if val_data is None else model.prepare(val_data)
         self.guide = guide = MultimodalGuide(model) if guide is None else guide
@@ -168,7 +183,10 @@ class Trainer:
         give each rank a share of the validation data."""
         group, s = self.group, self.settings
         self.config["world_size"] = group.world_size
-        ddp.check_inputs(group, self.batch, model=self.model.config(),
+        batch = self.batch
+        if not isinstance(batch, TensorBatch):  # on disk: never read whole
+            batch = batch.summary(self.model.standardization_statistics())
+        ddp.check_inputs(group, batch, model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
         if s.seed is None:
@@ -177,7 +195,9 @@ class Trainer:
             pyro.set_rng_seed(s.seed + group.rank)
         if self.val_batch is not None and self.val_batch.size >= group.world_size:
             share = torch.arange(group.rank, self.val_batch.size, group.world_size)
-            self.val_batch = self.val_batch.index(share.to(self.device))
+            self.val_batch = (self.model.prepare(self.val_data.subset(share.numpy()))
+                              if self.val_data.on_disk else
+                              self.val_batch.index(share.to(self.device)))
 
     def _resumed_guide(self, guide_config: Mapping[str, Any]) -> MultimodalGuide:
         guide_config = dict(guide_config)
@@ -224,10 +244,11 @@ class Trainer:
                                 run_dir=self.run_path)
 
     # ------------------------------------------------------------- one step
-    def minibatches(self, epoch: int) -> tuple[list[Minibatch], bool]:
+    def minibatches(self, epoch: int) -> tuple[Iterable[Minibatch], bool]:
         """This epoch's minibatches, a random permutation of the data or, when a factor
         re-weights the examples (e.g. ARM's re-sampling), a weighted draw; and whether
-        it was re-weighted."""
+        it was re-weighted. For data on disk the same minibatches, read ahead by the
+        DataLoader (:mod:`pyro_mm.loading`)."""
         n = self.batch.size
         weights = (sampling_weights(self.model, self.guide, self.batch)
                    if epoch > 0 else None)
@@ -236,11 +257,21 @@ class Trainer:
         else:
             order = torch.multinomial(weights.cpu(), n, replacement=True,
                                       generator=self.generator)
+        if self.chunk_of is not None:  # minibatches from few chunks (see fit)
+            order = chunk_local(order, self.chunk_of, CHUNK_WINDOW, self.generator)
         # Every rank draws the same order (same seed); rank 0's is sent anyway, so a
         # re-weighting that differs in the last bit cannot split the ranks.
         order = ddp.shard(self.group, ddp.broadcast(self.group, order)).to(self.device)
-        return [Minibatch(self.batch, order[start : start + self.minibatch_size])
-                for start in range(0, len(order), self.minibatch_size)], weights is not None
+        chunks = [order[start : start + self.minibatch_size]
+                  for start in range(0, len(order), self.minibatch_size)]
+        if self.loader is None:
+            return [Minibatch(self.batch, idx) for idx in chunks], weights is not None
+        return self._read_ahead(chunks), weights is not None
+
+    def _read_ahead(self, chunks: list[torch.Tensor]) -> Iterable[Minibatch]:
+        """Data on disk: the minibatches ``chunks`` as the loader delivers them."""
+        for idx, raw in self.loader.epoch(chunks):
+            yield Minibatch(self.batch.with_rows(idx, self.model.standardize(raw)), idx)
 
     def step(self, minibatch: Minibatch) -> float | None:
         """One SVI step; returns the loss per example, or ``None`` when a non-finite

@@ -80,6 +80,8 @@ def fit(
     validate_args: bool = False,
     progress: bool = True,
     distributed: bool | None = None,
+    num_workers: int = 2,
+    disk_order: str = "random",
 ) -> FitResult:
     """Fit ``model`` to ``data`` by minibatch SVI.
 
@@ -124,6 +126,15 @@ def fit(
             arguments (checked); ``batch_size`` is per rank and each rank takes a
             disjoint share of every epoch; only rank 0 writes ``run_dir``. See the
             module docstring.
+        num_workers: for data on disk (:meth:`MultimodalData.open_zarr`), the
+            ``DataLoader`` processes reading minibatches ahead (0: read in this
+            process); ignored for data in memory. See ``guides/gpu-and-scale.md``.
+        disk_order: for data on disk, ``"random"``: every minibatch a uniform draw,
+            exactly as in memory (each one reads every chunk holding one of its rows:
+            with chunks fewer than ``batch_size``, nearly the whole store); ``"chunks"``:
+            the same examples per epoch, ordered so that a minibatch comes from a random
+            window of :data:`~pyro_mm.trainer.CHUNK_WINDOW` chunks, shuffled within it
+            (for stores much larger than memory; write the store in random order).
 
     Returns:
         :class:`FitResult`.
@@ -136,7 +147,8 @@ def fit(
         early_stopping=early_stopping, kl_warmup_epochs=kl_warmup_epochs,
         num_particles=num_particles, elbo=elbo, run_dir=run_dir,
         checkpoint_every=checkpoint_every, max_recoveries=max_recoveries,
-        validate_args=validate_args, progress=progress, distributed=distributed)
+        validate_args=validate_args, progress=progress, distributed=distributed,
+        num_workers=num_workers, disk_order=disk_order)
     if run_dir is not None:
         model.config()  # fails now, not after the first epoch, if it cannot be saved
     trainer = Trainer(model, settings)

@@ -25,3 +25,8 @@ def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     payload = json.loads(out.read_text())
     assert payload["rows"], payload
     assert payload["machine"]["torch"] == torch.__version__
+    if name == "scale":  # its out-of-core part writes beside it
+        disk = json.loads((tmp_path / "scale_disk.json").read_text())
+        assert [r["where"] for r in disk["rows"]] == ["disk", "memory"]
+        assert all(r["peak_rss_gb"] > 0 and r["examples_per_second"] > 0
+                   for r in disk["rows"])

@@ -139,8 +139,16 @@ def _resume(rank, folder):
             "losses": (whole.history.series("loss"), resumed.history.series("loss"))}
 
 
+def _store(rank, folder):
+    """The equivalence scenario's fit, from a Zarr store (written before the launch):
+    each rank reads its own shard of every epoch from disk."""
+    data = pm.MultimodalData.open_zarr(f"{folder}/data.zarr")
+    result = _fit(data, _model(data), num_workers=1)
+    return {"state": _state(result), "losses": result.history.series("loss")}
+
+
 SCENARIOS = {"equivalence": _equivalence, "mismatch": _mismatch, "arm": _arm,
-             "dies": _dies, "non_finite": _non_finite, "resume": _resume}
+             "dies": _dies, "non_finite": _non_finite, "resume": _resume, "store": _store}
 
 
 def _worker(rank, world, folder, names):
@@ -183,8 +191,9 @@ def two_ranks(tmp_path_factory):
     """One 2-rank session (start-up is most of the cost) running five scenarios; the
     mismatch comes first, and the group must still work after it."""
     folder = tmp_path_factory.mktemp("ddp")
+    _data().to_zarr(folder / "data.zarr")
     return folder, _launch(folder, ["mismatch", "equivalence", "arm", "non_finite",
-                                    "resume"])
+                                    "resume", "store"])
 
 
 def _ok(ranks, name):
@@ -217,6 +226,15 @@ def test_two_ranks_match_one_process_on_the_union_batches(two_ranks):
     assert loaded.config["num_epochs"] == 2
     torch.testing.assert_close(pm.predict(loaded, _data())["probs"],
                                pm.predict(single, _data())["probs"], rtol=1e-4, atol=1e-5)
+
+
+def test_two_ranks_training_from_a_store_match_two_ranks_in_memory(two_ranks):
+    _, ranks = two_ranks
+    memory, disk = _ok(ranks, "equivalence"), _ok(ranks, "store")
+    for in_memory, on_disk in zip(memory, disk):
+        assert on_disk["losses"] == pytest.approx(in_memory["losses"], rel=1e-6)
+        for name, value in in_memory["state"].items():
+            torch.testing.assert_close(on_disk["state"][name], value)
 
 
 def test_mismatched_data_is_a_clear_error_on_every_rank(two_ranks):

@@ -136,7 +136,9 @@ def to_datatree(
     * ``log_likelihood``: see above.
     * ``observed_data``: ``y`` [example] (labels, ``-1`` = missing) and the features
       under the same names as in ``posterior_predictive`` (NaN where a modality is
-      missing).
+      missing). For data on disk (:meth:`MultimodalData.open_zarr`) only ``y``: the
+      features stay in the store (its path is in the group's description), and every
+      draw reads the store a chunk at a time.
     * ``constant_data``: ``mask`` [example, modality] and the component scale floors
       (``component_scale_floor`` [modality, latent] or ``component_scale_floor_<m>``
       [<m>_feature]; standardised units).
@@ -269,10 +271,14 @@ def _observed_data(model: MultimodalDPMixture, plan: _Plan, data: MultimodalData
     import xarray as xr
 
     mods = list(model.modalities)
-    raw, raw_masks = data.features, data.masks
     observed: dict[str, Any] = {}
     feature_coords: dict[str, Any] = {}
-    if not plan.latent:
+    if data.on_disk:
+        # Copying the store into the tree would read it whole: the features stay there.
+        raw_masks, plan_features = data.masks, False
+    else:
+        raw, raw_masks, plan_features = data.features, data.masks, True
+    if plan_features and not plan.latent:
         x = np.concatenate([np.where(raw_masks[m][:, None], raw[m], np.nan) for m in mods],
                            axis=1).astype(np.float32)
         observed["x"] = (("example", "feature"), x)
@@ -280,7 +286,7 @@ def _observed_data(model: MultimodalDPMixture, plan: _Plan, data: MultimodalData
             "feature": np.array([f"{m}[{j}]" for m in mods for j in range(model.dims[m])]),
             "feature_modality": ("feature", np.array([m for m in mods
                                                       for _ in range(model.dims[m])]))}
-    elif model.reconstruct:
+    elif plan_features and model.reconstruct:
         for m in mods:
             observed[f"x_{m}"] = (("example", f"{m}_feature"),
                                   np.where(raw_masks[m][:, None], raw[m], np.nan)
@@ -292,7 +298,8 @@ def _observed_data(model: MultimodalDPMixture, plan: _Plan, data: MultimodalData
                                                  **feature_coords})
     observed_data.attrs = _attrs(description=(
         "features on their original scale (NaN where the modality is missing) and labels "
-        "(-1 = missing)"))
+        "(-1 = missing)" if plan_features else
+        f"labels (-1 = missing); the features stay in the Zarr store {data.store_path}"))
     return observed_data, feature_coords
 
 

@@ -197,13 +197,7 @@ def modality_contributions(result, data) -> Contributions:
         raise ValueError("modality_contributions: the data has no labels")
     heads = _arm_heads(model)
     with torch.no_grad():
-        params = point_params(model, guide)
-        part = batch.index(batch.label_mask.nonzero().squeeze(-1))
-        if model.representation == "latent":
-            z, _ = guide.encode(part, guide.point_estimate())
-        else:
-            z = part.concatenated(model.modalities)
-        loo = leave_one_out(model, z, params, part.labels, part.masks)
+        loo, masks, log_q = _labelled_terms(model, guide, batch, heads)
         entropy = float(label_entropy(model.class_frequencies))
         c = loo.contributions
         phi, se, counts = {}, {}, {}
@@ -214,15 +208,37 @@ def modality_contributions(result, data) -> Contributions:
         phi_mi, phi_mi_se = _mean_and_se(entropy + loo.full)
         unimodal = unimodal_se = None
         if heads is not None:
-            log_q = heads.unimodal_log_prob(z, part.labels)
             unimodal, unimodal_se = {}, {}
             for j, m in enumerate(model.modalities):
-                if bool(part.masks[:, j].any()):
+                if bool(masks[:, j].any()):
                     unimodal[m], unimodal_se[m] = _mean_and_se(
-                        entropy + log_q[part.masks[:, j], j])
+                        entropy + log_q[masks[:, j], j])
     _warn_if_implausible(model, phi, se, entropy)
-    return Contributions(phi, se, counts, phi_mi, phi_mi_se, entropy, part.size,
+    return Contributions(phi, se, counts, phi_mi, phi_mi_se, entropy, masks.shape[0],
                          unimodal, unimodal_se)
+
+
+def _labelled_terms(model, guide, batch, heads, chunk_size: int = 4096):
+    """The labelled examples' :class:`LeaveOneOut` (concatenated over chunks of
+    ``chunk_size``, so data on disk is read a chunk at a time), their ``(L, M)`` masks
+    and ARM's unimodal ``log q`` ``(L, M)`` (``None`` without ARM's heads)."""
+    params, globals_ = point_params(model, guide), guide.point_estimate()
+    labelled = batch.label_mask.nonzero().squeeze(-1)
+    parts: list[tuple] = []
+    for start in range(0, labelled.numel(), chunk_size):
+        part = batch.index(labelled[start : start + chunk_size])
+        if model.representation == "latent":
+            z, _ = guide.encode(part, globals_)
+        else:
+            z = part.concatenated(model.modalities)
+        loo = leave_one_out(model, z, params, part.labels, part.masks)
+        log_q = None if heads is None else heads.unimodal_log_prob(z, part.labels)
+        parts.append((loo, part.masks, log_q))
+    loo = LeaveOneOut(*(torch.cat([getattr(p[0], f.name) for p in parts])
+                        for f in dataclasses.fields(LeaveOneOut)))
+    masks = torch.cat([p[1] for p in parts])
+    log_q = None if heads is None else torch.cat([p[2] for p in parts])
+    return loo, masks, log_q
 
 
 def _warn_if_implausible(model, phi, se, entropy) -> None:
