@@ -152,6 +152,7 @@ def _train_new(args, group, say) -> int:
         num_components=args.components, mixture=args.mixture,
         representation=args.representation, fusion=args.fusion,
         alpha="learned" if args.alpha == "learned" else float(args.alpha),
+        hidden=tuple(args.hidden), classifier_prior_scale=args.classifier_prior_scale,
         factors=[parse_factor(spec) for spec in args.factor],
     )
     out = Path(args.out or distributed.broadcast_object(group, _default_out(args)))
@@ -277,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--representation", choices=["latent", "observed"], default="latent")
     train.add_argument("--fusion", choices=["concat", "dp", "experts"], default="concat",
                        help="experts: one head per view, for data with views often missing")
+    train.add_argument("--hidden", type=int, nargs="*", default=[256], metavar="H",
+                       help="hidden sizes of the decoders and classifier heads (default: "
+                            "256; none: linear heads)")
+    train.add_argument("--classifier-prior-scale", type=float, default=None, metavar="SD",
+                       help="Normal(0, SD) prior on the classifier's weights (default: none)")
     train.add_argument("--alpha", default="1.0", help="DP concentration or 'learned'")
     train.add_argument("--unsupervised", action="store_true", help="ignore labels")
     train.add_argument("--factor", action="append", default=[], metavar="KIND[:K=V,...]",

@@ -68,7 +68,11 @@ Decisions not fixed by the design:
   leave-one-out predictions ``q(y | z_-m)`` of ARM's contribution estimates
   (:mod:`pyro_mm.factors.arm`). It changes the label term of the objective to
   ``E_mask log q(y | fill(z, mask))``; the priors and reconstructions are untouched, and
-  outside training (prediction, evaluation) nothing is dropped.
+  outside training (prediction, evaluation) nothing is dropped. ``fusion="experts"``
+  needs none: its heads are each fitted alone (the factor ``"y_experts"``, the sum over
+  present modalities of ``log q_m(y | z_m)``), so every subset's product is a fitted
+  predictor; its ``"y"`` site scores that product and passes no gradient
+  (:mod:`pyro_mm.fusion` says why).
 """
 
 from __future__ import annotations

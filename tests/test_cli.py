@@ -38,6 +38,18 @@ def test_train_mfeat_views_and_evaluate_on_a_file(tmp_path, capsys):
     assert "examples evaluated" in capsys.readouterr().out
 
 
+def test_train_the_missing_views_recipe(tmp_path, capsys):
+    """Observed features, one linear logistic head per view, a Gaussian prior on them."""
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--components", "4",
+                 "--representation", "observed", "--fusion", "experts", "--hidden",
+                 "--classifier-prior-scale", "0.5", "--out", str(run), "--quiet"]) == 0
+    assert "held-out accuracy" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())["model"]
+    assert config["fusion"] == "experts" and config["representation"] == "observed"
+    assert config["hidden"] == [] and config["classifier_prior_scale"] == 0.5
+
+
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):
     assert main(["train", "--views", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

@@ -175,7 +175,8 @@ def _arm_heads(model):
 
 
 def _fitted_without_modalities(model) -> bool:
-    return model.modality_dropout > 0 or any(
+    # "experts" fits every head alone, so every subset's product is a fitted predictor.
+    return model.modality_dropout > 0 or model.fusion_name == "experts" or any(
         callable(getattr(f, "leave_one_out_loss", None)) for f in model.factors)
 
 
