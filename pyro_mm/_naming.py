@@ -14,18 +14,44 @@ from __future__ import annotations
 import contextlib
 import itertools
 
+from typing import Any
+
 from pyro.nn import PyroModule
 from torch import nn
 
 _COUNTER = itertools.count()
 
+#: Prefix of this module's entries in a PyroModule's per-call cache (which otherwise
+#: holds PyroSample values, keyed by their full names: no name starts with NUL).
+_REGISTERED = "\0registered:"
+
 
 class UniquelyNamedModule(PyroModule):
     """A :class:`~pyro.nn.PyroModule` whose Pyro name is ``<prefix><n>``, unique in
-    this process (``n`` counts instances)."""
+    this process (``n`` counts instances).
+
+    Inside a call, the first access to a plain ``nn.Module`` attribute (the decoders,
+    encoders, classifier) issues Pyro's ``pyro.module`` statement, one ``pyro.param``
+    per weight, as :class:`~pyro.nn.PyroModule` always does; later accesses in the same
+    call return the module without repeating them. They would change nothing (the
+    same parameters, already in the trace and the store) but cost a pass over every
+    weight each time, which is most of Pyro's overhead per step when a loop over the
+    modalities reads ``self.decoders[m]``. Outside a call nothing is cached.
+    """
 
     def __init__(self, prefix: str):
         super().__init__(name=f"{prefix}{next(_COUNTER)}")
+
+    def __getattr__(self, name: str) -> Any:
+        modules = self.__dict__.get("_modules")
+        context = self.__dict__.get("_pyro_context")
+        if (modules is None or context is None or not context.active
+                or name not in modules or isinstance(modules[name], PyroModule)):
+            return super().__getattr__(name)
+        key = f"{_REGISTERED}{self.__dict__['_pyro_name']}.{name}"  # context is shared
+        if key not in context.cache:
+            context.cache[key] = super().__getattr__(name)  # the pyro.module statement
+        return context.cache[key]
 
 
 @contextlib.contextmanager
