@@ -88,7 +88,13 @@ def _is_non_finite_parameter_error(exc: ValueError) -> bool:
 
 
 def _finite_grads(params) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+    """Whether every gradient is finite, in one fused pass and one host
+    synchronisation (a check per parameter cost ~5% of a step): the largest absolute
+    value of each gradient is finite exactly when all its entries are (NaN propagates)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all())
 
 
 def _snapshot(model, guide) -> dict[str, Any]:
