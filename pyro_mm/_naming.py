@@ -48,10 +48,36 @@ class UniquelyNamedModule(PyroModule):
         if (modules is None or context is None or not context.active
                 or name not in modules or isinstance(modules[name], PyroModule)):
             return super().__getattr__(name)
+        if _QUIET:  # see without_param_statements
+            return modules[name]
         key = f"{_REGISTERED}{self.__dict__['_pyro_name']}.{name}"  # context is shared
         if key not in context.cache:
             context.cache[key] = super().__getattr__(name)  # the pyro.module statement
         return context.cache[key]
+
+
+_QUIET = False
+
+
+@contextlib.contextmanager
+def without_param_statements():
+    """Inside: a :class:`UniquelyNamedModule` reads its plain ``nn.Module`` attributes
+    without Pyro's ``pyro.module`` statement (one ``pyro.param`` per weight).
+
+    For a loop that optimises ``Trace_ELBO()(model, guide).parameters()`` with a torch
+    optimiser, as :class:`~pyro_mm.trainer.Trainer` does: nothing there reads the
+    parameter sites of the trace or the global store, and the statements cost ~10% of a
+    step. Do not use it with ``pyro.infer.SVI``, which finds what to optimise through
+    those statements. Pyro's own modules (the autoguide's parameters) are unaffected.
+    The weights must already be registered (one ordinary call, e.g. a warm-up step), so
+    the store and the modules hold the same tensors.
+    """
+    global _QUIET
+    previous, _QUIET = _QUIET, True
+    try:
+        yield
+    finally:
+        _QUIET = previous
 
 
 @contextlib.contextmanager

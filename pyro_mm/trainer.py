@@ -24,7 +24,7 @@ from pyro.optim.clipped_adam import ClippedAdam
 
 from . import checkpoint as ckpt
 from . import distributed as ddp
-from ._naming import evaluation_mode
+from ._naming import evaluation_mode, without_param_statements
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
 from .errors import CheckpointError, TrainingDivergedError
@@ -255,7 +255,9 @@ class Trainer:
         kl_weight = (min(1.0, (self.global_step + 1) / self.warmup_steps)
                      if self.warmup_steps else 1.0)
         try:
-            with pyro.validation_enabled(s.validate_args):
+            # The optimiser holds the parameters (registered by the warm-up call in
+            # build_optimizer), so Pyro's per-weight statements are skipped.
+            with pyro.validation_enabled(s.validate_args), without_param_statements():
                 loss = self.loss_fn(minibatch.batch, minibatch.indices, kl_weight)
         except ValueError as exc:
             if not _is_non_finite_parameter_error(exc):
