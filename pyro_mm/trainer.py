@@ -1,10 +1,10 @@
 """The training loop of :func:`pyro_mm.training.fit` as a :class:`Trainer` with one
 method per phase.
 
-Every step is one ``Trace_ELBO`` (or ``TraceMeanField_ELBO``) evaluation on a
-:class:`Minibatch`, followed by a :class:`~pyro.optim.clipped_adam.ClippedAdam` update;
-a non-finite loss or gradient skips the update and halves the step size
-(:meth:`Trainer._recover`). See :mod:`pyro_mm.training` for the behaviour as a whole.
+Every step is one ``Trace_ELBO`` (:mod:`pyro_mm.elbo`) or ``TraceMeanField_ELBO``
+evaluation on a :class:`Minibatch`, followed by a
+:class:`~pyro.optim.clipped_adam.ClippedAdam` update; a non-finite loss or gradient
+skips the update and halves the step size (:meth:`Trainer._recover`). See :mod:`pyro_mm.training` for the behaviour as a whole.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
 from . import checkpoint as ckpt
@@ -27,6 +27,7 @@ from . import distributed as ddp
 from ._naming import evaluation_mode, without_param_statements
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
+from .elbo import TraceELBO
 from .errors import CheckpointError, TrainingDivergedError
 from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
@@ -198,7 +199,7 @@ class Trainer:
         """Create the loss and the optimiser after one warm-up pass (so every lazily
         created parameter exists), and restore a resumed run's state."""
         model, guide, s = self.model, self.guide, self.settings
-        elbo_cls = Trace_ELBO if s.elbo == "trace" else TraceMeanField_ELBO
+        elbo_cls = TraceELBO if s.elbo == "trace" else TraceMeanField_ELBO
         self.loss_fn = elbo_cls(num_particles=s.num_particles)(model, guide)
         n = self.batch.size
         self.minibatch_size = min(s.batch_size, n)
