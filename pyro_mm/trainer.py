@@ -4,7 +4,8 @@ method per phase.
 Every step is one ``Trace_ELBO`` (:mod:`pyro_mm.elbo`) or ``TraceMeanField_ELBO``
 evaluation on a :class:`Minibatch`, followed by a
 :class:`~pyro.optim.clipped_adam.ClippedAdam` update; a non-finite loss or gradient
-skips the update and halves the step size (:meth:`Trainer._recover`). See :mod:`pyro_mm.training` for the behaviour as a whole.
+skips the update and halves the step size (:meth:`Trainer._recover`). See
+:mod:`pyro_mm.training` for the behaviour as a whole.
 """
 
 from __future__ import annotations
