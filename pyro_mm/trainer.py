@@ -3,9 +3,9 @@ method per phase.
 
 Every step is one ``Trace_ELBO`` (:mod:`pyro_mm.elbo`) or ``TraceMeanField_ELBO``
 evaluation on a :class:`Minibatch`, followed by a
-:class:`~pyro.optim.clipped_adam.ClippedAdam` update; a non-finite loss or gradient
-skips the update and halves the step size (:meth:`Trainer._recover`). See
-:mod:`pyro_mm.training` for the behaviour as a whole.
+:class:`~pyro.optim.clipped_adam.ClippedAdam` update (fused: :mod:`pyro_mm.optim`); a
+non-finite loss or gradient skips the update and halves the step size
+(:meth:`Trainer._recover`). See :mod:`pyro_mm.training` for the behaviour as a whole.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from pyro.optim.clipped_adam import ClippedAdam
 
 from . import checkpoint as ckpt
 from . import distributed as ddp
@@ -35,6 +34,7 @@ from .guides import MultimodalGuide
 from .inference import evaluate
 from .models import MultimodalDPMixture
 from .monitoring import EarlyStopping, validation_metrics
+from .optim import FusedClippedAdam
 from .result import FitResult, History, resume_state
 
 __all__ = ["Minibatch", "Settings", "Trainer"]
@@ -210,8 +210,8 @@ class Trainer:
         model.pop_records()
         self.loss_fn = ddp.wrap(self.group, self.loss_fn, self.device)
         self.params = list(self.loss_fn.parameters())
-        self.optimizer = ClippedAdam(self.params, lr=s.learning_rate, clip_norm=s.clip_norm,
-                                     lrd=s.lr_decay)
+        self.optimizer = FusedClippedAdam(self.params, lr=s.learning_rate,
+                                          clip_norm=s.clip_norm, lrd=s.lr_decay)
         resume = self.resume_state
         if resume:
             self.optimizer.load_state_dict(resume["optimizer_state"])

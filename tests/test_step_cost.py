@@ -156,3 +156,27 @@ def test_fits_elbo_equals_pyros_with_the_same_gradients():
     assert float(losses[1].detach()) == pytest.approx(float(losses[0].detach()), rel=1e-6)
     for a, b in zip(*grads):
         assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_clipped_adam_updates_exactly_as_clipped_adam():
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    from pyro_mm.optim import FusedClippedAdam
+
+    torch.manual_seed(0)
+    shapes = [(5, 3), (7,), (2, 4, 3), (1,)]
+    plain = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    fused = [torch.nn.Parameter(p.detach().clone()) for p in plain]
+    optimisers = (ClippedAdam(plain, lr=0.01, clip_norm=1.0, lrd=0.999),
+                  FusedClippedAdam(fused, lr=0.01, clip_norm=1.0, lrd=0.999))
+    for step in range(30):
+        grads = [3 * torch.randn(s) for s in shapes]
+        for params, optimiser in zip((plain, fused), optimisers):
+            for i, (p, g) in enumerate(zip(params, grads)):
+                p.grad = None if (step % 7 == 3 and i == 1) else g.clone()  # skipped
+            optimiser.step()
+    assert all(torch.equal(a, b) for a, b in zip(plain, fused))
+    states = [o.state_dict()["state"] for o in optimisers]
+    assert states[0][1]["step"] == states[1][1]["step"] < 30
+    assert all(torch.equal(states[0][i][k], states[1][i][k])
+               for i in range(len(shapes)) for k in ("exp_avg", "exp_avg_sq"))
