@@ -90,9 +90,7 @@ def _is_non_finite_parameter_error(exc: ValueError) -> bool:
 
 
 def _finite_grads(params) -> bool:
-    """Whether every gradient is finite, in one fused pass and one host
-    synchronisation (a check per parameter cost ~5% of a step): the largest absolute
-    value of each gradient is finite exactly when all its entries are (NaN propagates)."""
+    """All gradients finite, in one fused pass and one host sync (NaN propagates)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return True
@@ -257,8 +255,7 @@ class Trainer:
         kl_weight = (min(1.0, (self.global_step + 1) / self.warmup_steps)
                      if self.warmup_steps else 1.0)
         try:
-            # The optimiser holds the parameters (registered by the warm-up call in
-            # build_optimizer), so Pyro's per-weight statements are skipped.
+            # The optimiser holds the weights (warm-up in build_optimizer): no statements.
             with pyro.validation_enabled(s.validate_args), without_param_statements():
                 loss = self.loss_fn(minibatch.batch, minibatch.indices, kl_weight)
         except ValueError as exc:
