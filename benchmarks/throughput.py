@@ -23,6 +23,7 @@ model never saw) show whether the results changed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -53,9 +54,26 @@ def _data(pm, name: str, num_examples: int):
     return data.subset(order), data.subset(rest), classes, epochs
 
 
-def worker(name: str, num_examples: int) -> dict:
-    """One process's measurements of the ``pyro_mm`` it imports (see the docstring)."""
+def _fit(pm, train, classes, epochs, batch_size, seed):
     import pyro
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model = pm.MultimodalDPMixture(train.dims, num_classes=classes, latent_dim=16,
+                                   num_components=20)
+    return pm.fit(model, train, num_epochs=epochs, batch_size=batch_size, device="cpu",
+                  progress=False, seed=seed)
+
+
+def _held_out(pm, result, held_out) -> dict:
+    return {f"held_out_{k}": v for k, v in pm.evaluate(result, held_out).items()
+            if k in ("accuracy", "log_likelihood")}
+
+
+def worker(name: str, num_examples: int, seeds: int = 1) -> dict:
+    """One process's measurements of the ``pyro_mm`` it imports (see the docstring);
+    with ``seeds > 1`` also the held-out metrics of seeds ``1 .. seeds - 1`` at batch
+    128 (untimed): the seed noise the before/after difference is compared with."""
     import torch
 
     import pyro_mm as pm
@@ -64,20 +82,17 @@ def worker(name: str, num_examples: int) -> dict:
     train, held_out, classes, epochs = _data(pm, name, num_examples)
     out = {"package": str(Path(pm.__file__).parent), "num_train": len(train)}
     for batch_size in BATCH_SIZES:
-        pyro.clear_param_store()
-        pyro.set_rng_seed(0)
-        model = pm.MultimodalDPMixture(train.dims, num_classes=classes, latent_dim=16,
-                                       num_components=20)
-        result = pm.fit(model, train, num_epochs=epochs, batch_size=batch_size,
-                        device="cpu", progress=False, seed=0)
+        result = _fit(pm, train, classes, epochs, batch_size, seed=0)
         seconds = sum(row["seconds"] for row in result.history.epochs)
         row = {"train_per_s": epochs * len(train) / seconds,
                "first_losses": [s["loss"] for s in result.history.steps[:5]]}
         if batch_size == BATCH_SIZES[0]:
             row.update(_prediction(pm, result, train))
-        row.update({f"held_out_{k}": v for k, v in pm.evaluate(result, held_out).items()
-                    if k in ("accuracy", "log_likelihood")})
+        row.update(_held_out(pm, result, held_out))
         out[str(batch_size)] = row
+    out["seeds"] = [out["128"]] + [
+        _held_out(pm, _fit(pm, train, classes, epochs, BATCH_SIZES[0], seed), held_out)
+        for seed in range(1, seeds)]
     return out
 
 
@@ -91,15 +106,31 @@ def _prediction(pm, result, data) -> dict:
     return {"predict_per_s": len(data) / predict, "evaluate_per_s": len(data) / evaluate}
 
 
-def _run(package_root: Path, name: str, num_examples: int) -> dict:
+def _run(package_root: Path, name: str, num_examples: int, seeds: int) -> dict:
     code = (f"import sys, json; sys.path[:0] = [{str(package_root)!r}, {str(ROOT)!r}]; "
             "from benchmarks.throughput import worker; "
-            f"print('RESULT', json.dumps(worker({name!r}, {num_examples})))")
+            f"print('RESULT', json.dumps(worker({name!r}, {num_examples}, {seeds})))")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, cwd=tempfile.gettempdir(), check=True)
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
+
+
+def _seed_noise(runs, seeds: int) -> str:
+    """The mfeat held-out metrics over seeds, before and after, and the largest
+    same-seed difference: whether the results changed beyond seed noise."""
+    parts = []
+    for key, label in (("held_out_accuracy", "accuracy"),
+                       ("held_out_log_likelihood", "label log-lik.")):
+        stats = {w: [s[key] for s in runs["mfeat", w][0]["seeds"]] for w in ("before", "after")}
+        spread = {w: statistics.stdev(v) if len(v) > 1 else math.nan for w, v in stats.items()}
+        paired = max(abs(a - b) for a, b in zip(stats["before"], stats["after"]))
+        parts.append(f"{label} before {statistics.mean(stats['before']):.4f} ± "
+                     f"{spread['before']:.4f}, after {statistics.mean(stats['after']):.4f} ± "
+                     f"{spread['after']:.4f}, largest same-seed |difference| {paired:.4f}")
+    return (f"Seed noise, mfeat held-out, batch 128, seeds 0-{seeds - 1} (mean ± sd over "
+            "seeds): " + "; ".join(parts) + ".")
 
 
 def _summary(values: list[float]) -> str:
@@ -115,15 +146,18 @@ def main(argv=None) -> None:
     repeats = 1 if args.tiny else args.repeats
     sizes = {"synthetic": 3000 if args.tiny else args.num_examples,
              "mfeat": 300 if args.tiny else 1000}
+    seeds = {"synthetic": 1, "mfeat": 2 if args.tiny else 5}
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "archive", args.base_rev, "pyro_mm"], cwd=ROOT,
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         runs = {(name, which): [] for name in sizes for which in ("before", "after")}
         for name, n in sizes.items():
-            for _ in range(repeats):
+            for repeat in range(repeats):
                 for which, root in (("before", Path(tmp)), ("after", ROOT)):
-                    runs[name, which].append(_run(root, name, n))
+                    # the seed-noise fits once per code, in the first pair
+                    runs[name, which].append(_run(root, name, n,
+                                                  seeds[name] if repeat == 0 else 1))
                     print(name, which, runs[name, which][-1], flush=True)
     rows = []
     raw = [{"data": k[0], "code": k[1], "runs": v} for k, v in runs.items()]
@@ -141,6 +175,7 @@ def main(argv=None) -> None:
                   for b in BATCH_SIZES]
         rows.append([name, "after / before"] + [f"{x:.2f}x" for x in ratios]
                     + ["", "", "", ""])
+    noise = _seed_noise(runs, seeds["mfeat"])
     table = markdown_table(
         ["data", "code", "train ex/s, batch 128", "train ex/s, batch 1024",
          "predict ex/s", "evaluate ex/s", "held-out acc. (b128)", "held-out acc. (b1024)"],
@@ -152,7 +187,7 @@ def main(argv=None) -> None:
              "settings of `pm.fit` and the model. Prediction: `pm.predict` / `pm.evaluate` "
              "on the training set after the batch-128 fit (evaluate includes the label "
              "log-likelihood pass). 'after / before' is the median of the per-pair ratios. "
-             "Held-out accuracy is on the examples not trained on, same seed.")
+             "Held-out accuracy is on the examples not trained on, same seed. " + noise)
     write_results("throughput", {"title": "Training and prediction throughput (CPU)",
                                  "rows": raw, "notes": notes}, table, args.out,
                   record=not args.tiny)
