@@ -1,30 +1,28 @@
 """Training and prediction throughput on the CPU, this code against an earlier commit.
 
-Examples per second of one training epoch as ``pm.fit`` runs it (the epoch's own time,
-without the one-off standardisation and guide initialisation), at batch 128 and 1,024,
-and of ``pm.predict`` and ``pm.evaluate`` on the training set, for two data sets:
+"Before" is the package at ``--base-rev`` (extracted with ``git archive`` and imported
+as ``pyro_mm_base``), "after" the working tree, both in one process. Training: one
+:class:`~pyro_mm.trainer.Trainer` per code on the same data, their steps interleaved
+(before, after, before, ...), so load from other work on a shared machine hits both
+alike; examples per second = examples stepped / the sum of that code's step times, at
+batch 128 and 1,024. Prediction: ``predict`` and ``evaluate`` of each code's trained
+model on the training set, alternated, median of three. Data:
 
-* synthetic: two modalities (64 and 32 features), ``N = 200,000``, 10 clusters; the
-  model has latent size 16, 20 components and a classifier;
-* mfeat: six views, 2,000 examples (an epoch is 16 steps at batch 128, so each
-  measurement runs several epochs).
+* synthetic: two modalities (64 and 32 features), ``N = 200,000``, 10 clusters, one
+  epoch; the model has latent size 16, 20 components and a classifier;
+* mfeat: six views, 2,000 examples, several epochs (an epoch is 16 steps at batch 128).
 
-"Before" is the package at ``--base-rev`` (extracted with ``git archive`` into a
-temporary folder), "after" the working tree. Each measurement runs in its own process,
-the two alternating (before, after, before, ...), so a machine shared with other work
-slows both alike; the table gives medians and the spread over ``--repeats`` pairs. One
-thread per process. With the same seed both fit the same model, so the held-out
-accuracy and label log-likelihood after training (second half of the data, which the
-model never saw) show whether the results changed.
+Same results: each code also fits mfeat's first half alone (batch 128, 5 epochs,
+seeds 0-4) and is scored on the other half; the same-seed differences are compared with
+the spread over seeds.
 
-    python -m benchmarks.throughput [--tiny] [--repeats 3] [--base-rev 7146b83]
+    python -m benchmarks.throughput [--tiny] [--base-rev 7146b83]
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
+import importlib
+import itertools
 import statistics
 import subprocess
 import sys
@@ -32,165 +30,178 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyro
+import torch
+
+import pyro_mm as pm
+
 from .common import HERE, markdown_table, parser, write_results
 
 ROOT = HERE.parent
 BATCH_SIZES = (128, 1024)
 
 
-def _data(pm, name: str, num_examples: int):
-    """``(train, held_out, num_classes, epochs)`` for one data set."""
-    if name == "mfeat":
-        data = pm.datasets.load_mfeat()
-        if 2 * num_examples < len(data):
-            data = data.subset(range(2 * num_examples))
-        classes, epochs = 10, 5
-    else:
-        data = pm.datasets.make_synthetic(2 * num_examples, num_clusters=10,
-                                          dims={"a": 64, "b": 32}, seed=0)
-        classes, epochs = 10, 1
-    order = list(range(0, len(data), 2)) if name == "mfeat" else list(range(num_examples))
-    rest = sorted(set(range(len(data))) - set(order))
-    return data.subset(order), data.subset(rest), classes, epochs
+def load_base(rev: str, folder: str):
+    """The package at git revision ``rev`` as module ``pyro_mm_base`` (its imports are
+    relative), with Pyro names that cannot collide with this process's modules."""
+    archive = subprocess.run(["git", "archive", rev, "pyro_mm"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    (Path(folder) / "pyro_mm").rename(Path(folder) / "pyro_mm_base")
+    sys.path.insert(0, folder)
+    base = importlib.import_module("pyro_mm_base")
+    base._naming._COUNTER = itertools.count(10**6)
+    return base
 
 
-def _fit(pm, train, classes, epochs, batch_size, seed):
-    import pyro
+def _as(package, data):
+    """``data`` as ``package``'s own :class:`MultimodalData` (its type checks)."""
+    return package.MultimodalData(data.features, labels=data.labels, masks=data.masks,
+                                  num_classes=data.num_classes, metadata=data.metadata)
 
-    pyro.clear_param_store()
+
+def _trainer(package, data, batch_size: int, seed: int = 0):
+    data = _as(package, data)
     pyro.set_rng_seed(seed)
-    model = pm.MultimodalDPMixture(train.dims, num_classes=classes, latent_dim=16,
-                                   num_components=20)
-    return pm.fit(model, train, num_epochs=epochs, batch_size=batch_size, device="cpu",
-                  progress=False, seed=seed)
+    model = package.MultimodalDPMixture(data.dims, num_classes=10, latent_dim=16,
+                                        num_components=20)
+    trainer = package.trainer.Trainer(model, package.trainer.Settings(
+        batch_size=batch_size, device="cpu", seed=seed, progress=False))
+    trainer.prepare(data)
+    trainer.build_optimizer()
+    return trainer
 
 
-def _held_out(pm, result, held_out) -> dict:
-    return {f"held_out_{k}": v for k, v in pm.evaluate(result, held_out).items()
-            if k in ("accuracy", "log_likelihood")}
-
-
-def worker(name: str, num_examples: int, seeds: int = 1) -> dict:
-    """One process's measurements of the ``pyro_mm`` it imports (see the docstring);
-    with ``seeds > 1`` also the held-out metrics of seeds ``1 .. seeds - 1`` at batch
-    128 (untimed): the seed noise the before/after difference is compared with."""
-    import torch
-
-    import pyro_mm as pm
-
-    torch.set_num_threads(1)
-    train, held_out, classes, epochs = _data(pm, name, num_examples)
-    out = {"package": str(Path(pm.__file__).parent), "num_train": len(train)}
-    for batch_size in BATCH_SIZES:
-        result = _fit(pm, train, classes, epochs, batch_size, seed=0)
-        seconds = sum(row["seconds"] for row in result.history.epochs)
-        row = {"train_per_s": epochs * len(train) / seconds,
-               "first_losses": [s["loss"] for s in result.history.steps[:5]]}
-        if batch_size == BATCH_SIZES[0]:
-            row.update(_prediction(pm, result, train))
-        row.update(_held_out(pm, result, held_out))
-        out[str(batch_size)] = row
-    out["seeds"] = [out["128"]] + [
-        _held_out(pm, _fit(pm, train, classes, epochs, BATCH_SIZES[0], seed), held_out)
-        for seed in range(1, seeds)]
+def interleaved_training(packages: dict, data, batch_size: int, epochs: int) -> dict:
+    """``which -> {"per_s", "step_ms"}``: every code's trainer, steps interleaved."""
+    trainers = {w: _trainer(p, data, batch_size) for w, p in packages.items()}
+    times = {w: [] for w in packages}
+    examples = 0
+    for epoch in range(epochs):
+        batches = {}
+        for w, tr in trainers.items():
+            tr.epoch = epoch
+            batches[w] = tr.minibatches(epoch)[0]
+            tr.model.train()
+            tr.guide.train()
+        for i in range(len(batches["after"])):
+            examples += len(batches["after"][i].indices)
+            for w, tr in trainers.items():
+                start = time.perf_counter()
+                tr.step(batches[w][i])
+                times[w].append(time.perf_counter() - start)
+    for tr in trainers.values():
+        tr.model.eval()
+        tr.guide.eval()
+    out = {w: {"per_s": examples / sum(t), "step_ms": 1000 * statistics.median(t)}
+           for w, t in times.items()}
+    out["step_ratio"] = statistics.median(b / a for a, b in zip(times["after"],
+                                                                 times["before"]))
+    out["trainers"] = trainers
     return out
 
 
-def _prediction(pm, result, data) -> dict:
-    start = time.perf_counter()
-    pm.predict(result, data)
-    predict = time.perf_counter() - start
-    start = time.perf_counter()
-    pm.evaluate(result, data)
-    evaluate = time.perf_counter() - start
-    return {"predict_per_s": len(data) / predict, "evaluate_per_s": len(data) / evaluate}
+def interleaved_prediction(packages: dict, trainers: dict, data, repeats: int = 3) -> dict:
+    times = {(w, f): [] for w in packages for f in ("predict", "evaluate")}
+    for _ in range(repeats):
+        for w, package in packages.items():
+            for f in ("predict", "evaluate"):
+                start = time.perf_counter()
+                getattr(package, f)(trainers[w].result, _as(package, data))
+                times[w, f].append(time.perf_counter() - start)
+    return {f"{w}/{f}": len(data) / statistics.median(t) for (w, f), t in times.items()}
 
 
-def _run(package_root: Path, name: str, num_examples: int, seeds: int) -> dict:
-    code = (f"import sys, json; sys.path[:0] = [{str(package_root)!r}, {str(ROOT)!r}]; "
-            "from benchmarks.throughput import worker; "
-            f"print('RESULT', json.dumps(worker({name!r}, {num_examples}, {seeds})))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, cwd=tempfile.gettempdir(), check=True)
-    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+def seed_noise(packages: dict, data, seeds: int, epochs: int) -> dict:
+    """Held-out accuracy and label log-likelihood of each code, fitted alone on the
+    even-numbered examples with seeds ``0 .. seeds - 1``, scored on the odd ones."""
+    train, test = data.subset(range(0, len(data), 2)), data.subset(range(1, len(data), 2))
+    out = {}
+    for w, package in packages.items():
+        out[w] = []
+        train, test = _as(package, train), _as(package, test)
+        for seed in range(seeds):
+            pyro.clear_param_store()
+            pyro.set_rng_seed(seed)
+            model = package.MultimodalDPMixture(train.dims, num_classes=10, latent_dim=16,
+                                                num_components=20)
+            result = package.fit(model, train, num_epochs=epochs, batch_size=128,
+                                 device="cpu", progress=False, seed=seed)
+            metrics = package.evaluate(result, test)
+            out[w].append({k: metrics[k] for k in ("accuracy", "log_likelihood")})
+    return out
 
 
-def _seed_noise(runs, seeds: int) -> str:
-    """The mfeat held-out metrics over seeds, before and after, and the largest
-    same-seed difference: whether the results changed beyond seed noise."""
+def _noise_note(noise: dict) -> str:
     parts = []
-    for key, label in (("held_out_accuracy", "accuracy"),
-                       ("held_out_log_likelihood", "label log-lik.")):
-        stats = {w: [s[key] for s in runs["mfeat", w][0]["seeds"]] for w in ("before", "after")}
-        spread = {w: statistics.stdev(v) if len(v) > 1 else math.nan for w, v in stats.items()}
-        paired = max(abs(a - b) for a, b in zip(stats["before"], stats["after"]))
-        parts.append(f"{label} before {statistics.mean(stats['before']):.4f} ± "
-                     f"{spread['before']:.4f}, after {statistics.mean(stats['after']):.4f} ± "
-                     f"{spread['after']:.4f}, largest same-seed |difference| {paired:.4f}")
-    return (f"Seed noise, mfeat held-out, batch 128, seeds 0-{seeds - 1} (mean ± sd over "
-            "seeds): " + "; ".join(parts) + ".")
-
-
-def _summary(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+    for key in ("accuracy", "log_likelihood"):
+        v = {w: [r[key] for r in rows] for w, rows in noise.items()}
+        sd = {w: statistics.stdev(x) if len(x) > 1 else float("nan") for w, x in v.items()}
+        paired = max(abs(a - b) for a, b in zip(v["before"], v["after"]))
+        parts.append(f"{key.replace('_', '-')}: before {statistics.mean(v['before']):.4f} "
+                     f"± {sd['before']:.4f}, after {statistics.mean(v['after']):.4f} ± "
+                     f"{sd['after']:.4f}, largest same-seed |difference| {paired:.4f}")
+    return "; ".join(parts)
 
 
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--base-rev", default="7146b83")
     p.add_argument("--num-examples", type=int, default=200_000)
     args = p.parse_args(argv)
-    repeats = 1 if args.tiny else args.repeats
-    sizes = {"synthetic": 3000 if args.tiny else args.num_examples,
-             "mfeat": 300 if args.tiny else 1000}
-    seeds = {"synthetic": 1, "mfeat": 2 if args.tiny else 5}
+    torch.set_num_threads(1)
+    mfeat = pm.datasets.load_mfeat()
+    synthetic = pm.datasets.make_synthetic(3000 if args.tiny else args.num_examples,
+                                           num_clusters=10, dims={"a": 64, "b": 32}, seed=0)
+    sets = {"synthetic": (synthetic, {128: 1, 1024: 1}),
+            "mfeat": (mfeat.subset(range(0, 2000, 5)) if args.tiny else mfeat,
+                      {128: 1, 1024: 2} if args.tiny else {128: 5, 1024: 20})}
+    seeds, seed_epochs = (2, 1) if args.tiny else (5, 5)
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", args.base_rev, "pyro_mm"], cwd=ROOT,
-                                 capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        runs = {(name, which): [] for name in sizes for which in ("before", "after")}
-        for name, n in sizes.items():
-            for repeat in range(repeats):
-                for which, root in (("before", Path(tmp)), ("after", ROOT)):
-                    # the seed-noise fits once per code, in the first pair
-                    runs[name, which].append(_run(root, name, n,
-                                                  seeds[name] if repeat == 0 else 1))
-                    print(name, which, runs[name, which][-1], flush=True)
-    rows = []
-    raw = [{"data": k[0], "code": k[1], "runs": v} for k, v in runs.items()]
-    for name in sizes:
-        for which in ("before", "after"):
-            r = runs[name, which]
-            rows.append([name, which] + [_summary([x[str(b)]["train_per_s"] for x in r])
-                                         for b in BATCH_SIZES]
-                        + [_summary([x["128"][k] for x in r])
-                           for k in ("predict_per_s", "evaluate_per_s")]
-                        + [f"{statistics.mean(x[str(b)]['held_out_accuracy'] for x in r):.3f}"
-                           for b in BATCH_SIZES])
-        ratios = [statistics.median(a[str(b)]["train_per_s"] / c[str(b)]["train_per_s"]
-                                    for a, c in zip(runs[name, "after"], runs[name, "before"]))
-                  for b in BATCH_SIZES]
-        rows.append([name, "after / before"] + [f"{x:.2f}x" for x in ratios]
-                    + ["", "", "", ""])
-    noise = _seed_noise(runs, seeds["mfeat"])
+        packages = {"before": load_base(args.base_rev, tmp), "after": pm}
+        rows, raw = [], []
+        for name, (data, epochs) in sets.items():
+            result = {b: interleaved_training(packages, data, b, epochs[b])
+                      for b in BATCH_SIZES}
+            speed = interleaved_prediction(packages, result[128]["trainers"], data)
+            entry = {"data": name, "num_examples": len(data), "epochs": epochs,
+                     "prediction_per_s": speed}
+            for b in BATCH_SIZES:
+                result[b].pop("trainers")
+                entry[str(b)] = result[b]
+            raw.append(entry)
+            for w in ("before", "after"):
+                rows.append([name, w] + [f"{result[b][w]['per_s']:,.0f}" for b in BATCH_SIZES]
+                            + [f"{result[b][w]['step_ms']:.1f}" for b in BATCH_SIZES]
+                            + [f"{speed[f'{w}/{f}']:,.0f}" for f in ("predict", "evaluate")])
+            rows.append([name, "after / before"]
+                        + [f"{result[b]['after']['per_s'] / result[b]['before']['per_s']:.2f}x"
+                           for b in BATCH_SIZES]
+                        + [f"{result[b]['step_ratio']:.2f}x" for b in BATCH_SIZES]
+                        + [f"{speed['after/' + f] / speed['before/' + f]:.2f}x"
+                           for f in ("predict", "evaluate")])
+            print(rows[-3:], flush=True)
+        noise = seed_noise(packages, sets["mfeat"][0], seeds, seed_epochs)
     table = markdown_table(
         ["data", "code", "train ex/s, batch 128", "train ex/s, batch 1024",
-         "predict ex/s", "evaluate ex/s", "held-out acc. (b128)", "held-out acc. (b1024)"],
-        rows)
-    notes = (f"Median (min-max) over {repeats} alternating before/after process pairs, one "
-             f"thread each; before = `git archive {args.base_rev}`, after = this tree. "
-             f"Training: synthetic {sizes['synthetic']:,} examples, 1 epoch; mfeat: every "
-             "second example (1,000), 5 epochs; latent 16, K 20, classifier, default "
-             "settings of `pm.fit` and the model. Prediction: `pm.predict` / `pm.evaluate` "
-             "on the training set after the batch-128 fit (evaluate includes the label "
-             "log-likelihood pass). 'after / before' is the median of the per-pair ratios. "
-             "Held-out accuracy is on the examples not trained on, same seed. " + noise)
+         "step ms (median), 128", "step ms (median), 1024", "predict ex/s",
+         "evaluate ex/s"], rows)
+    notes = (f"Before = `git archive {args.base_rev}`, after = this tree, one process, one "
+             "thread, the two trainers' steps interleaved; examples/s = examples stepped / "
+             "sum of that code's step times (what an epoch of pm.fit spends in its steps); "
+             "the 'after / before' row gives that ratio for the examples/s columns and the "
+             "median of the per-step ratios for the step columns. Training: synthetic "
+             f"{len(synthetic):,} examples, 1 epoch; mfeat {len(sets['mfeat'][0]):,} examples, "
+             f"{sets['mfeat'][1][128]} epochs at batch 128 and {sets['mfeat'][1][1024]} at "
+             "1,024; latent 16, K 20, classifier, pm.fit's defaults (the two trainers share "
+             "torch's random stream, so their trajectories are not the seed-0 ones). "
+             "Prediction: predict / evaluate of the batch-128 model on the training set, "
+             "median of 3 alternated calls (evaluate includes the label log-likelihood). "
+             f"Same results, mfeat held-out half, {seeds} seeds, {seed_epochs} epochs at "
+             f"batch 128, mean ± sd over seeds: {_noise_note(noise)}.")
     write_results("throughput", {"title": "Training and prediction throughput (CPU)",
-                                 "rows": raw, "notes": notes}, table, args.out,
-                  record=not args.tiny)
+                                 "rows": raw, "seed_noise": noise, "notes": notes}, table,
+                  args.out, record=not args.tiny)
 
 
 if __name__ == "__main__":
