@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-
 from typing import Any
 
 from pyro.nn import PyroModule
@@ -35,8 +34,9 @@ class UniquelyNamedModule(PyroModule):
     per weight, as :class:`~pyro.nn.PyroModule` always does; later accesses in the same
     call return the module without repeating them. They would change nothing (the
     same parameters, already in the trace and the store) but cost a pass over every
-    weight each time, which is most of Pyro's overhead per step when a loop over the
-    modalities reads ``self.decoders[m]``. Outside a call nothing is cached.
+    weight each time: with six modalities, reading ``self.decoders[m]`` and
+    ``self.encoders[m]`` in loops made 362 ``pyro.param`` statements per step (mfeat) for
+    84 weights. Outside a call nothing is cached.
     """
 
     def __init__(self, prefix: str):
@@ -66,8 +66,8 @@ def without_param_statements():
 
     For a loop that optimises ``Trace_ELBO()(model, guide).parameters()`` with a torch
     optimiser, as :class:`~pyro_mm.trainer.Trainer` does: nothing there reads the
-    parameter sites of the trace or the global store, and the statements cost ~10% of a
-    step. Do not use it with ``pyro.infer.SVI``, which finds what to optimise through
+    parameter sites of the trace or the global store, and the statements cost a few
+    per cent of a step. Do not use it with ``pyro.infer.SVI``, which finds what to optimise through
     those statements. Pyro's own modules (the autoguide's parameters) are unaffected.
     The weights must already be registered (one ordinary call, e.g. a warm-up step), so
     the store and the modules hold the same tensors.
