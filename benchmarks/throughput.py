@@ -6,7 +6,7 @@ as ``pyro_mm_base``), "after" the working tree, both in one process. Training: o
 (before, after, before, ...), so load from other work on a shared machine hits both
 alike; examples per second = examples stepped / the sum of that code's step times, at
 batch 128 and 1,024. Prediction: ``predict`` and ``evaluate`` of each code's trained
-model on the training set, alternated, median of three. Data:
+model on the training set, alternated, median of seven. Data:
 
 * synthetic: two modalities (64 and 32 features), ``N = 200,000``, 10 clusters, one
   epoch; the model has latent size 16, 20 components and a classifier;
@@ -101,7 +101,8 @@ def interleaved_training(packages: dict, data, batch_size: int, epochs: int) -> 
     return out
 
 
-def interleaved_prediction(packages: dict, trainers: dict, data, repeats: int = 3) -> dict:
+def interleaved_prediction(packages: dict, trainers: dict, data, repeats: int = 7
+                           ) -> dict:
     times = {(w, f): [] for w in packages for f in ("predict", "evaluate")}
     for _ in range(repeats):
         for w, package in packages.items():
@@ -196,7 +197,7 @@ def main(argv=None) -> None:
              "1,024; latent 16, K 20, classifier, pm.fit's defaults (the two trainers share "
              "torch's random stream, so their trajectories are not the seed-0 ones). "
              "Prediction: predict / evaluate of the batch-128 model on the training set, "
-             "median of 3 alternated calls (evaluate includes the label log-likelihood). "
+             "median of 7 alternated calls (evaluate includes the label log-likelihood). "
              f"Same results, mfeat held-out half, {seeds} seeds, {seed_epochs} epochs at "
              f"batch 128, mean ± sd over seeds: {_noise_note(noise)}.")
     write_results("throughput", {"title": "Training and prediction throughput (CPU)",
