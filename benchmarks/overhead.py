@@ -13,6 +13,7 @@ expectation (same parameters, many draws).
 from __future__ import annotations
 
 import contextlib
+import tempfile
 
 import pyro
 import pyro.distributions as dist
@@ -26,6 +27,7 @@ from pyro_mm._naming import without_param_statements
 from pyro_mm.elbo import TraceELBO
 
 from .common import markdown_table, parser, write_results
+from .throughput import load_base
 
 
 def _global_prior(model, name: str):
@@ -71,14 +73,15 @@ def handwritten_loss(model, guide, batch, idx) -> torch.Tensor:
     return -(log_p - log_q + batch.size / part.size * local.sum())
 
 
-def setup(seed=0, tiny=False):
+def setup(seed=0, tiny=False, package=pm):
     pyro.set_rng_seed(seed)
-    data = pm.datasets.load_mfeat()
+    data = package.datasets.load_mfeat()
     if tiny:
         data = data.subset(range(0, 2000, 10))
-    model = pm.MultimodalDPMixture(data.dims, num_classes=10, latent_dim=16,
-                                   num_components=20)
-    result = pm.fit(model, data, num_epochs=1, batch_size=128, device="cpu", progress=False)
+    model = package.MultimodalDPMixture(data.dims, num_classes=10, latent_dim=16,
+                                        num_components=20)
+    result = package.fit(model, data, num_epochs=1, batch_size=128, device="cpu",
+                         progress=False)
     return result.model, result.guide, result.model.prepare(data)
 
 
@@ -126,8 +129,16 @@ def paired_ratio(a: dict, b: dict) -> float:
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--base-rev", default="7146b83",
+                   help="also time the code at this git revision ('' to skip)")
     args = p.parse_args(argv)
     repeats = 3 if args.tiny else args.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        base = load_base(args.base_rev, tmp) if args.base_rev else None
+        _main(args, repeats, base)
+
+
+def _main(args, repeats, base) -> None:
     model, guide, batch = setup(tiny=args.tiny)
     elbo = Trace_ELBO()(model, guide)
     fit_elbo = TraceELBO()(model, guide)  # what pm.fit uses: no .item() per site
@@ -144,6 +155,11 @@ def main(argv=None) -> None:
                  "hand_sem": float(hand.std() / draws ** 0.5)}
     print("loss agreement", agreement, flush=True)
 
+    old = None
+    if base is not None:
+        old_model, old_guide, old_batch = setup(tiny=args.tiny, package=base)
+        old_elbo = Trace_ELBO()(old_model, old_guide)
+        old = (old_model, old_guide, old_batch, list(old_elbo.parameters()), old_elbo)
     rows, raw = [], []
     for batch_size in (128, 1024):
         b = min(batch_size, batch.size)
@@ -154,21 +170,36 @@ def main(argv=None) -> None:
                                      params, batch, b), False, False),
                  "before": (step_timer(elbo, params, batch, b), True, False),
                  "after": (step_timer(fit_elbo, params, batch, b), False, True)}
-        hand, before, after = interleaved(steps, repeats)
+        if old is not None:  # the earlier code as its pm.fit ran it, against its own floor
+            steps["old_hand"] = (step_timer(lambda bt, i: handwritten_loss(*old[:2], bt, i),
+                                            old[3], old[2], b), False, False)
+            steps["old_fit"] = (step_timer(old[4], old[3], old[2], b), False, False)
+        hand, before, after, *rest = interleaved(steps, repeats)
         entry = {"batch_size": b, "hand": hand, "pyro_validated": before, "pyro_fit": after,
                  "ratio_before": paired_ratio(before, hand),
                  "ratio_after": paired_ratio(after, hand)}
+        row = [b, _ms(hand), _ms(before), f"{entry['ratio_before']:.2f}x", _ms(after),
+               f"{entry['ratio_after']:.2f}x"]
+        if rest:
+            entry.update(old_hand=rest[0], old_fit=rest[1],
+                         ratio_old=paired_ratio(rest[1], rest[0]))
+            row += [_ms(rest[1]), f"{entry['ratio_old']:.2f}x"]
         raw.append(entry)
-        rows.append([b, _ms(hand), _ms(before), f"{entry['ratio_before']:.2f}x", _ms(after),
-                     f"{entry['ratio_after']:.2f}x"])
+        rows.append(row)
         print(rows[-1], flush=True)
-    table = markdown_table(["batch", "hand-written step (ms)", "Pyro, validation on (ms)",
-                            "ratio", "Pyro as pm.fit runs it (ms)", "ratio"], rows)
+    header = ["batch", "hand-written step (ms)", "Pyro, validation on (ms)", "ratio",
+              "Pyro as pm.fit runs it (ms)", "ratio"]
+    if old is not None:
+        header += [f"before ({args.base_rev}) as its pm.fit ran it (ms)", "its ratio"]
+    table = markdown_table(header, rows)
     notes = (f"mfeat, six views, latent_dim 16, K 20, reconstruction and classifier; step = "
              f"loss + backward + ClippedAdam step; median (min-max) of {repeats} repeats "
-             "after one warm-up, the three variants interleaved (hand, validated, fit, "
+             "after one warm-up, the variants interleaved (hand, validated, fit, ..., "
              "hand, ...) so background load hits each alike; a ratio is the median over "
-             "rounds of the ratio within a round. The hand-written loss is the "
+             "rounds of the ratio within a round. 'before' columns: the code at "
+             f"{args.base_rev or '(none)'} (Trace_ELBO, validation off, as its pm.fit ran "
+             "it) against the same hand-written loss on its own fitted model, in the same "
+             "rounds. The hand-written loss is the "
              "floor (no argument checks). 'Pyro, validation on' is Trace_ELBO with Pyro's "
              "default argument validation; 'as pm.fit runs it' turns validation off "
              "(fit(validate_args=False), the default), skips the per-weight pyro.param "
