@@ -53,9 +53,10 @@ class MixtureParams:
     df: list[torch.Tensor] | None = None
     #: What the mixtures of these parameters share within one step (the effective
     #: scales, the last value's component log-densities); see
-    #: :class:`~pyro_mm.distributions.MultimodalMixture`. Build a new instance, not a
-    #: mutated one, for other parameters.
-    _cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    #: :class:`~pyro_mm.distributions.MultimodalMixture`. Not an argument, so
+    #: ``dataclasses.replace`` starts a fresh one; do not mutate the fields in place.
+    _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
     @classmethod
     def from_sites(cls, modalities, values, default_alpha: torch.Tensor | None = None,
