@@ -12,6 +12,9 @@ expectation (same parameters, many draws).
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -20,8 +23,11 @@ from pyro.optim.clipped_adam import ClippedAdam
 from torch.distributions import biject_to
 
 import pyro_mm as pm
+from pyro_mm._naming import without_param_statements
+from pyro_mm.elbo import TraceELBO
 
-from .common import markdown_table, parser, timed, write_results
+from .common import markdown_table, parser, write_results
+from .throughput import load_base
 
 
 def _global_prior(model, name: str):
@@ -67,14 +73,15 @@ def handwritten_loss(model, guide, batch, idx) -> torch.Tensor:
     return -(log_p - log_q + batch.size / part.size * local.sum())
 
 
-def setup(seed=0, tiny=False):
+def setup(seed=0, tiny=False, package=pm):
     pyro.set_rng_seed(seed)
-    data = pm.datasets.load_mfeat()
+    data = package.datasets.load_mfeat()
     if tiny:
         data = data.subset(range(0, 2000, 10))
-    model = pm.MultimodalDPMixture(data.dims, num_classes=10, latent_dim=16,
-                                   num_components=20)
-    result = pm.fit(model, data, num_epochs=1, batch_size=128, device="cpu", progress=False)
+    model = package.MultimodalDPMixture(data.dims, num_classes=10, latent_dim=16,
+                                        num_components=20)
+    result = package.fit(model, data, num_epochs=1, batch_size=128, device="cpu",
+                         progress=False)
     return result.model, result.guide, result.model.prepare(data)
 
 
@@ -91,13 +98,50 @@ def step_timer(loss_fn, params, batch, batch_size, seed=0):
     return step
 
 
+def interleaved(steps, repeats: int) -> list[dict[str, float]]:
+    """Time ``steps`` (``name -> (step, validate, quiet)``) one after the other,
+    ``repeats`` rounds after one warm-up round, so background load on a shared machine
+    hits each alike; ``timed``-style summaries in the order given."""
+    import statistics
+    import time
+
+    times = {name: [] for name in steps}
+    for round_ in range(repeats + 1):
+        for name, (step, validate, quiet) in steps.items():
+            with pyro.validation_enabled(validate), \
+                    (without_param_statements() if quiet else contextlib.nullcontext()):
+                start = time.perf_counter()
+                step()
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+    return [{"median": statistics.median(t), "min": min(t), "max": max(t),
+             "repeats": repeats, "times": t} for t in times.values()]
+
+
+def paired_ratio(a: dict, b: dict) -> float:
+    """Median over rounds of ``a``'s time over ``b``'s in the same round (robust to load
+    that changes between rounds)."""
+    import statistics
+
+    return statistics.median(x / y for x, y in zip(a["times"], b["times"]))
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--base-rev", default="7146b83",
+                   help="also time the code at this git revision ('' to skip)")
     args = p.parse_args(argv)
     repeats = 3 if args.tiny else args.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        base = load_base(args.base_rev, tmp) if args.base_rev else None
+        _main(args, repeats, base)
+
+
+def _main(args, repeats, base) -> None:
     model, guide, batch = setup(tiny=args.tiny)
     elbo = Trace_ELBO()(model, guide)
+    fit_elbo = TraceELBO()(model, guide)  # what pm.fit uses: no .item() per site
     params = list(elbo.parameters())
 
     # Agreement in expectation (same parameters): mean of many draws.
@@ -111,42 +155,64 @@ def main(argv=None) -> None:
                  "hand_sem": float(hand.std() / draws ** 0.5)}
     print("loss agreement", agreement, flush=True)
 
+    old = None
+    if base is not None:
+        old_model, old_guide, old_batch = setup(tiny=args.tiny, package=base)
+        old_elbo = Trace_ELBO()(old_model, old_guide)
+        old = (old_model, old_guide, old_batch, list(old_elbo.parameters()), old_elbo)
     rows, raw = [], []
     for batch_size in (128, 1024):
         b = min(batch_size, batch.size)
-
-        def time_step(loss_fn, validate):
-            step = step_timer(loss_fn, params, batch, b)
-
-            def run():
-                with pyro.validation_enabled(validate):
-                    step()
-
-            return timed(run, repeats=repeats)
-
-        # The floor: the hand-written loss with no argument checks.
-        hand = time_step(lambda bt, i: handwritten_loss(model, guide, bt, i), False)
-        # Before: Pyro with its default validation; after: as pm.fit runs it.
-        before = time_step(lambda bt, i: elbo(bt, i), True)
-        after = time_step(lambda bt, i: elbo(bt, i), False)
+        # The floor: the hand-written loss with no argument checks. Before: Pyro with
+        # its default validation; after: as pm.fit runs it (validation off, no
+        # per-weight param statements: see pyro_mm._naming.without_param_statements).
+        steps = {"hand": (step_timer(lambda bt, i: handwritten_loss(model, guide, bt, i),
+                                     params, batch, b), False, False),
+                 "before": (step_timer(elbo, params, batch, b), True, False),
+                 "after": (step_timer(fit_elbo, params, batch, b), False, True)}
+        if old is not None:  # the earlier code as its pm.fit ran it, against its own floor
+            steps["old_hand"] = (step_timer(lambda bt, i: handwritten_loss(*old[:2], bt, i),
+                                            old[3], old[2], b), False, False)
+            steps["old_fit"] = (step_timer(old[4], old[3], old[2], b), False, False)
+        hand, before, after, *rest = interleaved(steps, repeats)
         entry = {"batch_size": b, "hand": hand, "pyro_validated": before, "pyro_fit": after,
-                 "ratio_before": before["median"] / hand["median"],
-                 "ratio_after": after["median"] / hand["median"]}
+                 "ratio_before": paired_ratio(before, hand),
+                 "ratio_after": paired_ratio(after, hand)}
+        row = [b, _ms(hand), _ms(before), f"{entry['ratio_before']:.2f}x", _ms(after),
+               f"{entry['ratio_after']:.2f}x"]
+        if rest:
+            entry.update(old_hand=rest[0], old_fit=rest[1],
+                         ratio_old=paired_ratio(rest[1], rest[0]))
+            row += [_ms(rest[1]), f"{entry['ratio_old']:.2f}x"]
         raw.append(entry)
-        rows.append([b, _ms(hand), _ms(before), f"{entry['ratio_before']:.2f}x", _ms(after),
-                     f"{entry['ratio_after']:.2f}x"])
+        rows.append(row)
         print(rows[-1], flush=True)
-    table = markdown_table(["batch", "hand-written step (ms)", "Pyro, validation on (ms)",
-                            "ratio", "Pyro as pm.fit runs it (ms)", "ratio"], rows)
+    header = ["batch", "hand-written step (ms)", "Pyro, validation on (ms)", "ratio",
+              "Pyro as pm.fit runs it (ms)", "ratio"]
+    if old is not None:
+        header += [f"before ({args.base_rev}) as its pm.fit ran it (ms)", "its ratio"]
+    table = markdown_table(header, rows)
     notes = (f"mfeat, six views, latent_dim 16, K 20, reconstruction and classifier; step = "
              f"loss + backward + ClippedAdam step; median (min-max) of {repeats} repeats "
-             "after one warm-up. The hand-written loss is the floor (no argument checks). "
-             "'Pyro, validation on' is Trace_ELBO with Pyro's default argument validation; "
-             "'as pm.fit runs it' turns validation off (fit(validate_args=False), the "
-             "default). JitTrace_ELBO is not an option: torch.jit's tracer fails on this model "
-             "('Tracer cannot infer type of' its inputs). What is left is mostly Pyro's "
-             "per-parameter bookkeeping for PyroModule weights (a profile at batch 128 puts "
-             "~30% of the step in pyro.param/pyro.module lookups). "
+             "after one warm-up, the variants interleaved (hand, validated, fit, ..., "
+             "hand, ...) so background load hits each alike; a ratio is the median over "
+             "rounds of the ratio within a round. 'before' columns: the code at "
+             f"{args.base_rev or '(none)'} (Trace_ELBO, validation off, as its pm.fit ran "
+             "it) against the same hand-written loss on its own fitted model, in the same "
+             "rounds. The hand-written loss is the "
+             "floor (no argument checks). 'Pyro, validation on' is Trace_ELBO with Pyro's "
+             "default argument validation; 'as pm.fit runs it' turns validation off "
+             "(fit(validate_args=False), the default), skips the per-weight pyro.param "
+             "statements its optimiser does not need "
+             "(pyro_mm._naming.without_param_statements) and uses fit's ELBO "
+             "(pyro_mm.elbo.TraceELBO: Trace_ELBO without an .item() per site). "
+             "JitTrace_ELBO is not an option: torch.jit's tracer fails on this model "
+             "('Tracer cannot infer type of' its inputs). What is left is Pyro's per-site "
+             "machinery: the autoguide's two sites per global latent (an auxiliary Normal "
+             "and a Delta), the handlers every sample statement passes through, and the "
+             "traces' log-density bookkeeping. Before issue 16 a profile at batch 128 put "
+             "~30% of the step in pyro.param/pyro.module statements, repeated at every "
+             "access of a network. "
              f"Loss agreement over {draws} draws at identical parameters: Pyro "
              f"{agreement['pyro_mean']:.1f} ± {agreement['pyro_sem']:.1f}, hand-written "
              f"{agreement['hand_mean']:.1f} ± {agreement['hand_sem']:.1f} (mean ± s.e.).")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from . import arm, classification, dpgmm, gpu, missing, overhead, scale
+from . import arm, classification, dpgmm, gpu, missing, overhead, scale, throughput
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for module in (classification, missing, arm, dpgmm, overhead, scale, gpu):
+    for module in (classification, missing, arm, dpgmm, overhead, throughput, scale,
+                   gpu):
         print(f"== benchmarks.{module.__name__.rsplit('.', 1)[-1]}", flush=True)
         module.main(argv)
 

@@ -68,6 +68,30 @@ def gaussian_component_log_density(
     return -0.5 * quadratic.clamp_min(0.0) - log_norm
 
 
+def stacked_gaussian_component_log_density(
+    value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """:func:`gaussian_component_log_density` for ``M`` modalities of one size at once
+    (batched matrix products instead of a Python loop over the modalities).
+
+    Args:
+        value: ``(B, M, d)``.
+        locs, scales: ``(M, K, d)``.
+
+    Returns:
+        ``(B, M, K)``.
+    """
+    precision = scales.pow(-2)                                          # (M, K, d)
+    v = value.transpose(-3, -2)                                         # (M, B, d)
+    quadratic = (
+        v.pow(2) @ precision.transpose(-1, -2)
+        - 2.0 * v @ (locs * precision).transpose(-1, -2)
+        + (locs.pow(2) * precision).sum(-1).unsqueeze(-2)
+    )                                                                   # (M, B, K)
+    log_norm = scales.log().sum(-1).unsqueeze(-2) + 0.5 * value.shape[-1] * _LOG_2PI
+    return (-0.5 * quadratic.clamp_min(0.0) - log_norm).transpose(-3, -2)
+
+
 def studentt_component_log_density(
     value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, df: torch.Tensor
 ) -> torch.Tensor:
@@ -130,6 +154,12 @@ class MultimodalMixture(TorchDistribution):
         batch_size: ``B``, the examples in the plate.
         stacked: if ``True`` (all ``d_m`` equal), values have event shape ``(M, d)``;
             otherwise modalities are concatenated, event shape ``(sum_m d_m,)``.
+        cache: a dict shared by the mixtures of one set of parameters
+            (:meth:`pyro_mm.params.MixtureParams.mixture`): the per-component
+            log-densities of the last value seen are kept there, so the prior on ``z``,
+            the fill-in of absent modalities, the ``dp`` gate and ARM's leave-one-out
+            (``M + 1`` fills of the same ``z``) compute them once per step. Only the
+            parameters' own mixtures may share one (same components, same scales).
     """
 
     arg_constraints = {}
@@ -147,6 +177,7 @@ class MultimodalMixture(TorchDistribution):
         component: str = "normal",
         df: Sequence[torch.Tensor | float] | None = None,
         validate_args=None,
+        cache: dict | None = None,
     ):
         if mixture not in ("joint", "independent"):
             raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
@@ -159,6 +190,7 @@ class MultimodalMixture(TorchDistribution):
                                                            device=log_weights.device)
                                            for v in df]
         self.log_weights = log_weights
+        self._cache = cache
         self.locs = list(locs)
         self.scales = list(scales)
         self.mixture = mixture
@@ -185,6 +217,22 @@ class MultimodalMixture(TorchDistribution):
         """``(B, M, K)``: ``log N(x_im; mu_mk, sigma_mk)``, zero where masked out."""
         return self._masked(self._unmasked(value), self.mask)
 
+    def _unmasked(self, value: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``(B, M, K)`` component log-densities of ``value`` (of ``value.detach()``
+        if ``detach``: gradients still reach the components, not the value), from the
+        shared cache when this exact tensor was seen last."""
+        cache = self._cache
+        key = (detach, self.stacked)
+        if cache is not None and cache.get("value") is value and key in cache:
+            return cache[key]
+        lp = self._compute_unmasked(value.detach() if detach else value)
+        if cache is not None:
+            if cache.get("value") is not value:  # one value at a time: no growth
+                cache.clear()
+                cache["value"] = value
+            cache[key] = lp
+        return lp
+
     @staticmethod
     def _masked(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``lp (B, M, K)`` with the rows of absent modalities set to zero."""
@@ -202,10 +250,13 @@ class MultimodalMixture(TorchDistribution):
             per = per.masked_fill(~self.mask, -math.inf)
         return per
 
-    def _unmasked(self, value: torch.Tensor) -> torch.Tensor:
+    def _compute_unmasked(self, value: torch.Tensor) -> torch.Tensor:
         if self.component == "studentt":
             parts = [studentt_component_log_density(x, loc, scale, df) for x, loc, scale, df
                      in zip(self.split(value), self.locs, self.scales, self.df)]
+        elif self.stacked and len(self.locs) > 1:
+            return stacked_gaussian_component_log_density(
+                value, torch.stack(self.locs), torch.stack(self.scales))
         else:
             parts = [gaussian_component_log_density(x, loc, scale)
                      for x, loc, scale in zip(self.split(value), self.locs, self.scales)]
@@ -242,7 +293,8 @@ class MultimodalMixture(TorchDistribution):
             return torch.softmax(self.log_weights + lp.sum(-2), dim=-1)
         return torch.softmax(self.log_weights + lp, dim=-1)
 
-    def conditional_moments(self, value: torch.Tensor, present: torch.Tensor
+    def conditional_moments(self, value: torch.Tensor, present: torch.Tensor,
+                            detach: bool = False
                             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Mean and variance of each modality given the ``present`` ones.
 
@@ -258,12 +310,13 @@ class MultimodalMixture(TorchDistribution):
             value: a value of this distribution, ``(B, M, d)`` or ``(B, sum d_m)``;
                 entries of absent modalities are ignored (they may be anything finite).
             present: ``(B, M)`` bool.
+            detach: condition on ``value.detach()``.
 
         Returns:
             ``([mean (B, d_m)], [variance (B, d_m)])``, one of each per modality.
         """
         if self.mixture == "joint":
-            lp = self._masked(self._unmasked(value), present)
+            lp = self._masked(self._unmasked(value, detach), present)
             resp = torch.softmax(self.log_weights + lp.sum(-2), dim=-1)       # (B, K)
         else:
             resp = self.log_weights.exp().expand(present.shape[0], -1)
@@ -282,7 +335,7 @@ class MultimodalMixture(TorchDistribution):
         Conditioning uses ``value`` detached: the fill is a prediction from the present
         modalities, not a path for their gradients to game it.
         """
-        means, _ = self.conditional_moments(value.detach(), present)
+        means, _ = self.conditional_moments(value, present, detach=True)
         parts = [torch.where(present[:, j : j + 1], x, mean)
                  for j, (x, mean) in enumerate(zip(self.split(value), means))]
         return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)

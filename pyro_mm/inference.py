@@ -45,12 +45,14 @@ def global_draws(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tens
 
 @torch.no_grad()
 def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
-                  chunk_size: int = 4096, num_samples: int | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """:func:`predict` on an already prepared batch; returns tensors."""
+                  chunk_size: int = 4096, num_samples: int | None = None,
+                  log_probs: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`predict` on an already prepared batch; returns tensors. ``log_probs``
+    (plug-in only) also returns ``"log_probs"`` ``(N, C)``, the classifier's log-softmax,
+    from which :func:`evaluate` reads the label log-likelihood without a second pass."""
     with evaluation_mode(model, guide):
         if num_samples is None:
-            return _predict_batch(model, guide, batch, chunk_size)
+            return _predict_batch(model, guide, batch, chunk_size, log_probs=log_probs)
         draws = [_predict_batch(model, guide, batch, chunk_size, values)
                  for values in global_draws(model, guide, batch, num_samples)]
     out = {}
@@ -62,10 +64,10 @@ def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Ten
     return out
 
 
-def _predict_batch(model, guide, batch, chunk_size, draw=None):
+def _predict_batch(model, guide, batch, chunk_size, draw=None, log_probs=False):
     globals_, params = draw or (guide.point_estimate(), point_params(model, guide))
     out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
-                                          "latent_mean": []}
+                                          "latent_mean": [], "log_probs": []}
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "latent":
             z, _ = guide.encode(part, globals_)
@@ -77,7 +79,10 @@ def _predict_batch(model, guide, batch, chunk_size, draw=None):
                                      stacked=False)
         out["responsibilities"].append(mixture.responsibilities(z))
         if model.classifier is not None:
-            out["probs"].append(torch.softmax(model.class_logits(z, params, part.masks), -1))
+            logits = model.class_logits(z, params, part.masks)
+            out["probs"].append(torch.softmax(logits, -1))
+            if log_probs:
+                out["log_probs"].append(torch.log_softmax(logits, -1))
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -157,6 +162,17 @@ def _log_likelihood(model, guide, batch, num_samples, chunk_size):
     return torch.cat(out)
 
 
+def _evaluation_log_likelihood(model, guide, batch, pred) -> torch.Tensor:
+    """:func:`log_likelihood` of ``batch``; for a latent model with a classifier and
+    labels it is ``log q(y | x)`` at the posterior means, which the prediction pass
+    ``pred`` already computed (the same logits), so it is read from there."""
+    if (model.representation == "latent" and "log_probs" in pred
+            and batch.labels is not None):
+        scores = pred["log_probs"].gather(-1, batch.labels[:, None])[:, 0]
+        return scores.masked_fill(~batch.label_mask, math.nan)
+    return log_likelihood(model, guide, batch)
+
+
 def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
     """Held-out metrics on ``data``.
 
@@ -171,7 +187,7 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
     model, guide = result.model, result.guide
     batch = model.prepare(data)
     with torch.no_grad():
-        pred = predict_batch(model, guide, batch)
+        pred = predict_batch(model, guide, batch, log_probs=True)
         metrics: dict[str, float] = {"num_examples": float(batch.size)}
         labelled = None if batch.label_mask is None else batch.label_mask
         raw_labels = data.labels
@@ -179,7 +195,8 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
             hit = (pred["probs"].argmax(-1) == batch.labels)[labelled]
             metrics["accuracy"] = float(hit.float().mean())
         # Unlabelled examples have no label log-likelihood (nan): average the rest.
-        metrics["log_likelihood"] = float(log_likelihood(model, guide, batch).nanmean())
+        metrics["log_likelihood"] = float(_evaluation_log_likelihood(model, guide, batch,
+                                                                     pred).nanmean())
         if raw_labels is not None and (raw_labels >= 0).any():
             resp = pred["responsibilities"]
             if resp.dim() == 3:  # independent: average the modalities' assignments

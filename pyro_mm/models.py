@@ -370,13 +370,16 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
                 return None
             with pyro.poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", params.mixture(self.mixture, batch_size=part.size))
+            # Which modalities are complete in this minibatch: one host sync, not one
+            # per modality inside fill_unobserved.
+            complete = part.masks.all(0).tolist() if self.reconstruct else []
             for j, m in enumerate(self.modalities):
                 if self.reconstruct:
                     loc, scale = self.decoders[m](z[..., j, :])
                     likelihood = dist.Normal(loc, scale).to_event(1)
-                    pyro.sample(f"x_{m}", likelihood.mask(part.masks[:, j]),
-                                obs=fill_unobserved(part.features[m], part.masks[:, j],
-                                                     likelihood))
+                    observed = part.features[m] if complete[j] else fill_unobserved(
+                        part.features[m], part.masks[:, j], likelihood)
+                    pyro.sample(f"x_{m}", likelihood.mask(part.masks[:, j]), obs=observed)
             self._observe_labels(z, params, part)
             if len(self.factors):
                 context = FactorContext(self, z, part, params, self.record)

@@ -51,6 +51,12 @@ class MixtureParams:
     floors: list[torch.Tensor] | None = None
     component: str = "normal"
     df: list[torch.Tensor] | None = None
+    #: What the mixtures of these parameters share within one step (the effective
+    #: scales, the last value's component log-densities); see
+    #: :class:`~pyro_mm.distributions.MultimodalMixture`. Not an argument, so
+    #: ``dataclasses.replace`` starts a fresh one; do not mutate the fields in place.
+    _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False,
+                                     compare=False)
 
     @classmethod
     def from_sites(cls, modalities, values, default_alpha: torch.Tensor | None = None,
@@ -71,15 +77,19 @@ class MixtureParams:
     @property
     def effective_scales(self) -> list[torch.Tensor]:
         """``[(K, d_m)]``: ``sqrt(sigma^2 + floor^2)``, the scales the components use."""
-        floors = self.floors or [None] * len(self.scales)
-        return [effective_scale(s, f) for s, f in zip(self.scales, floors)]
+        if "effective_scales" not in self._cache:
+            floors = self.floors or [None] * len(self.scales)
+            self._cache["effective_scales"] = [effective_scale(s, f)
+                                               for s, f in zip(self.scales, floors)]
+        return self._cache["effective_scales"]
 
     def mixture(self, mixture: str, mask=None, batch_size=None, stacked=True
                 ) -> MultimodalMixture:
         """The mixture distribution of these parameters (effective scales)."""
         return MultimodalMixture(self.log_weights, self.locs, self.effective_scales,
                                  mixture=mixture, mask=mask, batch_size=batch_size,
-                                 stacked=stacked, component=self.component, df=self.df)
+                                 stacked=stacked, component=self.component, df=self.df,
+                                 cache=self._cache.setdefault("densities", {}))
 
 
 def point_params(model, guide) -> MixtureParams:

@@ -1,9 +1,10 @@
 """The training loop of :func:`pyro_mm.training.fit` as a :class:`Trainer` with one
 method per phase.
 
-Every step is one ``Trace_ELBO`` (or ``TraceMeanField_ELBO``) evaluation on a
-:class:`Minibatch`, followed by a :class:`~pyro.optim.clipped_adam.ClippedAdam` update;
-a non-finite loss or gradient skips the update and halves the step size
+Every step is one ``Trace_ELBO`` (:mod:`pyro_mm.elbo`) or ``TraceMeanField_ELBO``
+evaluation on a :class:`Minibatch`, followed by a
+:class:`~pyro.optim.clipped_adam.ClippedAdam` update (fused: :mod:`pyro_mm.optim`); a
+non-finite loss or gradient skips the update and halves the step size
 (:meth:`Trainer._recover`). See :mod:`pyro_mm.training` for the behaviour as a whole.
 """
 
@@ -19,14 +20,14 @@ from typing import Any
 
 import pyro
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.optim.clipped_adam import ClippedAdam
+from pyro.infer import TraceMeanField_ELBO
 
 from . import checkpoint as ckpt
 from . import distributed as ddp
-from ._naming import evaluation_mode
+from ._naming import evaluation_mode, without_param_statements
 from .data import MultimodalData, TensorBatch
 from .devices import resolve_device
+from .elbo import TraceELBO
 from .errors import CheckpointError, TrainingDivergedError
 from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
@@ -34,6 +35,7 @@ from .inference import evaluate
 from .loading import RowLoader, chunk_local
 from .models import MultimodalDPMixture
 from .monitoring import EarlyStopping, validation_metrics
+from .optim import FusedClippedAdam
 from .result import FitResult, History, resume_state
 
 __all__ = ["CHUNK_WINDOW", "Minibatch", "Settings", "Trainer"]
@@ -97,7 +99,11 @@ def _is_non_finite_parameter_error(exc: ValueError) -> bool:
 
 
 def _finite_grads(params) -> bool:
-    return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+    """All gradients finite, in one fused pass and one host sync (NaN propagates)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all())
 
 
 def _snapshot(model, guide) -> dict[str, Any]:
@@ -212,7 +218,7 @@ class Trainer:
         """Create the loss and the optimiser after one warm-up pass (so every lazily
         created parameter exists), and restore a resumed run's state."""
         model, guide, s = self.model, self.guide, self.settings
-        elbo_cls = Trace_ELBO if s.elbo == "trace" else TraceMeanField_ELBO
+        elbo_cls = TraceELBO if s.elbo == "trace" else TraceMeanField_ELBO
         self.loss_fn = elbo_cls(num_particles=s.num_particles)(model, guide)
         n = self.batch.size
         self.minibatch_size = min(s.batch_size, n)
@@ -222,8 +228,8 @@ class Trainer:
         model.pop_records()
         self.loss_fn = ddp.wrap(self.group, self.loss_fn, self.device)
         self.params = list(self.loss_fn.parameters())
-        self.optimizer = ClippedAdam(self.params, lr=s.learning_rate, clip_norm=s.clip_norm,
-                                     lrd=s.lr_decay)
+        self.optimizer = FusedClippedAdam(self.params, lr=s.learning_rate,
+                                          clip_norm=s.clip_norm, lrd=s.lr_decay)
         resume = self.resume_state
         if resume:
             self.optimizer.load_state_dict(resume["optimizer_state"])
@@ -280,7 +286,8 @@ class Trainer:
         kl_weight = (min(1.0, (self.global_step + 1) / self.warmup_steps)
                      if self.warmup_steps else 1.0)
         try:
-            with pyro.validation_enabled(s.validate_args):
+            # The optimiser holds the weights (warm-up in build_optimizer): no statements.
+            with pyro.validation_enabled(s.validate_args), without_param_statements():
                 loss = self.loss_fn(minibatch.batch, minibatch.indices, kl_weight)
         except ValueError as exc:
             if not _is_non_finite_parameter_error(exc):
