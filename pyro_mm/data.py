@@ -320,7 +320,7 @@ class MultimodalData(OnDisk):
                 already missing, or above what ``keep_at_least`` allows; or
                 ``keep_at_least`` outside ``1..M``.
         """
-        names, n = self.modalities, self._num_examples
+        names = self.modalities
         if not 1 <= int(keep_at_least) <= len(names):
             raise DataValidationError(
                 f"keep_at_least: must be between 1 and {len(names)} (the number of "

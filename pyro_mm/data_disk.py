@@ -9,11 +9,16 @@ positions of its rows in ``_rows``; masks and labels are in memory as always.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .data_checks import check_features, check_labels, check_rows
 from .data_store import DEFAULT_CHUNK_ROWS, StoreWriter, XarrayArrays, open_store
 from .errors import DataValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import MultimodalData
 
 
 class OnDisk:

@@ -42,8 +42,6 @@ feature-level fusion; they multiply the gate and are never trained through.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
