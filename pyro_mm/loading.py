@@ -102,7 +102,11 @@ class RowLoader:
                              f"{num_workers!r}")
         self.device = torch.device(device)
         self.sampler = EpochBatches()
-        extra = {"persistent_workers": True, "prefetch_factor": prefetch} if num_workers else {}
+        # "spawn": forking a process that already runs torch's threads can deadlock the
+        # child (Python warns so since 3.12); workers start once per run, so its cost
+        # (importing torch in each) is paid once.
+        extra = ({"persistent_workers": True, "prefetch_factor": prefetch,
+                  "multiprocessing_context": "spawn"} if num_workers else {})
         self.loader = DataLoader(RowReader(data, modalities), batch_size=None,
                                  sampler=self.sampler, num_workers=num_workers,
                                  pin_memory=self.device.type == "cuda",
