@@ -32,8 +32,30 @@ from .data_formats import read_file, read_xarray
 from .errors import DataValidationError
 
 
+class RowsOnDevice:
+    """What every prepared batch shares (``masks (N, M)`` on one device): its size, its
+    device and index chunks over its rows."""
+
+    masks: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.masks.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.masks.device
+
+    def chunk_indices(self, size: int) -> Iterator[torch.Tensor]:
+        """Consecutive 1-D index tensors of at most ``size`` rows covering the batch,
+        on its device (for work that must not hold every row at once; on disk, reads
+        of contiguous rows)."""
+        for start in range(0, self.size, size):
+            yield torch.arange(start, min(start + size, self.size), device=self.device)
+
+
 @dataclasses.dataclass(frozen=True)
-class TensorBatch:
+class TensorBatch(RowsOnDevice):
     """Tensors of a :class:`MultimodalData` on one device, in the model's order.
 
     Attributes:
@@ -48,20 +70,6 @@ class TensorBatch:
     masks: torch.Tensor
     labels: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
-
-    @property
-    def size(self) -> int:
-        return self.masks.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.masks.device
-
-    def chunk_indices(self, size: int) -> Iterator[torch.Tensor]:
-        """Consecutive 1-D index tensors of at most ``size`` rows covering the batch,
-        on its device (for work that must not hold every row at once)."""
-        for start in range(0, self.size, size):
-            yield torch.arange(start, min(start + size, self.size), device=self.device)
 
     def concatenated(self, modalities) -> torch.Tensor:
         """``(N, sum d_m)``: the features of ``modalities``, in that order, side by side

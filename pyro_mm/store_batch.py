@@ -16,12 +16,12 @@ without touching the disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .data import TensorBatch
+from .data import RowsOnDevice, TensorBatch
 from .errors import DataValidationError
 
 #: The most rows :attr:`StoreBatch.features` reads at once (validation sets and the
@@ -29,7 +29,7 @@ from .errors import DataValidationError
 WHOLE_ROWS = 20000
 
 
-class StoreBatch:
+class StoreBatch(RowsOnDevice):
     """``N`` prepared examples read on demand.
 
     Args:
@@ -47,19 +47,6 @@ class StoreBatch:
         self.masks, self.labels, self.label_mask = masks, labels, label_mask
         self._rows = rows
         self._whole: TensorBatch | None = None
-
-    @property
-    def size(self) -> int:
-        return self.masks.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.masks.device
-
-    def chunk_indices(self, size: int) -> Iterator[torch.Tensor]:
-        """Consecutive index tensors of at most ``size`` rows (contiguous reads)."""
-        for start in range(0, self.size, size):
-            yield torch.arange(start, min(start + size, self.size), device=self.device)
 
     def with_rows(self, indices: torch.Tensor, rows: TensorBatch) -> "StoreBatch":
         """The same data with minibatch ``indices`` already read as ``rows``."""
