@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm.guides",),
     ("pyro_mm.factors*",),
     ("pyro_mm.result", "pyro_mm.inference", "pyro_mm.imputation", "pyro_mm.monitoring",
-     "pyro_mm.elbo", "pyro_mm.optim", "pyro_mm.trainer", "pyro_mm.training"),
+     "pyro_mm.elbo", "pyro_mm.optim", "pyro_mm.settings", "pyro_mm.trainer", "pyro_mm.training"),
     ("pyro_mm.diagnostics*",),
     ("pyro_mm.cli",),
     ("pyro_mm",),
