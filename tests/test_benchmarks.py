@@ -30,3 +30,15 @@ def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
         assert [r["where"] for r in disk["rows"]] == ["disk", "memory"]
         assert all(r["peak_rss_gb"] > 0 and r["examples_per_second"] > 0
                    for r in disk["rows"])
+
+
+def test_gpu_benchmark_code_paths_run_on_the_cpu(tmp_path):
+    """Where no GPU is lent, the GPU benchmark's every part (in memory, from a Zarr
+    store, the data-parallel smoke run on gloo) still runs, on the CPU."""
+    from benchmarks import gpu
+
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--cpu-dry-run", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["ddp_smoke"]["ok"] and payload["ddp_smoke"]["backend"] == "gloo"
+    assert all(r["memory"] > 0 and r["disk"] > 0 and r["cpu"] > 0 for r in payload["rows"])
