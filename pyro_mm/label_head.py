@@ -93,9 +93,8 @@ class LabelHead:
         """``(C,)``: ``log pi``, the training label frequencies (uniform before the
         standardisation is fitted; a class never seen gets a floor, not ``-inf``)."""
         freq = self.class_frequencies
-        if not bool(freq.sum() > 0):
-            freq = torch.ones_like(freq)
-        freq = freq.clamp(min=1e-6)
+        # where, not an if on the sum: no host sync in the training step
+        freq = torch.where(freq.sum() > 0, freq, torch.ones_like(freq)).clamp(min=1e-6)
         return torch.log(freq / freq.sum())
 
     def _experts_logits(self, inputs, mask, part: TensorBatch) -> torch.Tensor:
