@@ -36,14 +36,24 @@ from .common import markdown_table, parser, train_mlp, write_results
 FRACTIONS = (0.0, 0.3, 0.5, 0.7)
 
 
+def training_stats(train):
+    """``view -> (loc, scale)`` of the training split's observed cells (a constant
+    feature gets scale 1)."""
+    stats = {}
+    for m in train.modalities:
+        x, seen = train.features[m], train.masks[m]
+        scale = x[seen].std(0)
+        scale[scale == 0] = 1.0
+        stats[m] = (x[seen].mean(0), scale)
+    return stats
+
+
 def arrays(train, test):
     """Standardised ``(N, sum d)`` features with NaN where hidden, for train and test,
     plus the ``(N, M)`` masks and the column slices of each view."""
     out, slices, start = {"train": [], "test": []}, [], 0
-    for m in train.modalities:
-        x, seen = train.features[m], train.masks[m]
-        loc, scale = x[seen].mean(0), x[seen].std(0)
-        scale[scale == 0] = 1.0
+    for m, (loc, scale) in training_stats(train).items():
+        x = train.features[m]
         for name, data in (("train", train), ("test", test)):
             z = (data.features[m] - loc) / scale
             z[~data.masks[m]] = np.nan
@@ -183,13 +193,7 @@ def run_one(data, seed, fraction, epochs, num_samples):
             for name, (p, secs) in results.items()]
     imputation = None
     if fraction > 0:
-        stats = {}
-        for m in train.modalities:
-            x, seen = train.features[m], train.masks[m]
-            scale = x[seen].std(0)
-            scale[scale == 0] = 1.0
-            stats[m] = (x[seen].mean(0), scale)
-        truth = {"full": xt_full, "masked": xt, "stats": stats}
+        truth = {"full": xt_full, "masked": xt, "stats": training_stats(train)}
         hidden = np.isnan(xt)
         imputation = {"fraction": fraction, "seed": seed, "test_examples": len(test),
                       "rmse": {"mean imputation": float(np.sqrt((xt_full[hidden] ** 2).mean())),
