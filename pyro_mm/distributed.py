@@ -107,8 +107,8 @@ def rank_device(group: Group | None, device: torch.device) -> torch.device:
     return device
 
 
-def wrap(group: Group | None, loss: torch.nn.Module, device: torch.device
-         ) -> torch.nn.Module:
+def wrap(group: Group | None, loss: torch.nn.Module, device: torch.device,
+         warm: torch.Tensor | None = None) -> torch.nn.Module:
     """``loss`` (the ELBO module, after its warm-up call) in
     ``DistributedDataParallel``: every step must go through the wrapper's forward, whose
     backward averages the gradients over ranks (``SVI.step`` would bypass it). Its
@@ -116,17 +116,32 @@ def wrap(group: Group | None, loss: torch.nn.Module, device: torch.device
 
     Buffers are not re-broadcast before every forward: the only one training changes,
     ARM's fusion weights, is updated from values reduced over ranks, so it agrees
-    already. Parameters a step leaves unused (ARM's heads on a minibatch without
-    labels) are allowed, at the cost of one walk of the graph per step."""
+    already. ``warm``: the warm-up call's loss, with its graph; backpropagated once to
+    see whether a step can leave parameters without a gradient (a classifier on data
+    without any label, say). Only then (or without ``warm``) does DDP walk the graph
+    after every forward to find them, which costs about a tenth of a small step."""
     if group is None:
         return loss
-    options = {"find_unused_parameters": True}
+    options = {"find_unused_parameters": warm is None or _leaves_unused(warm, loss)}
     parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
     # torch >= 2.14 renamed it; the new name still syncs at construction, as wanted.
     options["forward_sync_buffers" if "forward_sync_buffers" in parameters
             else "broadcast_buffers"] = False
     return torch.nn.parallel.DistributedDataParallel(
         loss, device_ids=[device] if device.type == "cuda" else None, **options)
+
+
+def _leaves_unused(loss: torch.Tensor, module: torch.nn.Module) -> bool:
+    """Whether backpropagating ``loss`` leaves any of ``module``'s parameters without a
+    gradient; the gradients are cleared again."""
+    if not loss.requires_grad:
+        return True
+    params = list(module.parameters())
+    loss.backward()
+    unused = any(p.grad is None for p in params)
+    for p in params:
+        p.grad = None
+    return unused
 
 
 def current() -> Group | None:
@@ -196,17 +211,24 @@ def mean(group: Group | None, values: Mapping[str, float],
     return {k: float(vec[i] / vec[-1]) for i, k in enumerate(keys)}
 
 
-def finite_mean(group: Group | None, loss: torch.Tensor) -> tuple[bool, float]:
-    """Whether ``loss`` is finite on every rank, and its mean over ranks, in one
-    collective. Every rank must backpropagate or none: a lone backward would wait
-    forever for the other ranks' gradients."""
+def all_finite(group: Group | None, loss: torch.Tensor) -> bool:
+    """Whether ``loss`` is finite on every rank (one collective). Every rank must
+    backpropagate or none: a lone backward would wait forever for the other ranks'
+    gradients."""
     finite = bool(torch.isfinite(loss))
-    value = float(loss.detach()) if finite else math.nan
     if group is None:
-        return finite, value
-    (sums,) = all_reduce_sum(group, torch.tensor([0.0 if finite else 1.0,
-                                                  value if finite else 0.0]))
-    return bool(sums[0] == 0), float(sums[1]) / group.world_size
+        return finite
+    (failed,) = all_reduce_sum(group, torch.tensor([0.0 if finite else 1.0]))
+    return bool(failed[0] == 0)
+
+
+def mean_each(group: Group | None, values: list[float]) -> list[float]:
+    """Element-wise means over ranks of ``values`` (as long on every rank), in one
+    collective: per-step losses, reduced once per epoch instead of once per step."""
+    if group is None or not values:
+        return list(values)
+    (sums,) = all_reduce_sum(group, torch.tensor(values, dtype=torch.float64))
+    return (sums / group.world_size).tolist()
 
 
 def broadcast(group: Group | None, tensor: torch.Tensor) -> torch.Tensor:
@@ -297,7 +319,7 @@ def check_inputs(group: Group | None, batch: "TensorBatch", **config) -> None:
     check_same(group, list(items), fingerprint(**items))
 
 
-__all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_reduce_sum", "barrier",
+__all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_finite", "all_reduce_sum", "barrier",
            "broadcast", "broadcast_object", "check_inputs", "check_same", "current",
-           "finite_mean", "fingerprint", "gather", "init_from_env", "launched_by_torchrun",
-           "mean", "rank_device", "resolve", "shard", "wrap"]
+           "fingerprint", "gather", "init_from_env", "launched_by_torchrun",
+           "mean", "mean_each", "rank_device", "resolve", "shard", "wrap"]

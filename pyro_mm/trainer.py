@@ -185,10 +185,11 @@ class Trainer:
         n = self.batch.size
         self.minibatch_size = min(s.batch_size, n)
         # Eval mode, so no training-time state moves during the warm-up.
-        with torch.no_grad(), evaluation_mode(model, guide):
-            self.loss_fn(self.batch, torch.arange(self.minibatch_size, device=self.device))
+        with torch.set_grad_enabled(self.group is not None), evaluation_mode(model, guide):
+            warm = self.loss_fn(self.batch,
+                                torch.arange(self.minibatch_size, device=self.device))
         model.pop_records()
-        self.loss_fn = ddp.wrap(self.group, self.loss_fn, self.device)
+        self.loss_fn = ddp.wrap(self.group, self.loss_fn, self.device, warm)
         self.params = list(self.loss_fn.parameters())
         self.optimizer = FusedClippedAdam(self.params, lr=s.learning_rate,
                                           clip_norm=s.clip_norm, lrd=s.lr_decay)
@@ -256,18 +257,24 @@ class Trainer:
                 raise
             loss = torch.tensor(math.nan)
         records = self.model.pop_records()
-        # Every rank backpropagates or none does (see finite_mean); the gradients are
-        # averaged over ranks, so the check of the gradients agrees too.
-        finite, value = ddp.finite_mean(self.group, loss)
-        if finite:
-            loss.backward()
-        if not finite or not _finite_grads(self.params):
+        if self.group is not None and not s.validate_args:
+            # A non-finite loss makes this rank's gradients NaN, and their average over
+            # ranks then fails the check below on every rank alike: no collective of its
+            # own. (With validation on, a failed check leaves no graph to backpropagate.)
+            (loss if bool(torch.isfinite(loss)) else loss * math.nan).backward()
+            usable = True
+        else:
+            usable = ddp.all_finite(self.group, loss)  # every rank backpropagates or none
+            if usable:
+                loss.backward()
+        if not usable or not _finite_grads(self.params):
             self._recover()
             return None
         self.failures = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        value /= minibatch.batch.size
+        # This rank's loss; epoch_losses averages the epoch's steps over ranks at once.
+        value = float(loss.detach()) / minibatch.batch.size
         self.history.steps.append({"step": self.global_step, "epoch": self.epoch,
                                    "loss": value, **records})
         self.global_step += 1
@@ -293,7 +300,7 @@ class Trainer:
     # ------------------------------------------------------------- one epoch
     def epoch_losses(self, minibatches: Iterable[Minibatch]) -> list[float]:
         """One pass over ``minibatches`` in training mode; the finite steps' losses."""
-        losses = []
+        losses, first = [], len(self.history.steps)
         self.model.train()
         self.guide.train()
         for minibatch in minibatches:
@@ -302,6 +309,10 @@ class Trainer:
                 losses.append(value)
         self.model.eval()
         self.guide.eval()
+        if self.group is not None:  # every rank took the same steps (see step)
+            losses = ddp.mean_each(self.group, losses)
+            for row, value in zip(self.history.steps[first:], losses, strict=True):
+                row["loss"] = value
         return losses
 
     def validate(self, losses: list[float], seconds: float, resampled: bool

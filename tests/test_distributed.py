@@ -104,21 +104,29 @@ def _dies(rank, folder):
 
 
 def _non_finite(rank, folder):
-    """Rank 1 alone meets a NaN loss in its third step: both ranks must skip it."""
-    if rank == 1:
-        forward, calls = pm.MultimodalDPMixture.forward, []
+    """Rank 1 alone meets a NaN loss in its third step: both ranks must skip it, with
+    validation off (the NaN reaches the averaged gradients) and on (a collective on the
+    loss decides)."""
+    forward, out = pm.MultimodalDPMixture.forward, {}
+    for validate in (False, True):
+        calls = []
 
         def forward_with_a_nan(self, *args, **kwargs):
-            out = forward(self, *args, **kwargs)
-            if self.training:
+            value = forward(self, *args, **kwargs)
+            if self.training and rank == 1:
                 calls.append(1)
                 if len(calls) == 3:
                     pyro.factor("boom", torch.tensor(float("nan")))
-            return out
+            return value
 
         pm.MultimodalDPMixture.forward = forward_with_a_nan
-    result = _fit(_data(), _model(_data()))
-    return {"state": _state(result), "steps": [r["step"] for r in result.history.steps]}
+        try:
+            result = _fit(_data(), _model(_data()), validate_args=validate)
+        finally:
+            pm.MultimodalDPMixture.forward = forward
+        out[f"validate={validate}"] = {
+            "state": _state(result), "steps": [r["step"] for r in result.history.steps]}
+    return out
 
 
 def _resume(rank, folder):
@@ -147,7 +155,19 @@ def _store(rank, folder):
     return {"state": _state(result), "losses": result.history.series("loss")}
 
 
-SCENARIOS = {"equivalence": _equivalence, "mismatch": _mismatch, "arm": _arm,
+def _unlabelled(rank, folder):
+    """A classifier model on data without labels: its weights get no gradient in any
+    step, which the warm-up must notice (else DDP waits for them and fails)."""
+    data = _data()
+    data = pm.MultimodalData({m: data.features[m] for m in data.modalities})
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=3, latent_dim=2,
+                                   num_components=4, hidden=(8,))
+    result = _fit(data, model)
+    return {"state": _state(result), "steps": len(result.history.steps)}
+
+
+SCENARIOS = {"unlabelled": _unlabelled, "equivalence": _equivalence, "mismatch": _mismatch, "arm": _arm,
              "dies": _dies, "non_finite": _non_finite, "resume": _resume, "store": _store}
 
 
@@ -188,12 +208,12 @@ def _launch(folder: Path, names, world=2):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """One 2-rank session (start-up is most of the cost) running five scenarios; the
+    """One 2-rank session (start-up is most of the cost) running every scenario; the
     mismatch comes first, and the group must still work after it."""
     folder = tmp_path_factory.mktemp("ddp")
     _data().to_zarr(folder / "data.zarr")
     return folder, _launch(folder, ["mismatch", "equivalence", "arm", "non_finite",
-                                    "resume", "store"])
+                                    "resume", "store", "unlabelled"])
 
 
 def _ok(ranks, name):
@@ -262,7 +282,16 @@ def test_arm_fusion_weights_resampling_and_early_stopping_agree(two_ranks):
 def test_a_non_finite_loss_on_one_rank_is_skipped_on_both(two_ranks):
     _, ranks = two_ranks
     first, second = _ok(ranks, "non_finite")
-    assert first["steps"] == second["steps"] == [0, 1, 2, 3, 4]  # 6 steps, one skipped
+    for validate in ("validate=False", "validate=True"):
+        # 6 steps, one skipped
+        assert first[validate]["steps"] == second[validate]["steps"] == [0, 1, 2, 3, 4]
+        for key, value in first[validate]["state"].items():
+            assert torch.equal(value, second[validate]["state"][key]), (validate, key)
+
+
+def test_parameters_no_step_reaches_do_not_stall_the_ranks(two_ranks):
+    first, second = _ok(two_ranks[1], "unlabelled")
+    assert first["steps"] == second["steps"] == 6
     for key, value in first["state"].items():
         assert torch.equal(value, second["state"][key]), key
 
@@ -307,8 +336,9 @@ def test_shards_cover_the_order_and_take_equal_steps():
     assert set(torch.cat(shards).tolist()) == set(range(7))
     assert torch.equal(ddp.shard(None, order), order)
     assert ddp.mean(None, {"a": 1.0}) == {"a": 1.0}
-    assert ddp.finite_mean(None, torch.tensor(2.0)) == (True, 2.0)
-    assert ddp.finite_mean(None, torch.tensor(float("inf")))[0] is False
+    assert ddp.all_finite(None, torch.tensor(2.0)) is True
+    assert ddp.all_finite(None, torch.tensor(float("inf"))) is False
+    assert ddp.mean_each(None, [1.0, 2.0]) == [1.0, 2.0]
 
 
 def test_cli_nproc_launches_torchrun_and_its_run_resumes_in_one_process(tmp_path):
