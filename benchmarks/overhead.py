@@ -24,6 +24,7 @@ from torch.distributions import biject_to
 
 import pyro_mm as pm
 from pyro_mm._naming import without_param_statements
+from pyro_mm.devices import flush_denormals
 from pyro_mm.elbo import TraceELBO
 
 from .common import markdown_table, parser, write_results
@@ -108,7 +109,9 @@ def interleaved(steps, repeats: int) -> list[dict[str, float]]:
     times = {name: [] for name in steps}
     for round_ in range(repeats + 1):
         for name, (step, validate, quiet) in steps.items():
-            with pyro.validation_enabled(validate), \
+            # Subnormals flushed for every variant, as pm.fit's step does (the floor
+            # gets the same help; see pyro_mm.devices.flush_denormals).
+            with pyro.validation_enabled(validate), flush_denormals(), \
                     (without_param_statements() if quiet else contextlib.nullcontext()):
                 start = time.perf_counter()
                 step()
@@ -205,7 +208,9 @@ def _main(args, repeats, base) -> None:
              "(fit(validate_args=False), the default), skips the per-weight pyro.param "
              "statements its optimiser does not need "
              "(pyro_mm._naming.without_param_statements) and uses fit's ELBO "
-             "(pyro_mm.elbo.TraceELBO: Trace_ELBO without an .item() per site). "
+             "(pyro_mm.elbo.TraceELBO: Trace_ELBO without an .item() per site). Every "
+             "variant, the floor included, runs with subnormal floats flushed to zero, as "
+             "pm.fit's step does (pyro_mm.devices.flush_denormals). "
              "JitTrace_ELBO is not an option: torch.jit's tracer fails on this model "
              "('Tracer cannot infer type of' its inputs). What is left is Pyro's per-site "
              "machinery: the autoguide's two sites per global latent (an auxiliary Normal "

@@ -59,3 +59,12 @@ class FusedClippedAdam(ClippedAdam):
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_add_(denoms, group["eps"])
         torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
+
+
+def finite_gradients(params) -> bool:
+    """Whether every gradient of ``params`` is finite, in one fused pass and one host
+    sync (a NaN or inf anywhere makes its tensor's max-norm non-finite)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads, math.inf))).all())

@@ -19,7 +19,7 @@ from pyro.poutine.messenger import Messenger
 import pyro_mm as pm
 from pyro_mm._naming import without_param_statements
 from pyro_mm.distributions import MultimodalMixture
-from pyro_mm.trainer import _finite_grads
+from pyro_mm.optim import finite_gradients
 
 REFERENCE = {
     "default": [30.411094, 30.041152, 30.439003, 28.292957, 29.267314, 27.013497,
@@ -129,13 +129,13 @@ def test_the_mixture_computes_each_values_densities_once(monkeypatch):
 
 def test_finite_grads_check_sees_nan_and_inf_anywhere():
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
-    assert _finite_grads(params)  # no gradients yet
+    assert finite_gradients(params)  # no gradients yet
     params[0].grad = torch.ones(3)
     params[1].grad = torch.full((2, 2), 3e38)
-    assert _finite_grads(params)  # huge but finite
+    assert finite_gradients(params)  # huge but finite
     for bad in (math.nan, math.inf, -math.inf):
         params[1].grad = torch.tensor([[0.0, bad], [0.0, 0.0]])
-        assert not _finite_grads(params)
+        assert not finite_gradients(params)
 
 
 def test_fits_elbo_equals_pyros_with_the_same_gradients():
@@ -180,3 +180,38 @@ def test_fused_clipped_adam_updates_exactly_as_clipped_adam():
     assert states[0][1]["step"] == states[1][1]["step"] < 30
     assert all(torch.equal(states[0][i][k], states[1][i][k])
                for i in range(len(shapes)) for k in ("exp_avg", "exp_avg_sq"))
+
+
+@pytest.mark.parametrize("mode", [False, True])
+def test_denormals_are_flushed_inside_the_block_and_the_mode_restored(mode):
+    from pyro_mm.devices import flush_denormals, flushing_denormals
+
+    if not torch.set_flush_denormal(mode):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        assert flushing_denormals() is mode
+        tiny = torch.tensor(1e-39)  # a float32 subnormal
+        assert float(tiny * 1.0) != 0.0 or mode
+        with flush_denormals():
+            assert flushing_denormals()
+            assert float(tiny * 1.0) == 0.0
+        assert flushing_denormals() is mode
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_a_training_step_leaves_the_floating_point_mode_as_it_found_it():
+    from pyro_mm.devices import flushing_denormals
+
+    data = pm.datasets.make_synthetic(num_examples=60, num_clusters=2,
+                                      dims={"a": 3, "b": 2}, seed=0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=data.num_classes,
+                                   latent_dim=2, num_components=3)
+    trainer = pm.trainer.Trainer(model, pm.trainer.Settings(
+        batch_size=20, device="cpu", progress=False))
+    trainer.prepare(data)
+    trainer.build_optimizer()
+    minibatch = next(iter(trainer.minibatches(0)[0]))
+    assert not flushing_denormals()
+    assert trainer.step(minibatch) is not None
+    assert not flushing_denormals()
