@@ -11,7 +11,8 @@ import numpy as np
 def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                     representation, reconstruct, fusion, factors, alpha, modality_dropout,
                     prior_loc_scale, prior_scale, prior_scale_spread, scale_floor,
-                    component, df, classifier_prior_scale=None) -> None:
+                    component, df, classifier_prior_scale=None,
+                    experts_pool="product") -> None:
     """Raise ``ValueError`` for the first argument the model cannot be built with (see
     the model's docstring for their meaning; ``reconstruct`` already resolved)."""
     if not isinstance(dims, Mapping) or not dims:
@@ -54,3 +55,5 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
             isinstance(classifier_prior_scale, (int, float)) and classifier_prior_scale > 0):
         raise ValueError("classifier_prior_scale: must be a positive number or None, got "
                          f"{classifier_prior_scale!r}")
+    if experts_pool not in ("product", "mean"):
+        raise ValueError(f"experts_pool: expected 'product' or 'mean', got {experts_pool!r}")

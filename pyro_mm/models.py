@@ -139,6 +139,10 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         hidden: hidden sizes of the decoders and the classifier.
         modality_dropout: probability of leaving each present modality out of the
             classifier's input during training (module docstring); 0 turns it off.
+        experts_pool: ``fusion="experts"`` only: ``"product"`` (the product rule, exact
+            for conditionally independent modalities) or ``"mean"`` (the logarithmic
+            opinion pool, weights ``1 / |present|``: calibrated for redundant ones);
+            see :mod:`pyro_mm.fusion`.
         classifier_prior_scale: ``sigma`` of a ``Normal(0, sigma)`` prior on the
             classifier's weights (MAP, i.e. L2 regularisation; site
             ``"classifier_prior"``); ``None``: no prior (maximum likelihood).
@@ -168,6 +172,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         hidden: Sequence[int] = (256,),
         modality_dropout: float = MODALITY_DROPOUT,
         classifier_prior_scale: float | None = None,
+        experts_pool: str = "product",
         factors: Sequence[AuxiliaryFactor] = (),
     ):
         super().__init__("pyro_mm_model")
@@ -180,7 +185,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             modality_dropout=modality_dropout, prior_loc_scale=prior_loc_scale,
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
             scale_floor=scale_floor, component=component, df=df,
-            classifier_prior_scale=classifier_prior_scale)
+            classifier_prior_scale=classifier_prior_scale, experts_pool=experts_pool)
 
         self.modalities = tuple(str(m) for m in dims)
         self.dims = {m: int(d) for m, d in dims.items()}
@@ -209,7 +214,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
             component=component, df=df, hidden=list(self.hidden),
             modality_dropout=self.modality_dropout,
-            classifier_prior_scale=self.classifier_prior_scale,
+            classifier_prior_scale=self.classifier_prior_scale, experts_pool=experts_pool,
         )
 
         self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
@@ -225,7 +230,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             sizes = ([self.latent_dim] * len(self.modalities) if latent
                      else list(self.dims.values()))
             self.classifier = make_classifier(fusion, sizes, self.hidden, self.num_classes,
-                                              concatenated=not latent)
+                                              concatenated=not latent, pool=experts_pool)
         self.factors = nn.ModuleList(factors)
         for factor in self.factors:
             factor.bind(self)

@@ -28,6 +28,7 @@ from ._naming import evaluation_mode, without_param_statements
 from .data import MultimodalData, TensorBatch
 from .devices import flush_denormals, resolve_device
 from .elbo import TraceELBO
+from .experts_solve import experts_heads_are_separable, solve_expert_heads
 from .errors import CheckpointError, TrainingDivergedError
 from .factor_protocol import sampling_weights
 from .guides import MultimodalGuide
@@ -385,13 +386,16 @@ class Trainer:
                     unit="epoch")
 
     def finish(self, stopped_early: bool) -> FitResult:
-        """Restore the best epoch after early stopping, complete the config, compute
-        held-out metrics and write the run folder."""
+        """Restore the best epoch after early stopping, solve separable experts' heads
+        exactly (:mod:`pyro_mm.experts_solve`), complete the config, compute held-out
+        metrics and write the run folder."""
         model, guide, config = self.model, self.guide, self.config
         best = self.stopper.best_state
         if best is not None and stopped_early:
             model.load_state_dict(best["model"])
             guide.load_state_dict(best["guide"])
+        if experts_heads_are_separable(model):  # the heads' MAP, exactly (experts_solve)
+            solve_expert_heads(model, self.batch)
         num_epochs = self.settings.num_epochs
         config["epochs_run"] = (self.epoch + 1 if num_epochs > self.start_epoch
                                 else self.start_epoch)
