@@ -21,6 +21,7 @@ epoch from disk against the same model in memory on a subset; see
 :mod:`benchmarks.out_of_core` for what is timed.
 
     python -m benchmarks.scale [--tiny] [--repeats 3] [--part all|parallel|disk]
+                              [--batches 1024,4096]
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def run_once(world: int, config: dict) -> dict:
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", type=lambda text: tuple(int(b) for b in text.split(",")),
+                   default=(1024, 4096), help="batch sizes per process, comma-separated")
     p.add_argument("--part", choices=["all", "parallel", "disk"], default="all")
     p.add_argument("--tmp", default=None, help="where the store is written (default: the "
                                                 "system's temporary directory)")
@@ -171,10 +174,11 @@ def disk(args) -> None:
 def parallel(args) -> None:
     """The data-parallel part: writes ``scale`` results."""
     repeats = 1 if args.tiny else args.repeats
-    num_examples, batch = (2_000, 128) if args.tiny else (100_000, 1024)
-    # (processes, batch per process): 2 x B against 1 x 2B (the same minibatches, so
-    # the same fit expected) and against 1 x B (the same work per process and step).
-    settings = [(1, 2 * batch), (1, batch), (2, batch)]
+    num_examples = 2_000 if args.tiny else 100_000
+    batches = (128,) if args.tiny else args.batches
+    # Per batch B: 2 x B against 1 x 2B (the same minibatches, so the same fit expected)
+    # and against 1 x B (the same work per process and step).
+    settings = list(dict.fromkeys(s for b in batches for s in ((1, 2 * b), (1, b), (2, b))))
     runs: dict[tuple[int, int], list[dict]] = {s: [] for s in settings}
     for repeat in range(repeats):  # alternate, so drifting machine load hits all
         for world, batch_size in settings:
@@ -182,11 +186,53 @@ def parallel(args) -> None:
                       "seed": repeat}
             runs[world, batch_size].append(run_once(world, config))
             print(world, "x", batch_size, runs[world, batch_size][-1], flush=True)
-    rows, summary = [], {}
-    for (world, batch_size), results in runs.items():
-        lls = [r["log_likelihood"] for r in results]
-        summary[world, batch_size] = {
-            "processes": world, "batch_per_process": batch_size,
+    summary = {key: _summary(key, results) for key, results in runs.items()}
+    rows = [[w, b, runs[w, b][0]["steps"], round(r["examples_per_second"]),
+             round(r["examples_per_cpu_second"]), r["ll_mean"], r["ll_sd"]]
+            for (w, b), r in summary.items()]
+    ratios, lines = {}, []
+    for b in batches:
+        ratios[b] = {key: {"same_minibatches": summary[2, b][key] / summary[1, 2 * b][key],
+                           "same_batch_per_process": summary[2, b][key] / summary[1, b][key]}
+                     for key in ("examples_per_second", "examples_per_cpu_second")}
+        wall, cpu = ratios[b]["examples_per_second"], ratios[b]["examples_per_cpu_second"]
+        lines.append(f"- batch {b} per process: **{wall['same_batch_per_process']:.2f}x** "
+                     f"wall-clock against 1 x {b} ({cpu['same_batch_per_process']:.2f}x by "
+                     f"CPU time); {wall['same_minibatches']:.2f}x against 1 x {2 * b}, the "
+                     f"same minibatches ({cpu['same_minibatches']:.2f}x by CPU time).")
+    table = markdown_table(
+        ["processes", "batch per process", "steps per epoch", "examples/s (wall, median)",
+         "examples/s (CPU of busiest process)", "held-out log-lik. after 1 epoch (mean)",
+         "sd over repeats"], rows)
+    table += "\n\nThroughput ratio, 2 processes / 1:\n\n" + "\n".join(lines)
+    notes = (f"{num_examples * 4 // 5} training examples (synthetic, 8 clusters, two "
+             "32-feature modalities), unsupervised latent model (log-likelihood of the "
+             "features, nats per example), one thread per process, gloo, "
+             f"{repeats} alternating repeats with seeds 0..{repeats - 1}. "
+             "Wall-clock figures depend on what else runs: on a 2-core machine shared "
+             "with other work the two ranks share what is left, so the wall-clock ratio "
+             "is noisy and cannot exceed 2. The CPU-time column divides by the busiest "
+             "process's CPU time: what the run would reach with a free core per process. "
+             "A step has a fixed cost (Pyro's tracing, a few milliseconds, paid by every "
+             "rank) besides the per-example work, so 2 x B gains over 1 x 2B only as far "
+             "as the per-example work dominates. What data parallelism adds to a rank's "
+             "step: DDP's gradient all-reduce (one bucket for this model) and the wait "
+             "for the slower rank; the loss is averaged over ranks once per epoch, and "
+             "DDP does not search the graph for unused parameters when the warm-up shows "
+             "there are none.")
+    write_results("scale", {"title": "Data-parallel training: 2 processes vs 1",
+                            "rows": list(summary.values()),
+                            "runs": {f"{w}x{b}": r for (w, b), r in runs.items()},
+                            "ratios": {str(b): r for b, r in ratios.items()},
+                            "notes": notes},
+                  table, out=args.out, record=not args.tiny)
+
+
+def _summary(key: tuple[int, int], results: list[dict]) -> dict:
+    """Medians over the repeats of one (processes, batch per process) setting."""
+    world, batch_size = key
+    lls = [r["log_likelihood"] for r in results]
+    return {"processes": world, "batch_per_process": batch_size,
             "examples_per_second": statistics.median(r["examples_per_second"]
                                                      for r in results),
             # Examples per second if every process had a core to itself: the epoch's
@@ -196,44 +242,6 @@ def parallel(args) -> None:
                 for r in results),
             "ll_mean": statistics.fmean(lls),
             "ll_sd": statistics.stdev(lls) if len(lls) > 1 else float("nan")}
-        row = summary[world, batch_size]
-        rows.append([world, batch_size, results[0]["steps"],
-                     round(row["examples_per_second"]),
-                     round(row["examples_per_cpu_second"]),
-                     row["ll_mean"], row["ll_sd"]])
-    ratios = {}
-    for key in ("examples_per_second", "examples_per_cpu_second"):
-        speed = {k: v[key] for k, v in summary.items()}
-        ratios[key] = {"same_minibatches": speed[2, batch] / speed[1, 2 * batch],
-                       "same_batch_per_process": speed[2, batch] / speed[1, batch]}
-    table = markdown_table(
-        ["processes", "batch per process", "steps per epoch", "examples/s (wall, median)",
-         "examples/s (CPU of busiest process)", "held-out log-lik. after 1 epoch (mean)",
-         "sd over repeats"], rows)
-    wall, cpu = ratios["examples_per_second"], ratios["examples_per_cpu_second"]
-    table += ("\n\nThroughput ratio, 2 processes / 1, at the same minibatches "
-              f"(2 x {batch} against 1 x {2 * batch}): **{wall['same_minibatches']:.2f}x** "
-              f"wall-clock, {cpu['same_minibatches']:.2f}x by CPU time; at the same batch "
-              f"per process: {wall['same_batch_per_process']:.2f}x wall-clock, "
-              f"{cpu['same_batch_per_process']:.2f}x by CPU time.")
-    notes = (f"{num_examples * 4 // 5} training examples (synthetic, 8 clusters, two "
-             "32-feature modalities), unsupervised latent model (log-likelihood of the "
-             "features, nats per example), one thread per process, gloo, "
-             f"{repeats} alternating repeats with seeds 0..{repeats - 1}. "
-             "Wall-clock figures depend on what else runs: on a 2-core machine shared "
-             "with other work (another user's process held one core during the recorded "
-             "run) the two ranks share what is left, so the wall-clock ratio is noisy "
-             "and cannot exceed 2. The CPU-time column divides by the busiest process's "
-             "CPU time: what the run would reach with a free core per process. A step "
-             "has a fixed cost (Pyro's tracing, a few milliseconds, paid by every rank) "
-             "besides the per-example work, so 2 x B gains over 1 x 2B only as far as "
-             "the per-example work dominates; each step also pays one small all-reduce "
-             "(loss and finiteness) and DDP's gradient all-reduce.")
-    write_results("scale", {"title": "Data-parallel training: 2 processes vs 1",
-                            "rows": list(summary.values()),
-                            "runs": {f"{w}x{b}": r for (w, b), r in runs.items()},
-                            "ratios": ratios, "notes": notes},
-                  table, out=args.out, record=not args.tiny)
 
 
 if __name__ == "__main__":

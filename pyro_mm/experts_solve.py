@@ -17,7 +17,9 @@ with Adam for a few tens of epochs stops short of it (on mfeat with 70 % of the 
 missing the heads of a 6-feature view lost 4 points of accuracy to it), so
 :func:`solve_expert_heads` finishes the job with full-batch L-BFGS, started from the
 SVI solution (for MLP heads, a non-convex objective, it refines that local solution).
-:class:`~pyro_mm.trainer.Trainer` calls it at the end of every fit of such a model.
+:class:`~pyro_mm.trainer.Trainer` calls it at the end of every fit of such a model on
+data in memory. Data on disk keeps SVI's heads: the solve holds every labelled row of a
+view at once, which the out-of-core path must not.
 """
 
 from __future__ import annotations

@@ -394,8 +394,8 @@ class Trainer:
         if best is not None and stopped_early:
             model.load_state_dict(best["model"])
             guide.load_state_dict(best["guide"])
-        if experts_heads_are_separable(model):  # the heads' MAP, exactly (experts_solve)
-            solve_expert_heads(model, self.batch)
+        if experts_heads_are_separable(model) and isinstance(self.batch, TensorBatch):
+            solve_expert_heads(model, self.batch)  # on disk: SVI's heads (experts_solve)
         num_epochs = self.settings.num_epochs
         config["epochs_run"] = (self.epoch + 1 if num_epochs > self.start_epoch
                                 else self.start_epoch)
