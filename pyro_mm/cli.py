@@ -153,7 +153,7 @@ def _train_new(args, group, say) -> int:
         representation=args.representation, fusion=args.fusion,
         alpha="learned" if args.alpha == "learned" else float(args.alpha),
         hidden=tuple(args.hidden), classifier_prior_scale=args.classifier_prior_scale,
-        factors=[parse_factor(spec) for spec in args.factor],
+        experts_pool=args.experts_pool, factors=[parse_factor(spec) for spec in args.factor],
     )
     out = Path(args.out or distributed.broadcast_object(group, _default_out(args)))
     say(f"pyro-mm: {data!r}")
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "256; none: linear heads)")
     train.add_argument("--classifier-prior-scale", type=float, default=None, metavar="SD",
                        help="Normal(0, SD) prior on the classifier's weights (default: none)")
+    train.add_argument("--experts-pool", choices=["product", "mean"], default="product",
+                       help="--fusion experts: multiply the heads (independent views) or "
+                            "average their log-probabilities (redundant views)")
     train.add_argument("--alpha", default="1.0", help="DP concentration or 'learned'")
     train.add_argument("--unsupervised", action="store_true", help="ignore labels")
     train.add_argument("--factor", action="append", default=[], metavar="KIND[:K=V,...]",

@@ -20,7 +20,6 @@ import datetime
 import hashlib
 import inspect
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING

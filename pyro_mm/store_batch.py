@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .data import RowsOnDevice, TensorBatch
+from .batch import RowsOnDevice, TensorBatch
 from .errors import DataValidationError
 
 #: The most rows :attr:`StoreBatch.features` reads at once (validation sets and the

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import torch
 
+import pyro_mm as pm
 from pyro_mm.cli import main
 
 
@@ -43,11 +44,14 @@ def test_train_the_missing_views_recipe(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--components", "4",
                  "--representation", "observed", "--fusion", "experts", "--hidden",
-                 "--classifier-prior-scale", "0.5", "--out", str(run), "--quiet"]) == 0
+                 "--classifier-prior-scale", "0.5", "--experts-pool", "mean",
+                 "--out", str(run), "--quiet"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())["model"]
     assert config["fusion"] == "experts" and config["representation"] == "observed"
     assert config["hidden"] == [] and config["classifier_prior_scale"] == 0.5
+    assert config["experts_pool"] == "mean"
+    assert pm.load(run).model.classifier.pool == "mean"
 
 
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1] / "pyro_mm"
 LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm._naming", "pyro_mm._version", "pyro_mm.errors", "pyro_mm.devices",
      "pyro_mm.metrics", "pyro_mm.checkpoint", "pyro_mm.data_checks", "pyro_mm.data_formats",
-     "pyro_mm.data_store", "pyro_mm.data_disk", "pyro_mm.data", "pyro_mm.data_stats",
+     "pyro_mm.data_store", "pyro_mm.data_disk", "pyro_mm.batch", "pyro_mm.data",
+     "pyro_mm.data_stats",
      "pyro_mm.store_batch",
      "pyro_mm.loading", "pyro_mm.datasets*", "pyro_mm.run_data", "pyro_mm.distributed"),
     ("pyro_mm.distributions", "pyro_mm.networks", "pyro_mm.fusion", "pyro_mm.floors",

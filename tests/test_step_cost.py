@@ -215,3 +215,36 @@ def test_a_training_step_leaves_the_floating_point_mode_as_it_found_it():
     assert not flushing_denormals()
     assert trainer.step(minibatch) is not None
     assert not flushing_denormals()
+
+
+def test_a_steps_model_and_guide_share_one_gather_of_the_minibatch():
+    data = pm.datasets.make_synthetic(num_examples=30, num_clusters=2,
+                                      dims={"a": 3, "b": 2}, seed=0)
+    batch = data.to_tensors()
+    idx = torch.tensor([4, 1, 7])
+    rows = batch.index(idx)
+    assert batch.index(idx) is rows  # the same tensor again: no second copy
+    assert torch.equal(rows.features["a"], batch.features["a"][idx])
+    assert batch.index(idx.clone()) is not rows  # another tensor: gathered anew
+    idx[0] = 2  # changed in place: its version moves, so the rows are read again
+    again = batch.index(idx)
+    assert again is not rows and torch.equal(again.features["a"], batch.features["a"][idx])
+
+    model = pm.MultimodalDPMixture(data.dims, latent_dim=2, num_components=3)
+    guide = pm.MultimodalGuide(model)
+    model.fit_standardization(data)
+    prepared = model.prepare(data)
+    guide.initialize(model, prepared)
+    calls = []
+    gather = type(prepared).index
+
+    def counting(self, i):
+        calls.append(i)
+        return gather(self, i)
+
+    type(prepared).index = counting
+    try:
+        pyro.infer.Trace_ELBO().differentiable_loss(model, guide, prepared, idx)
+    finally:
+        type(prepared).index = gather
+    assert len(calls) == 2 and calls[0] is calls[1]  # model and guide: the same tensor
