@@ -219,6 +219,24 @@ def _mean_sd(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _paired_table(raw, reference="(c)"):
+    """Our rows minus ``reference``'s, seed by seed: accuracy and NLL differences."""
+    rows = []
+    for fraction in sorted({r["fraction"] for r in raw if r["fraction"] > 0}):
+        here = [r for r in raw if r["fraction"] == fraction]
+        ref = {r["seed"]: r for r in here if r["method"].startswith(reference)}
+        for method in dict.fromkeys(r["method"] for r in here if "ours" in r["method"]):
+            picked = [r for r in here if r["method"] == method and r["seed"] in ref]
+            cells = [f"{fraction:.0%}", method.split(" ")[0]]  # its label, e.g. "(g)"
+            for key in ("accuracy", "nll"):
+                diffs = [r[key] - ref[r["seed"]][key] for r in picked]
+                mean, sd = _mean_sd(diffs)
+                cells.append(f"{mean:+.4f} ± {sd / len(diffs) ** 0.5:.4f}")
+            rows.append(cells)
+    return markdown_table(["missing", "method", "accuracy difference", "NLL difference"],
+                          rows)
+
+
 def tables(raw, imputations):
     rows = []
     for fraction in sorted({r["fraction"] for r in raw}):
@@ -231,6 +249,8 @@ def tables(raw, imputations):
                          f"{nll:.4f} ± {nll_sd:.4f}", f"{statistics.median(secs):.1f}"])
     table = markdown_table(["missing", "method", "accuracy (mean ± sd)",
                             "NLL nats (mean ± sd)", "fit time (s), median"], rows)
+    table += ("\n\nOurs against late fusion (c), paired by seed (same split and masks), "
+              "mean ± s.e. of the differences:\n\n" + _paired_table(raw))
     imp_rows, ours_keys = [], []
     for fraction in sorted({r["fraction"] for r in imputations}):
         picked = [r for r in imputations if r["fraction"] == fraction]

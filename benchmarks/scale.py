@@ -4,7 +4,8 @@
 
 Every run trains the same model on the same synthetic data for one epoch on the CPU:
 2 processes (gloo) at batch B each, 1 process at batch 2B (the same minibatches: the
-same steps and the same fit are expected) and 1 process at batch B (twice the steps).
+same steps and the same fit are expected), 1 process at batch B (twice the steps) and
+two independent 1-process runs at batch B side by side (the ceiling).
 Every run is a fresh set of processes started the same way
 (``torch.multiprocessing.spawn``; the 1-process run does not use torch.distributed), and
 only the epoch is timed (through the trainer's phases), so import, start-up and
@@ -59,6 +60,8 @@ def _worker(rank: int, world: int, folder: str, config: dict) -> None:
     """One epoch through the trainer's phases, timing the epoch alone: its wall-clock
     time and this process's CPU time (which another user's load does not inflate)."""
     torch.set_num_threads(1)
+    if config.get("independent"):  # side by side, each its own one-process fit
+        world = 1
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/rdzv", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=120))
@@ -80,6 +83,15 @@ def _worker(rank: int, world: int, folder: str, config: dict) -> None:
         result = trainer.finish(stopped_early=False)
     out = {"seconds": wall, "cpu_seconds": cpu, "steps": len(result.history.steps),
            "examples_per_second": len(train) / wall}
+    if world > 1:  # what one step's gradient all-reduce costs alone, on this transport
+        grads = torch.zeros(sum(p.numel() for p in trainer.params))
+        for _ in range(10):
+            dist.all_reduce(grads)
+        start = time.perf_counter()
+        for _ in range(100):
+            dist.all_reduce(grads)
+        out["allreduce_ms"] = (time.perf_counter() - start) * 10.0
+        out["num_parameters"] = grads.numel()
     if rank == 0:
         out["log_likelihood"] = pm.evaluate(result, test)["log_likelihood"]
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(out))
@@ -174,17 +186,20 @@ def disk(args) -> None:
 def parallel(args) -> None:
     """The data-parallel part: writes ``scale`` results."""
     repeats = 1 if args.tiny else args.repeats
-    num_examples = 2_000 if args.tiny else 100_000
+    num_examples = 2_000 if args.tiny else 400_000
     batches = (128,) if args.tiny else args.batches
     # Per batch B: 2 x B against 1 x 2B (the same minibatches, so the same fit expected)
     # and against 1 x B (the same work per process and step).
-    settings = list(dict.fromkeys(s for b in batches for s in ((1, 2 * b), (1, b), (2, b))))
+    # And 1 x B twice side by side, not communicating ("1+1"): what two processes on this
+    # machine slow each other down by (shared caches and memory), the ratio's ceiling.
+    settings = list(dict.fromkeys(
+        s for b in batches for s in ((1, 2 * b), (1, b), (2, b), ("1+1", b))))
     runs: dict[tuple[int, int], list[dict]] = {s: [] for s in settings}
     for repeat in range(repeats):  # alternate, so drifting machine load hits all
         for world, batch_size in settings:
             config = {"num_examples": num_examples, "batch_size": batch_size,
-                      "seed": repeat}
-            runs[world, batch_size].append(run_once(world, config))
+                      "seed": repeat, "independent": world == "1+1"}
+            runs[world, batch_size].append(run_once(2 if world == "1+1" else world, config))
             print(world, "x", batch_size, runs[world, batch_size][-1], flush=True)
     summary = {key: _summary(key, results) for key, results in runs.items()}
     rows = [[w, b, runs[w, b][0]["steps"], round(r["examples_per_second"]),
@@ -196,15 +211,22 @@ def parallel(args) -> None:
                            "same_batch_per_process": summary[2, b][key] / summary[1, b][key]}
                      for key in ("examples_per_second", "examples_per_cpu_second")}
         wall, cpu = ratios[b]["examples_per_second"], ratios[b]["examples_per_cpu_second"]
+        ceiling = 2 * summary["1+1", b]["examples_per_second"] / summary[1, b]["examples_per_second"]
+        ratios[b]["ceiling"] = ceiling
         lines.append(f"- batch {b} per process: **{wall['same_batch_per_process']:.2f}x** "
                      f"wall-clock against 1 x {b} ({cpu['same_batch_per_process']:.2f}x by "
                      f"CPU time); {wall['same_minibatches']:.2f}x against 1 x {2 * b}, the "
-                     f"same minibatches ({cpu['same_minibatches']:.2f}x by CPU time).")
+                     f"same minibatches ({cpu['same_minibatches']:.2f}x by CPU time); two "
+                     f"independent 1 x {b} runs side by side: {ceiling:.2f}x, the ceiling.")
     table = markdown_table(
         ["processes", "batch per process", "steps per epoch", "examples/s (wall, median)",
          "examples/s (CPU of busiest process)", "held-out log-lik. after 1 epoch (mean)",
          "sd over repeats"], rows)
     table += "\n\nThroughput ratio, 2 processes / 1:\n\n" + "\n".join(lines)
+    ddp_runs = [r for (w, _), rs in runs.items() if w == 2 for r in rs]
+    allreduce = statistics.median(r["allreduce_ms"] for r in ddp_runs)
+    table += (f"\n\nOne all-reduce of the gradients ({ddp_runs[0]['num_parameters']:,} "
+              f"floats) alone, gloo on this machine: {allreduce:.2f} ms (median over runs).")
     notes = (f"{num_examples * 4 // 5} training examples (synthetic, 8 clusters, two "
              "32-feature modalities), unsupervised latent model (log-likelihood of the "
              "features, nats per example), one thread per process, gloo, "
@@ -215,7 +237,10 @@ def parallel(args) -> None:
              "process's CPU time: what the run would reach with a free core per process. "
              "A step has a fixed cost (Pyro's tracing, a few milliseconds, paid by every "
              "rank) besides the per-example work, so 2 x B gains over 1 x 2B only as far "
-             "as the per-example work dominates. What data parallelism adds to a rank's "
+             "as the per-example work dominates. Row '1+1': two independent one-process "
+             "runs side by side (no communication); twice its examples/s over the 1 x B "
+             "row is the most two processes can reach here, since they share caches and "
+             "memory. What data parallelism adds to a rank's "
              "step: DDP's gradient all-reduce (one bucket for this model) and the wait "
              "for the slower rank; the loss is averaged over ranks once per epoch, and "
              "DDP does not search the graph for unused parameters when the warm-up shows "
