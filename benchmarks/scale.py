@@ -194,7 +194,7 @@ def parallel(args) -> None:
     # machine slow each other down by (shared caches and memory), the ratio's ceiling.
     settings = list(dict.fromkeys(
         s for b in batches for s in ((1, 2 * b), (1, b), (2, b), ("1+1", b))))
-    runs: dict[tuple[int, int], list[dict]] = {s: [] for s in settings}
+    runs: dict[tuple[int | str, int], list[dict]] = {s: [] for s in settings}
     for repeat in range(repeats):  # alternate, so drifting machine load hits all
         for world, batch_size in settings:
             config = {"num_examples": num_examples, "batch_size": batch_size,
@@ -227,24 +227,7 @@ def parallel(args) -> None:
     allreduce = statistics.median(r["allreduce_ms"] for r in ddp_runs)
     table += (f"\n\nOne all-reduce of the gradients ({ddp_runs[0]['num_parameters']:,} "
               f"floats) alone, gloo on this machine: {allreduce:.2f} ms (median over runs).")
-    notes = (f"{num_examples * 4 // 5} training examples (synthetic, 8 clusters, two "
-             "32-feature modalities), unsupervised latent model (log-likelihood of the "
-             "features, nats per example), one thread per process, gloo, "
-             f"{repeats} alternating repeats with seeds 0..{repeats - 1}. "
-             "Wall-clock figures depend on what else runs: on a 2-core machine shared "
-             "with other work the two ranks share what is left, so the wall-clock ratio "
-             "is noisy and cannot exceed 2. The CPU-time column divides by the busiest "
-             "process's CPU time: what the run would reach with a free core per process. "
-             "A step has a fixed cost (Pyro's tracing, a few milliseconds, paid by every "
-             "rank) besides the per-example work, so 2 x B gains over 1 x 2B only as far "
-             "as the per-example work dominates. Row '1+1': two independent one-process "
-             "runs side by side (no communication); twice its examples/s over the 1 x B "
-             "row is the most two processes can reach here, since they share caches and "
-             "memory. What data parallelism adds to a rank's "
-             "step: DDP's gradient all-reduce (one bucket for this model) and the wait "
-             "for the slower rank; the loss is averaged over ranks once per epoch, and "
-             "DDP does not search the graph for unused parameters when the warm-up shows "
-             "there are none.")
+    notes = _parallel_notes(num_examples, repeats)
     write_results("scale", {"title": "Data-parallel training: 2 processes vs 1",
                             "rows": list(summary.values()),
                             "runs": {f"{w}x{b}": r for (w, b), r in runs.items()},
@@ -253,7 +236,29 @@ def parallel(args) -> None:
                   table, out=args.out, record=not args.tiny)
 
 
-def _summary(key: tuple[int, int], results: list[dict]) -> dict:
+def _parallel_notes(num_examples: int, repeats: int) -> str:
+    """What the data-parallel table measures, for RESULTS.md."""
+    return (f"{num_examples * 4 // 5} training examples (synthetic, 8 clusters, two "
+            "32-feature modalities), unsupervised latent model (log-likelihood of the "
+            "features, nats per example), one thread per process, gloo, "
+            f"{repeats} alternating repeats with seeds 0..{repeats - 1}. "
+            "Wall-clock figures depend on what else runs: on a 2-core machine shared "
+            "with other work the two ranks share what is left, so the wall-clock ratio "
+            "is noisy and cannot exceed 2. The CPU-time column divides by the busiest "
+            "process's CPU time: what the run would reach with a free core per process. "
+            "A step has a fixed cost (Pyro's tracing, a few milliseconds, paid by every "
+            "rank) besides the per-example work, so 2 x B gains over 1 x 2B only as far "
+            "as the per-example work dominates. Row '1+1': two independent one-process "
+            "runs side by side (no communication); twice its examples/s over the 1 x B "
+            "row is the most two processes can reach here, since they share caches and "
+            "memory. What data parallelism adds to a rank's "
+            "step: DDP's gradient all-reduce (one bucket for this model) and the wait "
+            "for the slower rank; the loss is averaged over ranks once per epoch, and "
+            "DDP does not search the graph for unused parameters when the warm-up shows "
+            "there are none.")
+
+
+def _summary(key: tuple[int | str, int], results: list[dict]) -> dict:
     """Medians over the repeats of one (processes, batch per process) setting."""
     world, batch_size = key
     lls = [r["log_likelihood"] for r in results]
