@@ -149,7 +149,8 @@ def _train_new(args, group, say) -> int:
     pyro.set_rng_seed(args.seed)  # network weights are drawn when the model is built
     model = MultimodalDPMixture(
         train.dims, num_classes=num_classes, latent_dim=args.latent_dim,
-        num_components=args.components, mixture=args.mixture,
+        num_components=args.components, mixture=args.mixture, component=args.component,
+        resolution_floor=args.resolution_floor,
         representation=args.representation, fusion=args.fusion,
         alpha="learned" if args.alpha == "learned" else float(args.alpha),
         hidden=tuple(args.hidden), classifier_prior_scale=args.classifier_prior_scale,
@@ -273,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128)
     train.add_argument("--lr", type=float, default=1e-2, help="learning rate")
     train.add_argument("--components", type=int, default=20, help="truncation level K")
+    train.add_argument("--component", choices=["normal", "studentt"], default="normal",
+                       help="the mixture's component family (studentt: heavy tails)")
+    train.add_argument("--resolution-floor", action="store_true",
+                       help="floor component scales at the features' recording resolution")
     train.add_argument("--latent-dim", type=int, default=16)
     train.add_argument("--mixture", choices=["joint", "independent"], default="joint")
     train.add_argument("--representation", choices=["latent", "observed"], default="latent")

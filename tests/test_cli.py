@@ -45,12 +45,14 @@ def test_train_the_missing_views_recipe(tmp_path, capsys):
     assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--components", "4",
                  "--representation", "observed", "--fusion", "experts", "--hidden",
                  "--classifier-prior-scale", "0.5", "--experts-pool", "mean",
+                 "--component", "studentt", "--resolution-floor",
                  "--out", str(run), "--quiet"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())["model"]
     assert config["fusion"] == "experts" and config["representation"] == "observed"
     assert config["hidden"] == [] and config["classifier_prior_scale"] == 0.5
-    assert config["experts_pool"] == "mean"
+    assert config["experts_pool"] == "mean" and config["component"] == "studentt"
+    assert config["resolution_floor"] is True
     assert pm.load(run).model.classifier.pool == "mean"
 
 
