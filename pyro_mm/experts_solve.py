@@ -27,11 +27,6 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import cross_entropy
 
-#: Rows per chunk when the objective is summed over the data (bounds memory and, for
-#: data on disk, the rows read at once).
-CHUNK_ROWS = 65536
-
-
 def experts_heads_are_separable(model) -> bool:
     """Whether ``model``'s heads have the separate objective of the module docstring
     (observed representation, ``fusion="experts"``, a classifier)."""
@@ -39,19 +34,14 @@ def experts_heads_are_separable(model) -> bool:
             and model.representation == "observed")
 
 
-def _head_data(batch, modalities, sizes, j: int):
-    """``(inputs (n_j, d_j), labels (n_j,))`` of head ``j``: the rows where modality
-    ``j`` is present and the label observed, read chunk by chunk."""
-    xs, ys = [], []
-    for idx in batch.chunk_indices(CHUNK_ROWS):
-        part = batch.index(idx)
-        seen = part.masks[:, j]
-        if part.label_mask is not None:
-            seen = seen & part.label_mask
-        x = torch.split(part.concatenated(modalities), sizes, -1)[j]
-        xs.append(x[seen])
-        ys.append(part.labels[seen])
-    return torch.cat(xs), torch.cat(ys)
+def _head_data(batch, modality: str, j: int):
+    """``(inputs (n_j, d_j), labels (n_j,))`` of head ``j``: the standardised features
+    of ``modality`` (the head's whole input) on the rows where it is present and the
+    label observed."""
+    seen = batch.masks[:, j]
+    if batch.label_mask is not None:
+        seen = seen & batch.label_mask
+    return batch.features[modality][seen], batch.labels[seen]
 
 
 def head_objective(head, inputs: torch.Tensor, labels: torch.Tensor,
@@ -68,8 +58,8 @@ def head_objective(head, inputs: torch.Tensor, labels: torch.Tensor,
 
 def solve_expert_heads(model, batch, max_iter: int = 500) -> list[float]:
     """Fit every head of ``model`` (see :func:`experts_heads_are_separable`) to its MAP
-    estimate on ``batch`` (the prepared training data, a ``TensorBatch`` or
-    ``StoreBatch``) by full-batch L-BFGS with a strong-Wolfe line search, in place.
+    estimate on ``batch`` (the prepared training data in memory, a ``TensorBatch``)
+    by full-batch L-BFGS with a strong-Wolfe line search, in place.
 
     Returns the final objective of each head (``M`` floats; ``nan`` for a head with no
     labelled example, which is left as it is)."""
@@ -81,7 +71,7 @@ def solve_expert_heads(model, batch, max_iter: int = 500) -> list[float]:
     classifier, sigma = model.classifier, model.classifier_prior_scale
     finals = []
     for j, head in enumerate(classifier.heads):
-        inputs, labels = _head_data(batch, model.modalities, classifier.sizes, j)
+        inputs, labels = _head_data(batch, model.modalities[j], j)
         if len(labels) == 0:
             finals.append(float("nan"))
             continue

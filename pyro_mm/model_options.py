@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .fusion import POOLS
+
 
 def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                     representation, reconstruct, fusion, factors, alpha, modality_dropout,
@@ -55,5 +57,5 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
             isinstance(classifier_prior_scale, (int, float)) and classifier_prior_scale > 0):
         raise ValueError("classifier_prior_scale: must be a positive number or None, got "
                          f"{classifier_prior_scale!r}")
-    if experts_pool not in ("product", "mean"):
-        raise ValueError(f"experts_pool: expected 'product' or 'mean', got {experts_pool!r}")
+    if experts_pool not in POOLS:
+        raise ValueError(f"experts_pool: expected one of {POOLS}, got {experts_pool!r}")
