@@ -95,10 +95,17 @@ class DPGateFusion(ConcatFusion):
         self.temperature = float(temperature)
 
     def gate(self, z: torch.Tensor, log_density: torch.Tensor | None) -> torch.Tensor:
+        """``(B, M)`` weights from ``log_density (B, M)``, ``-inf`` where a modality is
+        absent. A row with every modality absent (ARM's leave-one-out of an example's
+        only view) has no prominence to compare: it gets 1 everywhere, as ``concat``.
+        Softmax would give NaN there, which reaches the gradients even where the caller
+        masks the row out."""
         if log_density is None:
             raise ValueError("fusion 'dp': needs the modalities' mixture log-densities")
-        temperature = self.temperature * z.shape[-1]
-        return z.shape[-2] * torch.softmax(log_density / temperature, dim=-1)
+        scaled = log_density / (self.temperature * z.shape[-1])
+        nothing = torch.isneginf(scaled).all(-1, keepdim=True)
+        scaled = torch.where(nothing, torch.zeros_like(scaled), scaled)
+        return z.shape[-2] * torch.softmax(scaled, dim=-1)
 
 
 class ExpertsClassifier(nn.Module):

@@ -225,6 +225,34 @@ def test_fusion_weights_move_only_in_training(strong_weak_noise, fusion):
     assert torch.equal(result.model.modality_weights, weights)
 
 
+def test_dp_gate_of_an_example_with_nothing_present_is_concat_and_keeps_gradients_finite():
+    """ARM's leave-one-out of an example's only view leaves no modality present; the
+    ``dp`` gate of that row is 1 everywhere (as ``concat``), with finite gradients."""
+    from pyro_mm.fusion import DPGateFusion
+
+    log_density = torch.tensor([[-1.0, -3.0, -math.inf], [-math.inf] * 3],
+                               requires_grad=True)
+    gate = DPGateFusion().gate(torch.zeros(2, 3, 4), log_density)
+    expected = 3 * torch.softmax(torch.tensor([-1.0, -3.0, -math.inf]) / 4, -1)
+    torch.testing.assert_close(gate[0], expected)
+    assert torch.equal(gate[1], torch.ones(3))
+    gate.pow(2).sum().backward()
+    assert torch.isfinite(log_density.grad).all()
+
+
+def test_arm_with_dp_fusion_trains_on_data_with_missing_views():
+    """Examples with one present view made every step's gradients NaN through the dp
+    gate (the fit used to stop with TrainingDivergedError after its first epoch)."""
+    data = pm.datasets.make_synthetic(num_examples=120, num_clusters=3,
+                                      dims={"a": 4, "b": 3, "c": 5}, missing_rate=0.3,
+                                      seed=0)
+    assert (sum(mask.astype(int) for mask in data.masks.values()) == 1).any()
+    result = _fit(data, factors=[ARM()], epochs=3, model={"fusion": "dp"})
+    assert all(math.isfinite(row["loss"]) for row in result.history.steps)
+    assert torch.isfinite(result.model.modality_weights).all()
+    assert math.isfinite(pm.evaluate(result, data)["log_likelihood"])
+
+
 def test_resampling_prefers_examples_with_weak_contributions(strong_weak_noise):
     train, _ = strong_weak_noise
     factor = ARM(weight=0.1, resample=True, resample_strength=2.0)
