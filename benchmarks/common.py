@@ -112,7 +112,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def regenerate_markdown() -> None:
     """RESULTS.md = one section per results/*.json, in a fixed order."""
     order = ["classification", "missing", "arm", "dpgmm", "overhead", "throughput", "scale",
-             "scale_disk", "gpu"]
+             "lockstep", "scale_disk", "gpu"]
     files = sorted(RESULTS_DIR.glob("*.json"),
                    key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
     parts = ["# Benchmark results",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from . import arm, classification, dpgmm, gpu, missing, overhead, scale, throughput
+from . import arm, classification, dpgmm, gpu, lockstep, missing, overhead, scale, throughput
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for module in (classification, missing, arm, dpgmm, overhead, throughput, scale,
+    for module in (classification, missing, arm, dpgmm, overhead, throughput, scale, lockstep,
                    gpu):
         print(f"== benchmarks.{module.__name__.rsplit('.', 1)[-1]}", flush=True)
         module.main(argv)

@@ -50,7 +50,9 @@ from .common import markdown_table, parser, write_results
 DEADLINE = 900
 
 
-def _data(num_examples: int, seed: int):
+def synthetic_split(num_examples: int, seed: int):
+    """The data-parallel benchmarks' synthetic data (8 clusters, two 32-feature
+    modalities), split 80 / 20 into training and held-out sets."""
     data = pm.datasets.make_synthetic(num_examples=num_examples, num_clusters=8,
                                       dims={"a": 32, "b": 32}, seed=seed)
     return data.split(test_fraction=0.2, seed=seed, stratify=True)
@@ -65,7 +67,7 @@ def _worker(rank: int, world: int, folder: str, config: dict) -> None:
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{folder}/rdzv", rank=rank,
                                 world_size=world, timeout=datetime.timedelta(seconds=120))
-    train, test = _data(config["num_examples"], config["seed"])
+    train, test = synthetic_split(config["num_examples"], config["seed"])
     pyro.set_rng_seed(config["seed"])
     # Unsupervised, so the held-out log-likelihood is that of the features.
     model = pm.MultimodalDPMixture(train.dims, latent_dim=8, num_components=10,
@@ -99,21 +101,27 @@ def _worker(rank: int, world: int, folder: str, config: dict) -> None:
         dist.destroy_process_group()
 
 
+def spawn_and_wait(worker, args: tuple, nprocs: int) -> list[int | None]:
+    """``torch.multiprocessing.spawn`` of ``worker(rank, *args)``, joined until
+    :data:`DEADLINE` at most (then killed); the exit codes."""
+    context = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + DEADLINE
+    for process in context.processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in context.processes:
+        if process.is_alive():
+            process.kill()
+    return [process.exitcode for process in context.processes]
+
+
 def run_once(world: int, config: dict) -> dict:
     """One epoch on ``world`` fresh processes: rank 0's measurements, and the largest
     CPU time of any rank."""
     with tempfile.TemporaryDirectory() as folder:
-        context = mp.spawn(_worker, args=(world, folder, config), nprocs=world, join=False)
-        deadline = time.monotonic() + DEADLINE
-        for process in context.processes:
-            process.join(max(0.0, deadline - time.monotonic()))
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
+        codes = spawn_and_wait(_worker, (world, folder, config), world)
         paths = [Path(folder) / f"rank{r}.json" for r in range(world)]
         if not all(path.is_file() for path in paths):
-            raise RuntimeError(f"{world}-process run failed (exit codes "
-                               f"{[p.exitcode for p in context.processes]})")
+            raise RuntimeError(f"{world}-process run failed (exit codes {codes})")
         ranks = [json.loads(path.read_text()) for path in paths]
         return {**ranks[0], "cpu_seconds": max(r["cpu_seconds"] for r in ranks)}
 
@@ -255,7 +263,10 @@ def _parallel_notes(num_examples: int, repeats: int) -> str:
             "step: DDP's gradient all-reduce (one bucket for this model) and the wait "
             "for the slower rank; the loss is averaged over ranks once per epoch, and "
             "DDP does not search the graph for unused parameters when the warm-up shows "
-            "there are none.")
+            "there are none. Each setting runs in fresh processes at its own time, and "
+            "this machine's speed drifts between runs; benchmarks.lockstep compares the "
+            "same steps interleaved in the same processes, beside a plain-PyTorch "
+            "reference.")
 
 
 def _summary(key: tuple[int | str, int], results: list[dict]) -> dict:
