@@ -4,8 +4,8 @@ The hand-written loss computes the same single-sample ELBO with the same network
 the same variational parameters (the AutoNormal locations and scales, the encoders,
 decoders and classifier), with no Pyro machinery: it is the floor for this computation.
 We time ``loss + backward + optimiser step`` for both at batch 128 and 1,024 on mfeat
-(six views) and on the throughput benchmark's synthetic set, and report the ratio. The two losses are also checked to agree in
-expectation (same parameters, many draws).
+(six views) and on the throughput benchmark's synthetic set, and report the ratio. The
+two losses are also checked to agree in expectation (same parameters, many draws).
 
     python -m benchmarks.overhead [--tiny] [--repeats 30] [--data mfeat,synthetic]
 """
