@@ -37,12 +37,11 @@ import pyro
 import torch
 import torch.distributed as dist
 
-import pyro_mm as pm
 from pyro_mm import distributed as ddp
 from pyro_mm.trainer import Settings, Trainer
 
 from .common import markdown_table, parser, write_results
-from .scale import spawn_and_wait, synthetic_split
+from .scale import scale_model, spawn_and_wait, synthetic_split
 
 MODES = ("solo", "pair", "ddp", "ref solo", "ref pair", "ref sync")
 
@@ -64,10 +63,9 @@ class _Stepper:
 
 def _trainer(train, batch_size: int, distributed: bool) -> Trainer:
     pyro.set_rng_seed(0)
-    model = pm.MultimodalDPMixture(train.dims, latent_dim=8, num_components=10,
-                                   hidden=(64,))
-    trainer = Trainer(model, Settings(batch_size=batch_size, device="cpu", seed=0,
-                                      progress=False, distributed=distributed))
+    settings = Settings(batch_size=batch_size, device="cpu", seed=0, progress=False,
+                        distributed=distributed)
+    trainer = Trainer(scale_model(train), settings)
     with ddp.active(trainer.group):
         trainer.prepare(train)
         trainer.build_optimizer()

@@ -28,7 +28,7 @@ from pyro_mm.devices import flush_denormals
 from pyro_mm.elbo import TraceELBO
 
 from .common import markdown_table, parser, write_results
-from .throughput import load_base
+from .throughput import load_base, synthetic_set
 
 
 def _global_prior(model, name: str):
@@ -81,8 +81,7 @@ def load(name: str, tiny: bool, package=pm):
     if name == "mfeat":
         data = package.datasets.load_mfeat()
         return data.subset(range(0, 2000, 10)) if tiny else data
-    return package.datasets.make_synthetic(200 if tiny else 20_000, num_clusters=10,
-                                           dims={"a": 64, "b": 32}, seed=0)
+    return synthetic_set(200 if tiny else 20_000, package)
 
 
 def setup(seed=0, tiny=False, package=pm, data_name="mfeat"):

@@ -58,6 +58,12 @@ def synthetic_split(num_examples: int, seed: int):
     return data.split(test_fraction=0.2, seed=seed, stratify=True)
 
 
+def scale_model(train) -> pm.MultimodalDPMixture:
+    """The data-parallel benchmarks' model: unsupervised (so the held-out
+    log-likelihood is that of the features), latent 8, K 10, hidden 64."""
+    return pm.MultimodalDPMixture(train.dims, latent_dim=8, num_components=10, hidden=(64,))
+
+
 def _worker(rank: int, world: int, folder: str, config: dict) -> None:
     """One epoch through the trainer's phases, timing the epoch alone: its wall-clock
     time and this process's CPU time (which another user's load does not inflate)."""
@@ -69,9 +75,7 @@ def _worker(rank: int, world: int, folder: str, config: dict) -> None:
                                 world_size=world, timeout=datetime.timedelta(seconds=120))
     train, test = synthetic_split(config["num_examples"], config["seed"])
     pyro.set_rng_seed(config["seed"])
-    # Unsupervised, so the held-out log-likelihood is that of the features.
-    model = pm.MultimodalDPMixture(train.dims, latent_dim=8, num_components=10,
-                                   hidden=(64,))
+    model = scale_model(train)
     trainer = Trainer(model, Settings(num_epochs=1, batch_size=config["batch_size"],
                                       device="cpu", seed=config["seed"], progress=False,
                                       distributed=world > 1))

@@ -41,6 +41,13 @@ ROOT = HERE.parent
 BATCH_SIZES = (128, 1024)
 
 
+def synthetic_set(num_examples: int, package=pm):
+    """The synthetic data of this benchmark (and of ``benchmarks.overhead``): two
+    modalities of 64 and 32 features, 10 clusters, seed 0."""
+    return package.datasets.make_synthetic(num_examples, num_clusters=10,
+                                           dims={"a": 64, "b": 32}, seed=0)
+
+
 def load_base(rev: str, folder: str):
     """The package at git revision ``rev`` as module ``pyro_mm_base`` (its imports are
     relative), with Pyro names that cannot collide with this process's modules."""
@@ -152,8 +159,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     mfeat = pm.datasets.load_mfeat()
-    synthetic = pm.datasets.make_synthetic(3000 if args.tiny else args.num_examples,
-                                           num_clusters=10, dims={"a": 64, "b": 32}, seed=0)
+    synthetic = synthetic_set(3000 if args.tiny else args.num_examples)
     sets = {"synthetic": (synthetic, {128: 1, 1024: 1}),
             "mfeat": (mfeat.subset(range(0, 2000, 5)) if args.tiny else mfeat,
                       {128: 1, 1024: 2} if args.tiny else {128: 5, 1024: 20})}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch.nn.functional import cross_entropy
 
+
 def experts_heads_are_separable(model) -> bool:
     """Whether ``model``'s heads have the separate objective of the module docstring
     (observed representation, ``fusion="experts"``, a classifier)."""
