@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import pyro_mm as pm
-from pyro_mm.metrics import adjusted_rand_index
+from pyro_mm.predictive.metrics import adjusted_rand_index
 
 from .common import markdown_table, parser, write_results
 

@@ -4,7 +4,7 @@
 virtual machine whose speed drifts by tens of per cent between runs, its 2-vs-1 ratio
 moves with the drift. Here two gloo processes take turns, in rounds, between:
 
-* ``solo``: rank 0 steps a one-process :class:`~pyro_mm.trainer.Trainer` while rank 1
+* ``solo``: rank 0 steps a one-process :class:`~pyro_mm.train.trainer.Trainer` while rank 1
   waits at a barrier (the one-process baseline);
 * ``pair``: both ranks step their own one-process trainers, no communication (what two
   processes sharing this machine reach: the ceiling);
@@ -37,8 +37,8 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from pyro_mm import distributed as ddp
-from pyro_mm.trainer import Settings, Trainer
+from pyro_mm.runtime import distributed as ddp
+from pyro_mm.train.trainer import Settings, Trainer
 
 from .common import markdown_table, parser, write_results
 from .scale import scale_model, spawn_and_wait, synthetic_split

@@ -13,7 +13,7 @@ latent_dim 16, ``concat``); (f) the same with ``fusion="experts"``; (g, h) the o
 feature model with ``fusion="experts"`` and linear heads (one logistic regression per
 view inside the model), with a ``Normal(0, sigma^2)`` prior on the heads' weights,
 sigma 1 (the baselines' ``C = 1``) and 0.3 (their heads solved exactly after SVI,
-``pyro_mm.experts_solve``); (i) = (g) with ``experts_pool="mean"`` (the heads combined by
+``pyro_mm.train.expert_heads``); (i) = (g) with ``experts_pool="mean"`` (the heads combined by
 the logarithmic opinion pool, not the product) and a mixture of Student-t components
 floored at the features' recording resolution (which changes its imputation, not its
 classifier). Imputation of the hidden test cells, on the standardised scale: RMSE of
@@ -307,7 +307,7 @@ def main(argv=None) -> None:
              "options otherwise the defaults (module docstring). Prior sd 0.3 of row (h) "
              "was chosen by looking at seed 0 at 70 % missing (so seeds 1-4 are its "
              "out-of-sample evidence); sd 1 of row (g) is the baselines' C = 1. Rows (g)-(i) "
-             "have their heads solved exactly after SVI (pyro_mm.experts_solve); row (i)'s "
+             "have their heads solved exactly after SVI (pyro_mm.train.expert_heads); row (i)'s "
              "pool was chosen after comparing pools on all five seeds (offline, with "
              "scikit-learn heads), and has no parameter. pm.impute "
              f"with {num_samples} global posterior draws. NLL is the mean held-out "

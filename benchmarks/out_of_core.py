@@ -13,7 +13,7 @@ process (``spawn``), with one thread:
   store's pages are dropped from the OS page cache first (``posix_fadvise``), so the
   first reads come from the disk.
 * **memory**: the same model on the store's first ``memory_rows`` examples loaded into a
-  :class:`~pyro_mm.data.MultimodalData`: one epoch, timed the same way.
+  :class:`~pyro_mm.data.container.MultimodalData`: one epoch, timed the same way.
 
 Reported for each: examples per second over the timed steps, and the peak resident
 memory of the training process (``ru_maxrss``) and of its largest loader worker.
@@ -43,7 +43,7 @@ CHUNK_ROWS = 256
 def write_store(path: Path, num_examples: int, dims: dict[str, int], seed: int = 0,
                 block: int = 16384, chunk_rows: int = CHUNK_ROWS) -> float:
     """A synthetic store: ``x = mean[label] + noise`` per modality; returns seconds."""
-    from pyro_mm.data_store import StoreWriter
+    from pyro_mm.data.store import StoreWriter
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -76,7 +76,7 @@ def _train(config: dict, out: str) -> None:
     import torch
 
     import pyro_mm as pm
-    from pyro_mm.trainer import Settings, Trainer
+    from pyro_mm.train.trainer import Settings, Trainer
 
     torch.set_num_threads(1)
     # The loader's workers start as they would under `pyro-mm train` on Linux (fork),

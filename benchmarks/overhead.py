@@ -23,9 +23,9 @@ from pyro.optim.clipped_adam import ClippedAdam
 from torch.distributions import biject_to
 
 import pyro_mm as pm
-from pyro_mm._naming import without_param_statements
-from pyro_mm.devices import flush_denormals
-from pyro_mm.elbo import TraceELBO
+from pyro_mm.model._pyro_module import without_param_statements
+from pyro_mm.runtime.devices import flush_denormals
+from pyro_mm.train.elbo import TraceELBO
 
 from .common import markdown_table, parser, write_results
 from .throughput import load_base, synthetic_set
@@ -118,7 +118,7 @@ def interleaved(steps, repeats: int) -> list[dict[str, float]]:
     for round_ in range(repeats + 1):
         for name, (step, validate, quiet) in steps.items():
             # Subnormals flushed for every variant, as pm.fit's step does (the floor
-            # gets the same help; see pyro_mm.devices.flush_denormals).
+            # gets the same help; see pyro_mm.runtime.devices.flush_denormals).
             with pyro.validation_enabled(validate), flush_denormals(), \
                     (without_param_statements() if quiet else contextlib.nullcontext()):
                 start = time.perf_counter()
@@ -209,7 +209,7 @@ def _measure(args, repeats, base, data_name: str) -> tuple[list[dict], dict]:
         b = min(batch_size, batch.size)
         # The floor: the hand-written loss with no argument checks. Before: Pyro with
         # its default validation; after: as pm.fit runs it (validation off, no
-        # per-weight param statements: see pyro_mm._naming.without_param_statements).
+        # per-weight param statements: see pyro_mm.model._pyro_module.without_param_statements).
         steps = {"hand": (step_timer(lambda bt, i: handwritten_loss(model, guide, bt, i),
                                      params, batch, b), False, False),
                  "before": (step_timer(elbo, params, batch, b), True, False),
@@ -246,10 +246,10 @@ def _notes(args, repeats, agreement: str) -> str:
             "default argument validation; 'as pm.fit runs it' turns validation off "
             "(fit(validate_args=False), the default), skips the per-weight pyro.param "
             "statements its optimiser does not need "
-            "(pyro_mm._naming.without_param_statements) and uses fit's ELBO "
-            "(pyro_mm.elbo.TraceELBO: Trace_ELBO without an .item() per site). Every "
+            "(pyro_mm.model._pyro_module.without_param_statements) and uses fit's ELBO "
+            "(pyro_mm.train.elbo.TraceELBO: Trace_ELBO without an .item() per site). Every "
             "variant, the floor included, runs with subnormal floats flushed to zero, as "
-            "pm.fit's step does (pyro_mm.devices.flush_denormals). "
+            "pm.fit's step does (pyro_mm.runtime.devices.flush_denormals). "
             "JitTrace_ELBO is not an option: torch.jit's tracer fails on this model "
             "('Tracer cannot infer type of' its inputs). What is left is Pyro's per-site "
             "machinery: the autoguide's two sites per global latent (an auxiliary Normal "

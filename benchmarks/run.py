@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from . import arm, classification, dpgmm, gpu, lockstep, missing, overhead, scale, throughput
+from . import (arm, classification, dpgmm, gpu, lockstep, missing, overhead, scale,
+               throughput)
 
 
 def main(argv=None) -> None:

@@ -40,8 +40,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pyro_mm as pm
-from pyro_mm import distributed as ddp
-from pyro_mm.trainer import Settings, Trainer
+from pyro_mm.runtime import distributed as ddp
+from pyro_mm.train.trainer import Settings, Trainer
 
 from . import out_of_core
 from .common import markdown_table, parser, write_results

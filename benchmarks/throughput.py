@@ -2,7 +2,7 @@
 
 "Before" is the package at ``--base-rev`` (extracted with ``git archive`` and imported
 as ``pyro_mm_base``), "after" the working tree, both in one process. Training: one
-:class:`~pyro_mm.trainer.Trainer` per code on the same data, their steps interleaved
+:class:`~pyro_mm.train.trainer.Trainer` per code on the same data, their steps interleaved
 (before, after, before, ...), so load from other work on a shared machine hits both
 alike; examples per second = examples stepped / the sum of that code's step times, at
 batch 128 and 1,024. Prediction: ``predict`` and ``evaluate`` of each code's trained

@@ -12,17 +12,18 @@ when used); ArviZ and matplotlib are imported by the diagnostics that need them.
 
 from . import datasets, diagnostics, factors
 from ._version import __version__
-from .data import MultimodalData, TensorBatch
-from .devices import resolve_device
+from .data.container import MultimodalData, TensorBatch
 from .diagnostics import summary, to_datatree
 from .errors import (CheckpointError, DataValidationError, DistributedError,
                      TrainingDivergedError)
 from .factors import modality_contributions
-from .guides import MultimodalGuide
-from .imputation import impute
-from .inference import evaluate, log_likelihood, predict
-from .models import MixtureParams, MultimodalDPMixture
-from .training import FitResult, History, fit, load
+from .model.dp_mixture import MixtureParams, MultimodalDPMixture
+from .model.guide import MultimodalGuide
+from .predictive.impute import impute
+from .predictive.predict import evaluate, log_likelihood, predict
+from .runs import FitResult, History, load
+from .runtime.devices import resolve_device
+from .train import fit
 
 __all__ = [
     "CheckpointError",

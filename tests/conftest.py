@@ -1,4 +1,9 @@
-"""Shared fixtures: a clean Pyro param store and fixed seeds for every test."""
+"""Shared fixtures: a clean Pyro param store and fixed seeds for every test; and a
+check, when the run ends, that the tests wrote nothing into the checkout."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pyro
 import pytest
@@ -36,3 +41,35 @@ def _assert_bounded(contributions):
 def assert_bounded():
     """The check every test that estimates contributions runs on its estimates."""
     return _assert_bounded
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def untracked_files(root: Path = CHECKOUT) -> set[str] | None:
+    """Untracked, not ignored files of the git checkout at ``root`` (``None`` where
+    ``root`` is not one, or git is missing)."""
+    try:
+        out = subprocess.run(["git", "-C", str(root), "ls-files", "--others",
+                              "--exclude-standard"], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(out.splitlines())
+
+
+def pytest_sessionstart(session):
+    session.config._pyro_mm_untracked = untracked_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write only into temporary folders: a file that running the suite left in
+    the checkout (as executing a guide once left ``mine.npz``) fails the run."""
+    before = getattr(session.config, "_pyro_mm_untracked", None)
+    after = untracked_files()
+    if before is None or after is None:
+        return
+    left = sorted(after - before)
+    if left:
+        print(f"\ntests left files in the checkout: {left}", file=sys.stderr)
+        session.exitstatus = 1

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 import pyro_mm as pm
-from pyro_mm.cli import main
+from pyro_mm.cli.main import main
 from pyro_mm.factors import ARM
 from pyro_mm.factors.arm import example_scores
-from pyro_mm.factors.contributions import (LeaveOneOut, label_entropy,
-                                          modality_contributions)
-from pyro_mm.training import validation_metrics
+from pyro_mm.factors.contributions import LeaveOneOut, label_entropy, modality_contributions
+from pyro_mm.train.monitoring import validation_metrics
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def strong_weak_noise():
 def _fit(train, factors=(), epochs=20, seed=0, **kwargs):
     pyro.set_rng_seed(seed)
     # fusion "concat" unless a test says otherwise: ARM's thresholds here were measured
-    # with it; "experts" counts redundant evidence twice (pyro_mm.fusion).
+    # with it; "experts" counts redundant evidence twice (pyro_mm.model.fusion).
     model = pm.MultimodalDPMixture(train.dims, num_classes=train.num_classes, latent_dim=4,
                                    num_components=6, factors=list(factors),
                                    **{"fusion": "concat", **kwargs.pop("model", {})})
@@ -228,7 +227,7 @@ def test_fusion_weights_move_only_in_training(strong_weak_noise, fusion):
 def test_dp_gate_of_an_example_with_nothing_present_is_concat_and_keeps_gradients_finite():
     """ARM's leave-one-out of an example's only view leaves no modality present; the
     ``dp`` gate of that row is 1 everywhere (as ``concat``), with finite gradients."""
-    from pyro_mm.fusion import DPGateFusion
+    from pyro_mm.model.fusion import DPGateFusion
 
     log_density = torch.tensor([[-1.0, -3.0, -math.inf], [-math.inf] * 3],
                                requires_grad=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import pyro_mm as pm
-from pyro_mm.cli import main
+from pyro_mm.cli.main import main
 
 
 def test_train_then_evaluate_synthetic(tmp_path, capsys):
@@ -65,7 +65,7 @@ def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):
 
 
 def test_help_lists_the_commands():
-    result = subprocess.run([sys.executable, "-m", "pyro_mm.cli", "--help"],
+    result = subprocess.run([sys.executable, "-m", "pyro_mm.cli.main", "--help"],
                             capture_output=True, text=True, check=True)
     assert "train" in result.stdout and "evaluate" in result.stdout
 

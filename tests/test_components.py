@@ -10,13 +10,9 @@ import torch
 from torch.distributions import Normal, StudentT
 
 import pyro_mm as pm
-from pyro_mm.distributions import (
-    MultimodalMixture,
-    effective_scale,
-    studentt_component_log_density,
-)
-from pyro_mm.params import point_params
-from pyro_mm.floors import recording_resolution
+from pyro_mm.model.distributions import (MultimodalMixture, effective_scale,
+                                         studentt_component_log_density)
+from pyro_mm.model.scale_floors import recording_resolution
 
 DT = torch.float64
 
@@ -150,7 +146,7 @@ def test_every_density_uses_the_effective_scale(tiny_data):
     model = pm.MultimodalDPMixture(tiny_data.dims, num_components=4,
                                    representation="observed", scale_floor=0.5)
     result = pm.fit(model, tiny_data, num_epochs=2, progress=False, seed=0)
-    params = point_params(result.model, result.guide)
+    params = result.model.params_from_sites(result.guide.point_estimate())
     raw = result.guide.point_estimate()
     for j, m in enumerate(model.modalities):
         expected = (raw[f"component_scale_{m}"].pow(2)
@@ -174,7 +170,7 @@ def test_guide_fills_a_missing_modality_from_the_floored_components(tiny_data):
     locs = [globals_[f"component_loc_{m}"] for m in model.modalities]
     scales = [(globals_[f"component_scale_{m}"].pow(2) + 2.0**2).sqrt()
               for m in model.modalities]
-    log_w = pm.distributions.stick_breaking_log_weights(globals_["sticks"])
+    log_w = pm.model.distributions.stick_breaking_log_weights(globals_["sticks"])
     comp = Normal(locs[0], scales[0]).log_prob(present[:, 0].unsqueeze(1)).sum(-1)
     resp = torch.softmax(log_w + comp, -1)
     mean = resp @ locs[1]
@@ -296,7 +292,7 @@ def test_datatree_and_summary_use_learned_studentt_components(tiny_data):
     """The export stores the learned df, the floors, and pointwise log-likelihoods equal
     to the t mixture recomputed from the stored draws (as the Gaussian test does)."""
     from pyro_mm import diagnostics as dx
-    from pyro_mm.params import MixtureParams
+    from pyro_mm.model.params import MixtureParams
 
     model = pm.MultimodalDPMixture(tiny_data.dims, num_components=4,
                                    representation="observed", component="studentt")

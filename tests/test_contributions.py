@@ -10,17 +10,16 @@ import torch
 from scipy.special import logsumexp
 
 import pyro_mm as pm
-from pyro_mm.distributions import MultimodalMixture
 from pyro_mm.factors import ARM
 from pyro_mm.factors.contributions import leave_one_out, modality_contributions
-from pyro_mm.params import point_params
+from pyro_mm.model.distributions import MultimodalMixture
 
 
 def _fit(train, factors=(), epochs=12, seed=0, **model_kwargs):
     pyro.set_rng_seed(seed)
     # fusion "concat": these known answers (a redundant copy adds nothing given the
     # other) need a classifier that can learn it; "experts" sums per-modality evidence,
-    # so it counts two copies twice (its naive-Bayes assumption), see pyro_mm.fusion.
+    # so it counts two copies twice (its naive-Bayes assumption), see pyro_mm.model.fusion.
     model_kwargs.setdefault("fusion", "concat")
     model = pm.MultimodalDPMixture(train.dims, num_classes=train.num_classes, latent_dim=4,
                                    num_components=6, hidden=(64,), factors=list(factors),
@@ -142,7 +141,7 @@ def test_leaving_a_modality_out_is_exactly_treating_it_as_missing(tiny_data):
     result = _fit(tiny_data, epochs=1)
     model, guide = result.model, result.guide
     batch = model.prepare(tiny_data)
-    params = point_params(model, guide)
+    params = model.params_from_sites(guide.point_estimate())
     z, _ = guide.encode(batch, guide.point_estimate())
     loo = leave_one_out(model, z, params, batch.labels, batch.masks)
     without_b = batch.masks.clone()

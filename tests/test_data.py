@@ -1,4 +1,4 @@
-"""Validation and behaviour of :class:`pyro_mm.data.MultimodalData`.
+"""Validation and behaviour of :class:`pyro_mm.data.container.MultimodalData`.
 
 Every malformed input must raise :class:`pyro_mm.DataValidationError` (a ValueError)
 whose message names the offending modality or argument; valid data must be copied,
@@ -11,7 +11,7 @@ import torch
 
 import pyro_mm
 from pyro_mm import DataValidationError
-from pyro_mm.data import MultimodalData
+from pyro_mm.data.container import MultimodalData
 
 
 def _netcdf_engine():

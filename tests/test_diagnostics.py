@@ -20,8 +20,8 @@ from pyro.infer import Trace_ELBO  # noqa: E402
 import pyro_mm as pm  # noqa: E402
 from pyro_mm import diagnostics as dx  # noqa: E402
 from pyro_mm.diagnostics import plots  # noqa: E402
-from pyro_mm.distributions import stick_breaking_log_weights  # noqa: E402
-from pyro_mm.models import MixtureParams  # noqa: E402
+from pyro_mm.model.distributions import stick_breaking_log_weights  # noqa: E402
+from pyro_mm.model.dp_mixture import MixtureParams  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -181,7 +181,7 @@ def test_log_likelihood_is_the_exact_density_at_each_draw(observed_fit):
 
 def test_map_guide_draws_agree_with_inference_log_likelihood():
     """With a MAP guide every draw is the point estimate, so each draw's
-    log-likelihood equals pyro_mm.inference.log_likelihood exactly."""
+    log-likelihood equals pyro_mm.predictive.predict.log_likelihood exactly."""
     data = pm.datasets.make_synthetic(num_examples=60, num_clusters=2, dims={"a": 3, "b": 2},
                                       seed=3)
     model = pm.MultimodalDPMixture(data.dims, num_components=3, representation="observed")
@@ -198,7 +198,7 @@ def test_map_guide_draws_agree_with_inference_log_likelihood():
 
 
 def test_label_log_prob_is_exact_for_confident_classifiers():
-    from pyro_mm.diagnostics.datatree import label_log_prob
+    from pyro_mm.diagnostics.sampling import label_log_prob
 
     logits = torch.tensor([[0.0, 50.0, -3.0], [1.0, 2.0, 3.0], [100.0, 0.0, 0.0]])
     labels = torch.tensor([1, 2, 0])
@@ -346,7 +346,7 @@ def test_effective_components_and_ari(latent_fit):
     assert 1.0 <= ec["lower"] <= ec["mean"] <= ec["upper"] <= result.model.num_components
     weights = tree["posterior"]["weights"].values.reshape(-1, 4)
     np.testing.assert_allclose(
-        ec["draws"], pm.metrics.effective_components(torch.as_tensor(weights)).numpy(),
+        ec["draws"], pm.predictive.metrics.effective_components(torch.as_tensor(weights)).numpy(),
         rtol=1e-4)
     plug_in = dx.responsibility_ari(result, data)
     assert plug_in["ari"] == pytest.approx(pm.evaluate(result, data)["ari"])
@@ -374,8 +374,8 @@ def test_summary_prints_every_check(latent_fit):
 
 # ---------------------------------------------------------------------- plots
 def test_plots_return_figures_and_save(latent_fit, observed_fit, tmp_path):
-    from matplotlib.figure import Figure
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     result, data, tree = latent_fit
     obs_result, obs_data, obs_tree = observed_fit
@@ -431,8 +431,8 @@ def test_singular_values_of_normalised_representations():
 
 # ---------------------------------------------------------------------- command
 def test_run_diagnose_on_a_cli_run(tmp_path, capsys):
-    from pyro_mm.cli import main
-    from pyro_mm.diagnostics.cli import run_diagnose
+    from pyro_mm.cli.diagnose import run_diagnose
+    from pyro_mm.cli.main import main
 
     run = tmp_path / "run"
     assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--latent-dim", "2",
@@ -452,7 +452,7 @@ def test_run_diagnose_on_a_cli_run(tmp_path, capsys):
 def test_pyro_mm_diagnose_command(tmp_path, capsys):
     """`pyro-mm diagnose RUN_DIR --out FILE.nc` prints the summary and writes the tree;
     a missing run folder is a clean error (exit code 2)."""
-    from pyro_mm.cli import main
+    from pyro_mm.cli.main import main
 
     run = tmp_path / "run"
     assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--latent-dim", "2",

@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pyro_mm as pm
-from pyro_mm import distributed as ddp
-from pyro_mm.cli import main
-from pyro_mm.trainer import Trainer
+from pyro_mm.cli.main import main
+from pyro_mm.runtime import distributed as ddp
+from pyro_mm.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 
@@ -345,7 +345,7 @@ def test_cli_nproc_launches_torchrun_and_its_run_resumes_in_one_process(tmp_path
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "OMP_NUM_THREADS": "1", "PYRO_MM_DIST_TIMEOUT": "30"}
-    command = [sys.executable, "-m", "pyro_mm.cli", "train", "--nproc", "2",
+    command = [sys.executable, "-m", "pyro_mm.cli.main", "train", "--nproc", "2",
                "--dataset", "synthetic", "--epochs", "1", "--latent-dim", "2",
                "--components", "4", "--batch-size", "256", "--out", str(run), "--quiet"]
     # Its own process group, so that a timeout kills torchrun's workers too.

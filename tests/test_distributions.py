@@ -1,4 +1,4 @@
-"""Stick breaking and :class:`pyro_mm.distributions.MultimodalMixture`, checked against
+"""Stick breaking and :class:`pyro_mm.model.distributions.MultimodalMixture`, checked against
 brute-force computations with explicit loops (float64)."""
 
 import math
@@ -7,11 +7,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from pyro_mm.distributions import (
-    MultimodalMixture,
-    gaussian_component_log_density,
-    stick_breaking_weights,
-)
+from pyro_mm.model.distributions import (MultimodalMixture, gaussian_component_log_density,
+                                         stick_breaking_weights)
 
 DT = torch.float64
 

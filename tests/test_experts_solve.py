@@ -1,12 +1,12 @@
 """``fusion="experts"`` on observed features: the heads solved exactly after SVI
-(:mod:`pyro_mm.experts_solve`) and the mean pool (``experts_pool="mean"``)."""
+(:mod:`pyro_mm.train.expert_heads`) and the mean pool (``experts_pool="mean"``)."""
 
 import numpy as np
 import pytest
 import torch
 
 import pyro_mm as pm
-from pyro_mm.experts_solve import head_objective, solve_expert_heads
+from pyro_mm.train.expert_heads import head_objective, solve_expert_heads
 
 
 def _data(n=240, fraction=0.4):

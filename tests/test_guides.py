@@ -3,7 +3,7 @@
 Every fenced block whose info string is exactly ``python`` is executed, in order, in
 one fresh namespace per guide (so later blocks use earlier variables), inside a
 temporary working directory. The ``pyro-mm ...`` commands of the ``bash`` blocks of
-``getting-started.md`` are run through :func:`pyro_mm.cli.main`.
+``getting-started.md`` are run through :func:`pyro_mm.cli.main.main`.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_guide_python_blocks_run(path, tmp_path, monkeypatch, one_thread,
 
 
 def test_getting_started_cli_commands_run(tmp_path, monkeypatch, one_thread):
-    from pyro_mm.cli import main
+    from pyro_mm.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     commands = cli_commands(GUIDES / "getting-started.md")

@@ -3,7 +3,8 @@ importing a layer above its own.
 
 The graph is read from the source with ``ast``: every ``import`` and ``from ... import``
 of a ``pyro_mm`` module, at the top of a file or inside a function, absolute or
-relative. Imports under ``if TYPE_CHECKING:`` are left out (they never run). Importing
+relative, and under ``if TYPE_CHECKING:`` too: an annotation that needs a module above
+is a dependency on it all the same, only hidden. Importing
 ``pyro_mm.a.b`` also runs ``pyro_mm/a/__init__.py``, so it counts as an import of the
 package ``pyro_mm.a`` too, unless the importer is inside that package.
 """
@@ -17,26 +18,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "pyro_mm"
 
-#: Lowest first. A module may import its own layer or any layer below, never above.
+#: The layers, lowest first: the package's subpackages (DESIGN.md section 7, README
+#: "Layout"). A module may import its own layer or any layer below, never above.
 LAYERS: list[tuple[str, ...]] = [
-    ("pyro_mm._naming", "pyro_mm._version", "pyro_mm.errors", "pyro_mm.devices",
-     "pyro_mm.metrics", "pyro_mm.checkpoint", "pyro_mm.data_checks", "pyro_mm.data_formats",
-     "pyro_mm.data_store", "pyro_mm.data_disk", "pyro_mm.batch", "pyro_mm.data",
-     "pyro_mm.data_stats",
-     "pyro_mm.store_batch",
-     "pyro_mm.loading", "pyro_mm.datasets*", "pyro_mm.run_data", "pyro_mm.distributed"),
-    ("pyro_mm.distributions", "pyro_mm.networks", "pyro_mm.fusion", "pyro_mm.floors",
-     "pyro_mm.model_options", "pyro_mm.sites"),
-    ("pyro_mm.params", "pyro_mm.factor_protocol", "pyro_mm.standardization",
-     "pyro_mm.label_head", "pyro_mm.models"),
-    ("pyro_mm.guides",),
+    ("pyro_mm.errors", "pyro_mm._version"),
+    ("pyro_mm.data*",),
+    ("pyro_mm.datasets*",),
+    ("pyro_mm.runtime*",),
+    ("pyro_mm.model*",),
     ("pyro_mm.factors*",),
-    ("pyro_mm.result", "pyro_mm.inference", "pyro_mm.imputation", "pyro_mm.monitoring",
-     "pyro_mm.elbo", "pyro_mm.optim", "pyro_mm.settings", "pyro_mm.experts_solve",
-     "pyro_mm.trainer", "pyro_mm.training"),
+    ("pyro_mm.runs*",),
+    ("pyro_mm.predictive*",),
+    ("pyro_mm.train*",),
     ("pyro_mm.diagnostics*",),
-    ("pyro_mm.cli",),
+    ("pyro_mm.cli*",),
     ("pyro_mm",),
+]
+
+#: Inside :mod:`pyro_mm.model`, lowest first: its parts, then what combines them, then
+#: the mixture, then the guide on top.
+MODEL_LAYERS: list[tuple[str, ...]] = [
+    ("pyro_mm.model._pyro_module", "pyro_mm.model.distributions", "pyro_mm.model.networks",
+     "pyro_mm.model.sites", "pyro_mm.model.scale_floors"),
+    ("pyro_mm.model.fusion", "pyro_mm.model.params", "pyro_mm.model.factor_protocol",
+     "pyro_mm.model.standardization"),
+    ("pyro_mm.model.arguments", "pyro_mm.model.label_head"),
+    ("pyro_mm.model.dp_mixture",),
+    ("pyro_mm.model.guide",),
+    ("pyro_mm.model",),
 ]
 
 
@@ -52,23 +61,11 @@ def module_files(root: Path = ROOT) -> dict[str, Path]:
     return out
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _import_nodes(tree: ast.AST):
-    """Every import statement that can run (not under ``if TYPE_CHECKING:``)."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend(node.orelse)
-            continue
+    """Every import statement of ``tree``, wherever it stands."""
+    for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        stack.extend(ast.iter_child_nodes(node))
 
 
 def _targets(module: str, is_package: bool, node, modules) -> set[str]:
@@ -138,8 +135,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def layer_of(module: str) -> int | None:
-    for index, patterns in enumerate(LAYERS):
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    for index, patterns in enumerate(layers):
         for pattern in patterns:
             if module == pattern or (pattern.endswith("*") and (
                     module == pattern[:-1] or module.startswith(pattern[:-1] + "."))):
@@ -147,12 +144,32 @@ def layer_of(module: str) -> int | None:
     return None
 
 
-def test_the_graph_sees_imports_inside_functions_and_relative_ones():
+def _upward(module: str, graph, layers) -> list[str]:
+    own = layer_of(module, layers)
+    return sorted(t for t in graph[module]
+                  if layer_of(t, layers) is not None and layer_of(t, layers) > (own or 0))
+
+
+def test_the_graph_sees_imports_inside_functions_relative_ones_and_type_checking():
     graph = import_graph()
-    assert "pyro_mm.factor_protocol" in graph["pyro_mm.models"]
-    assert "pyro_mm.factors" in graph["pyro_mm.cli"]
-    assert "pyro_mm.diagnostics" in graph["pyro_mm.cli"]  # through diagnostics.cli
-    assert "pyro_mm.factors.base" in graph["pyro_mm.factors.pmrl"]
+    assert "pyro_mm.model.factor_protocol" in graph["pyro_mm.model.dp_mixture"]
+    assert "pyro_mm.factors" in graph["pyro_mm.cli.main"]
+    assert "pyro_mm.diagnostics" in graph["pyro_mm.cli.diagnose"]
+    assert "pyro_mm.model.factor_protocol" in graph["pyro_mm.factors.pmrl"]
+    # under TYPE_CHECKING in pyro_mm.predictive.impute
+    assert "pyro_mm.runs.result" in graph["pyro_mm.predictive.impute"]
+
+
+def test_an_upward_import_behind_type_checking_fails(tmp_path):
+    package = tmp_path / "pyro_mm"
+    (package / "data").mkdir(parents=True)
+    (package / "model").mkdir()
+    for path in ("__init__.py", "data/__init__.py", "model/__init__.py", "model/m.py"):
+        (package / path).write_text("")
+    (package / "data" / "d.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..model.m import X\n")
+    graph = import_graph(package)
+    assert _upward("pyro_mm.data.d", graph, LAYERS) == ["pyro_mm.model", "pyro_mm.model.m"]
 
 
 def test_find_cycle_names_the_cycle():
@@ -165,15 +182,29 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_every_module_has_a_layer():
+def test_the_layers_are_the_subpackages():
+    """Every module belongs to a layer, and every subpackage is one."""
     missing = [m for m in module_files() if layer_of(m) is None]
     assert not missing, f"modules without a layer in tests/test_imports.py: {missing}"
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    named = {pattern[len("pyro_mm."):-1] for layer in LAYERS for pattern in layer
+             if pattern.endswith("*")}
+    assert packages == named
+    model = [m for m in module_files() if m.startswith("pyro_mm.model")]
+    assert not [m for m in model if layer_of(m, MODEL_LAYERS) is None]
 
 
 @pytest.mark.parametrize("module", sorted(module_files()))
 def test_imports_point_down(module):
-    graph = import_graph()
-    own = layer_of(module)
-    upward = sorted(t for t in graph[module] if (layer_of(t) or 0) > (own or 0))
-    assert not upward, (f"{module} (layer {own}) imports a layer above it: "
+    upward = _upward(module, import_graph(), LAYERS)
+    assert not upward, (f"{module} (layer {layer_of(module)}) imports a layer above it: "
                         + ", ".join(f"{t} (layer {layer_of(t)})" for t in upward))
+
+
+@pytest.mark.parametrize("module", sorted(m for m in module_files()
+                                          if m.startswith("pyro_mm.model")))
+def test_imports_inside_the_model_point_down(module):
+    graph = {m: {t for t in targets if t.startswith("pyro_mm.model")}
+             for m, targets in import_graph().items()}
+    upward = _upward(module, graph, MODEL_LAYERS)
+    assert not upward, f"{module} imports a part of the model above it: {upward}"

@@ -1,11 +1,11 @@
-""":mod:`pyro_mm.metrics` against scikit-learn and closed-form values."""
+""":mod:`pyro_mm.predictive.metrics` against scikit-learn and closed-form values."""
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from pyro_mm.metrics import adjusted_rand_index, effective_components
+from pyro_mm.predictive.metrics import adjusted_rand_index, effective_components
 
 
 @pytest.mark.parametrize("seed,n,ka,kb", [(0, 50, 3, 3), (1, 200, 5, 2), (2, 17, 4, 6),

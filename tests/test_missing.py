@@ -10,7 +10,7 @@ import torch
 from pyro.infer import Predictive, Trace_ELBO
 
 import pyro_mm as pm
-from pyro_mm.cli import main
+from pyro_mm.cli.main import main
 from pyro_mm.errors import DataValidationError
 
 NOISE = 0.3

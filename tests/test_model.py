@@ -9,7 +9,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_mm as pm
-from pyro_mm.guides import MultimodalGuide
+from pyro_mm.model.guide import MultimodalGuide
 
 
 def _prepared(data, **kwargs):

@@ -5,8 +5,8 @@ attached to the model (history, trace site and scale, save/load)."""
 import math
 
 import numpy as np
-import pytest
 import pyro
+import pytest
 import torch
 from pyro import poutine
 

@@ -17,9 +17,9 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 
 import pyro_mm as pm
-from pyro_mm._naming import without_param_statements
-from pyro_mm.distributions import MultimodalMixture
-from pyro_mm.optim import finite_gradients
+from pyro_mm.model._pyro_module import without_param_statements
+from pyro_mm.model.distributions import MultimodalMixture
+from pyro_mm.train.optim import finite_gradients
 
 REFERENCE = {
     "default": [30.411094, 30.041152, 30.439003, 28.292957, 29.267314, 27.013497,
@@ -141,7 +141,7 @@ def test_finite_grads_check_sees_nan_and_inf_anywhere():
 def test_fits_elbo_equals_pyros_with_the_same_gradients():
     from pyro.infer import Trace_ELBO
 
-    from pyro_mm.elbo import TraceELBO
+    from pyro_mm.train.elbo import TraceELBO
 
     model, guide, batch = _prepared()
     model.eval()  # ARM would move its fusion weights between the two evaluations
@@ -161,7 +161,7 @@ def test_fits_elbo_equals_pyros_with_the_same_gradients():
 def test_fused_clipped_adam_updates_exactly_as_clipped_adam():
     from pyro.optim.clipped_adam import ClippedAdam
 
-    from pyro_mm.optim import FusedClippedAdam
+    from pyro_mm.train.optim import FusedClippedAdam
 
     torch.manual_seed(0)
     shapes = [(5, 3), (7,), (2, 4, 3), (1,)]
@@ -184,7 +184,7 @@ def test_fused_clipped_adam_updates_exactly_as_clipped_adam():
 
 @pytest.mark.parametrize("mode", [False, True])
 def test_denormals_are_flushed_inside_the_block_and_the_mode_restored(mode):
-    from pyro_mm.devices import flush_denormals, flushing_denormals
+    from pyro_mm.runtime.devices import flush_denormals, flushing_denormals
 
     if not torch.set_flush_denormal(mode):
         pytest.skip("this CPU cannot flush subnormals")
@@ -201,13 +201,13 @@ def test_denormals_are_flushed_inside_the_block_and_the_mode_restored(mode):
 
 
 def test_a_training_step_leaves_the_floating_point_mode_as_it_found_it():
-    from pyro_mm.devices import flushing_denormals
+    from pyro_mm.runtime.devices import flushing_denormals
 
     data = pm.datasets.make_synthetic(num_examples=60, num_clusters=2,
                                       dims={"a": 3, "b": 2}, seed=0)
     model = pm.MultimodalDPMixture(data.dims, num_classes=data.num_classes,
                                    latent_dim=2, num_components=3)
-    trainer = pm.trainer.Trainer(model, pm.trainer.Settings(
+    trainer = pm.train.trainer.Trainer(model, pm.train.trainer.Settings(
         batch_size=20, device="cpu", progress=False))
     trainer.prepare(data)
     trainer.build_optimizer()

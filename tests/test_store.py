@@ -11,12 +11,12 @@ import torch
 import zarr
 
 import pyro_mm
-from pyro_mm.cli import main
-from pyro_mm.data import MultimodalData
-from pyro_mm.data_stats import feature_moments, merge_moments
+from pyro_mm.cli.main import main
+from pyro_mm.data.container import MultimodalData
+from pyro_mm.data.loader import RowLoader
+from pyro_mm.data.stats import feature_moments, merge_moments
+from pyro_mm.data.store_batch import StoreBatch
 from pyro_mm.errors import DataValidationError
-from pyro_mm.loading import RowLoader
-from pyro_mm.store_batch import StoreBatch
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_a_failed_write_leaves_nothing_and_overwrite_is_explicit(data, tmp_path)
     with pytest.raises(FileExistsError):
         data.to_zarr(path)
     with pytest.raises(ZeroDivisionError):
-        with pyro_mm.data_store.StoreWriter(tmp_path / "t.zarr", {"a": 2}, 4):
+        with pyro_mm.data.store.StoreWriter(tmp_path / "t.zarr", {"a": 2}, 4):
             1 / 0
     assert sorted(os.listdir(tmp_path)) == ["s.zarr"]
     data.subset(np.arange(10)).to_zarr(path, overwrite=True)
@@ -234,7 +234,7 @@ def test_chunk_local_order_keeps_every_draw_and_reads_few_chunks():
     for order in (torch.randperm(4096, generator=generator),
                   torch.multinomial(torch.rand(4096), 4096, replacement=True,
                                     generator=generator)):   # a weighted draw
-        out = pyro_mm.loading.chunk_local(order, chunk_of, 4, generator)
+        out = pyro_mm.data.loader.chunk_local(order, chunk_of, 4, generator)
         assert torch.equal(out.sort().values, order.sort().values)
         touched = [len(chunk_of[b].unique()) for b in out.split(128)]
         # Within one window (4 chunks) or straddling two, never all 64; shuffled.

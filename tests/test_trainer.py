@@ -1,4 +1,4 @@
-"""The trainer's phases (pyro_mm.trainer): driven one by one they give exactly what
+"""The trainer's phases (pyro_mm.train.trainer): driven one by one they give exactly what
 fit() gives, and a step or an epoch takes minibatches from any source."""
 
 import math
@@ -7,7 +7,7 @@ import pyro
 import torch
 
 import pyro_mm as pm
-from pyro_mm.trainer import Minibatch, Settings, Trainer
+from pyro_mm.train.trainer import Minibatch, Settings, Trainer
 
 
 def _model(data):

@@ -7,7 +7,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..data import MultimodalData
+from ..data.container import MultimodalData
 from ..errors import DataValidationError
 
 #: View name -> what the features are (and how many there are).

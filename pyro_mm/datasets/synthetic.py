@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 
-from ..data import MultimodalData
+from ..data.container import MultimodalData
 from ..errors import DataValidationError
 
 

@@ -15,10 +15,10 @@ Importing this package needs neither ArviZ nor matplotlib; the functions that us
 import them when called.
 """
 
-from .datatree import (MAX_PREDICTIVE_VALUES, importance_log_ratios, load_datatree,
-                       mixture_params, save_datatree, to_datatree)
+from .datatree import load_datatree, save_datatree, to_datatree
 from .reliability import (ParetoK, effective_components, loo, pareto_k, pareto_k_verdict,
                           responsibility_ari)
+from .sampling import MAX_PREDICTIVE_VALUES, importance_log_ratios
 from .summary import DiagnosticsSummary, summary
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "importance_log_ratios",
     "load_datatree",
     "loo",
-    "mixture_params",
     "pareto_k",
     "pareto_k_verdict",
     "responsibility_ari",

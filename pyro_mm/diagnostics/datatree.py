@@ -18,7 +18,7 @@ data set exactly once whatever the chunk size; global terms are counted once.
 
 What ``log_likelihood`` holds (one value per example and draw; all densities are of
 the *original* features, i.e. the standardisation Jacobian
-:meth:`~pyro_mm.models.MultimodalDPMixture.feature_log_jacobian` is added):
+:meth:`~pyro_mm.model.dp_mixture.MultimodalDPMixture.feature_log_jacobian` is added):
 
 * ``representation="observed"``: variable ``"x"``, the exact ``log p(x_i | theta_s)``
   of the example's observed modalities with the component assignment summed out
@@ -59,20 +59,18 @@ import pyro
 import torch
 
 from .._version import __version__
-from ..data import MultimodalData
-from ..metrics import effective_components as _perplexity
-from ..models import MultimodalDPMixture
+from ..data.container import MultimodalData
+from ..model.dp_mixture import MultimodalDPMixture
+from ..predictive.metrics import effective_components as _perplexity
 # The drawing and the storage live in their own modules; their public names (and the
 # helpers other diagnostics use) stay importable from here.
-from .sampling import (MAX_PREDICTIVE_VALUES, _make_plan, _model_and_guide, _Plan,  # noqa: F401
-                       _sample, _seeded, importance_log_ratios, label_log_prob,
-                       mixture_params)
+from .sampling import Plan, make_plan, model_and_guide, sample_draws, seeded
 from .storage import load_datatree, save_datatree
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-    from ..result import FitResult
+    from ..runs.result import FitResult
 
 
 def _dataset(variables: Mapping[str, Any], coords: Mapping[str, Any]) -> "xr.Dataset":
@@ -154,7 +152,7 @@ def to_datatree(
     non-index coordinate ``feature_modality``) and ``<m>_feature`` 0..d_m-1.
 
     Args:
-        result: a :class:`~pyro_mm.training.FitResult` (or a ``(model, guide)`` pair).
+        result: a :class:`~pyro_mm.train.fit.FitResult` (or a ``(model, guide)`` pair).
         data: the examples to evaluate (typically held out); its modalities must
             include the model's.
         num_samples: draws from the variational posterior (one chain).
@@ -178,11 +176,11 @@ def to_datatree(
         raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected MultimodalData, got {type(data).__name__}")
-    model, guide = _model_and_guide(result)
+    model, guide = model_and_guide(result)
     batch = model.prepare(data)
-    plan = _make_plan(model, batch, predictive_features, num_samples, predictive=True)
-    with _seeded(seed, batch.device):
-        out = _sample(model, guide, batch, plan, num_samples, batch_size, progress)
+    plan = make_plan(model, batch, predictive_features, num_samples, predictive=True)
+    with seeded(seed, batch.device):
+        out = sample_draws(model, guide, batch, plan, num_samples, batch_size, progress)
 
     coords = _coords(model, plan, num_samples, batch.size)
     observed_data, feature_coords = _observed_data(model, plan, data, coords)
@@ -222,7 +220,7 @@ def _chain_draw(coords: Mapping[str, Any]) -> dict[str, Any]:
     return {"chain": coords["chain"], "draw": coords["draw"]}
 
 
-def _coords(model: MultimodalDPMixture, plan: _Plan, S: int, n: int) -> dict[str, Any]:
+def _coords(model: MultimodalDPMixture, plan: Plan, S: int, n: int) -> dict[str, Any]:
     """The coordinates shared by the groups (module docstring of :func:`to_datatree`)."""
     K, mods = model.num_components, list(model.modalities)
     coords = {"chain": [0], "draw": np.arange(S), "component": np.arange(K),
@@ -234,7 +232,7 @@ def _coords(model: MultimodalDPMixture, plan: _Plan, S: int, n: int) -> dict[str
     return coords
 
 
-def _posterior(model: MultimodalDPMixture, plan: _Plan, out: Mapping[str, Any],
+def _posterior(model: MultimodalDPMixture, plan: Plan, out: Mapping[str, Any],
                coords: Mapping[str, Any]) -> "xr.Dataset":
     mods = list(model.modalities)
     coords = dict(coords)
@@ -264,7 +262,7 @@ def _posterior(model: MultimodalDPMixture, plan: _Plan, out: Mapping[str, Any],
     return posterior
 
 
-def _observed_data(model: MultimodalDPMixture, plan: _Plan, data: MultimodalData,
+def _observed_data(model: MultimodalDPMixture, plan: Plan, data: MultimodalData,
                    coords: Mapping[str, Any]) -> tuple["xr.Dataset", dict[str, Any]]:
     """Features on the original scale (NaN where missing) and labels; with the feature
     coordinates that ``posterior_predictive`` shares."""
@@ -303,7 +301,7 @@ def _observed_data(model: MultimodalDPMixture, plan: _Plan, data: MultimodalData
     return observed_data, feature_coords
 
 
-def _posterior_predictive(model: MultimodalDPMixture, plan: _Plan, out: Mapping[str, Any],
+def _posterior_predictive(model: MultimodalDPMixture, plan: Plan, out: Mapping[str, Any],
                           coords: Mapping[str, Any], feature_coords: Mapping[str, Any]
                           ) -> "xr.Dataset":
     import xarray as xr
@@ -323,7 +321,7 @@ def _posterior_predictive(model: MultimodalDPMixture, plan: _Plan, out: Mapping[
     return predictive
 
 
-def _log_likelihood(plan: _Plan, out: Mapping[str, Any], coords: Mapping[str, Any]
+def _log_likelihood(plan: Plan, out: Mapping[str, Any], coords: Mapping[str, Any]
                     ) -> "xr.Dataset":
     """One variable per likelihood term; a term observed for only some examples gets a
     dimension ``<variable>_example`` with their positions."""
@@ -403,5 +401,4 @@ def _per_example(model: MultimodalDPMixture, out: Mapping[str, Any],
     return per_example
 
 
-__all__ = ["MAX_PREDICTIVE_VALUES", "importance_log_ratios", "load_datatree",
-           "mixture_params", "save_datatree", "to_datatree"]
+__all__ = ["load_datatree", "save_datatree", "to_datatree"]

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data import MultimodalData
-from ..inference import predict
-from ..metrics import adjusted_rand_index
-from .sampling import _model_and_guide, importance_log_ratios
+from ..data.container import MultimodalData
+from ..predictive.metrics import adjusted_rand_index
+from ..predictive.predict import predict
+from .sampling import importance_log_ratios, model_and_guide
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
@@ -166,7 +166,7 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
     else:
         if data is None:
             raise ValueError("pareto_k: pass the data the ratios are computed on")
-        model, _ = _model_and_guide(source)
+        model, _ = model_and_guide(source)
         includes_locals = model.representation == "latent"
         lp, log_q = importance_log_ratios(source, data, num_samples, batch_size, seed,
                                           progress)

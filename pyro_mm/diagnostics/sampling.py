@@ -3,8 +3,8 @@ and :func:`~pyro_mm.diagnostics.pareto_k`.
 
 How the draws are made, and what each pointwise log-likelihood means, is described in
 :mod:`pyro_mm.diagnostics.datatree`; this module makes them: a plan of what to compute
-(:func:`_make_plan`), vectorised draws of the global guide (:func:`_global_draws`) and
-the loop over draws and chunks of examples (:func:`_sample`), which fills preallocated
+(:func:`make_plan`), draws of the global guide (:func:`pyro_mm.predictive.draws.global_draws`) and
+the loop over draws and chunks of examples (:func:`sample_draws`), which fills preallocated
 NumPy arrays.
 """
 
@@ -14,20 +14,19 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 
-from ..data import MultimodalData, TensorBatch
-from ..models import MultimodalDPMixture
-from ..params import MixtureParams
+from ..data.container import MultimodalData, TensorBatch
+from ..model.dp_mixture import MultimodalDPMixture
+from ..model.params import MixtureParams
+from ..predictive.draws import global_draws, site_log_prob
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..guides import MultimodalGuide
+    from ..model.guide import MultimodalGuide
 
 
 #: Default cap on the number of replicated feature values kept in
@@ -36,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_PREDICTIVE_VALUES = 50_000_000
 
 
-def _model_and_guide(result) -> tuple[MultimodalDPMixture, "MultimodalGuide"]:
+def model_and_guide(result) -> tuple[MultimodalDPMixture, "MultimodalGuide"]:
     if isinstance(result, tuple) and len(result) == 2:
         return result
     try:
@@ -48,7 +47,7 @@ def _model_and_guide(result) -> tuple[MultimodalDPMixture, "MultimodalGuide"]:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device):
+def seeded(seed: int | None, device: torch.device):
     """Seed PyTorch's generators for the block only, leaving the caller's state as it
     was (``seed=None``: draw from the current state)."""
     if seed is None:
@@ -62,23 +61,6 @@ def _seeded(seed: int | None, device: torch.device):
 
 def _in_data_plate(site) -> bool:
     return any(frame.name == "data" for frame in site["cond_indep_stack"])
-
-
-def _site_log_prob(site) -> torch.Tensor:
-    """``log_prob`` of a trace site, masked but *not* scaled (the plate's ``N / B`` and
-    KL warm-up scales are left out on purpose: chunks are summed instead)."""
-    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    if site["mask"] is not None:
-        log_prob = torch.where(site["mask"], log_prob, log_prob.new_zeros(()))
-    return log_prob
-
-
-def mixture_params(model: MultimodalDPMixture, globals_: Mapping[str, torch.Tensor]
-                   ) -> MixtureParams:
-    """:class:`~pyro_mm.models.MixtureParams` from a dict of global site values (one
-    draw of the guide, or its point estimate), with the model's scale floors and
-    component kind."""
-    return model.params_from_sites(globals_)
 
 
 def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,7 +79,7 @@ def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class _Plan:
+class Plan:
     """What the sampling loop computes, decided once from the model and the data."""
 
     latent: bool
@@ -108,9 +90,9 @@ class _Plan:
     responsibilities_shape: tuple[int, ...]
 
 
-def _make_plan(model: MultimodalDPMixture, batch: TensorBatch,
+def make_plan(model: MultimodalDPMixture, batch: TensorBatch,
                predictive_features: bool | None, num_samples: int, predictive: bool
-               ) -> _Plan:
+               ) -> Plan:
     n = batch.size
     latent = model.representation == "latent"
     masks = batch.masks.cpu().numpy()
@@ -143,31 +125,8 @@ def _make_plan(model: MultimodalDPMixture, batch: TensorBatch,
         pp_features = bool(predictive_features)
     K, M = model.num_components, len(model.modalities)
     resp_shape = (n, K) if model.mixture == "joint" else (n, M, K)
-    return _Plan(latent, labelled, ll_vars, predictive and model.classifier is not None,
+    return Plan(latent, labelled, ll_vars, predictive and model.classifier is not None,
                  pp_features, resp_shape)
-
-
-def _global_draws(guide: "MultimodalGuide", batch: TensorBatch, num_samples: int,
-                  draw_block: int) -> Iterator[tuple[int, "poutine.Trace", float]]:
-    """``(s, trace, log q(theta_s))`` for ``s < num_samples``: draws of the global guide,
-    made ``draw_block`` at a time in one vectorised trace (an outer plate over draws),
-    then handed out one by one as a replayable trace of that draw alone."""
-    for start in range(0, num_samples, draw_block):
-        size = min(draw_block, num_samples - start)
-        with pyro.plate("_pyro_mm_draws", size, dim=-1):
-            trace = poutine.trace(guide.global_guide).get_trace(batch, None, 1.0)
-        sites = [(name, site) for name, site in trace.nodes.items()
-                 if site["type"] == "sample" and not site["is_observed"]]
-        log_q = sum(_site_log_prob(site).double().expand(size) for _, site in sites)
-        for i in range(size):
-            draw = poutine.Trace()
-            for name, site in sites:
-                value = site["value"]
-                value = value[i] if value.dim() > 0 and value.shape[0] == size else value
-                draw.add_node(name, type="sample", name=name, is_observed=False,
-                              value=value, infer=site["infer"], fn=site["fn"],
-                              cond_indep_stack=(), mask=None, args=(), kwargs={})
-            yield start + i, draw, float(log_q[i])
 
 
 class _Sampler:
@@ -175,7 +134,7 @@ class _Sampler:
     and, within a draw, chunk by chunk."""
 
     def __init__(self, model: MultimodalDPMixture, guide: "MultimodalGuide",
-                 batch: TensorBatch, plan: _Plan, num_samples: int, per_example: bool):
+                 batch: TensorBatch, plan: Plan, num_samples: int, per_example: bool):
         self.model, self.guide, self.batch, self.plan = model, guide, batch, plan
         self.per_example = per_example
         self.out = _allocate(model, batch.size, plan, num_samples, per_example)
@@ -197,7 +156,7 @@ class _Sampler:
         out["log_q"][s] = log_q_global
         globals_ = {name: global_trace.nodes[name]["value"]
                     for name in self.guide.global_sites}
-        params = mixture_params(model, globals_)
+        params = model.params_from_sites(globals_)
         out["sticks"][s] = params.sticks.cpu().numpy()
         out["log_weights"][s] = params.log_weights.double().cpu().numpy()
         out["alpha"][s] = float(params.alpha)
@@ -230,14 +189,14 @@ class _Sampler:
         if plan.latent:
             for site in guide_trace.nodes.values():
                 if site["type"] == "sample" and _in_data_plate(site):
-                    out["log_q"][s] += float(_site_log_prob(site).double().sum())
+                    out["log_q"][s] += float(site_log_prob(site).double().sum())
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
             local = _in_data_plate(site)
             if not local and not first:
                 continue
-            log_prob = _site_log_prob(site)
+            log_prob = site_log_prob(site)
             out["lp"][s] += float(log_prob.double().sum())
             if not local or name not in plan.ll_vars or name == "y":
                 continue
@@ -296,7 +255,7 @@ class _Sampler:
             out["pp_x"][s, rows] = (x * self.x_scale + self.x_loc).cpu().numpy()
 
 
-def _allocate(model: MultimodalDPMixture, n: int, plan: _Plan, S: int,
+def _allocate(model: MultimodalDPMixture, n: int, plan: Plan, S: int,
               per_example: bool) -> dict[str, Any]:
     """The sampling loop's preallocated NumPy outputs."""
     K, mods, sizes = model.num_components, model.modalities, model.site_sizes
@@ -327,8 +286,8 @@ def _allocate(model: MultimodalDPMixture, n: int, plan: _Plan, S: int,
 
 
 @torch.no_grad()
-def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorBatch,
-            plan: _Plan, num_samples: int, batch_size: int, progress: bool,
+def sample_draws(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorBatch,
+            plan: Plan, num_samples: int, batch_size: int, progress: bool,
             per_example: bool = True, draw_block: int = 256) -> dict[str, Any]:
     """The sampling loop (module docstring of :mod:`pyro_mm.diagnostics.datatree`).
     Returns NumPy arrays with a leading draw axis."""
@@ -342,10 +301,9 @@ def _sample(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorB
     try:
         bar = tqdm(total=num_samples, desc="posterior draws", unit="draw",
                    disable=not progress)
-        for s, global_trace, log_q_global in _global_draws(guide, batch, num_samples,
-                                                           draw_block):
+        for draw in global_draws(guide, batch, num_samples, draw_block):
             bar.update(1)
-            sampler.draw(s, global_trace, log_q_global, batch_size)
+            sampler.draw(draw.index, draw.trace, draw.log_q, batch_size)
         bar.close()
     finally:
         model.train(model_was_training)
@@ -366,14 +324,14 @@ def importance_log_ratios(result, data: MultimodalData, num_samples: int = 1000,
     :func:`to_datatree`, without the rest). Their difference is the per-draw ELBO
     integrand, the log importance ratio whose Pareto-k :func:`pyro_mm.diagnostics.pareto_k`
     reports."""
-    model, guide = _model_and_guide(result)
+    model, guide = model_and_guide(result)
     batch = model.prepare(data)
-    plan = _make_plan(model, batch, False, num_samples, predictive=False)
-    with _seeded(seed, batch.device):
-        out = _sample(model, guide, batch, plan, num_samples, batch_size, progress,
+    plan = make_plan(model, batch, False, num_samples, predictive=False)
+    with seeded(seed, batch.device):
+        out = sample_draws(model, guide, batch, plan, num_samples, batch_size, progress,
                       per_example=False)
     return out["lp"], out["log_q"]
 
 
-__all__ = ["MAX_PREDICTIVE_VALUES", "importance_log_ratios", "label_log_prob",
-           "mixture_params"]
+__all__ = ["MAX_PREDICTIVE_VALUES", "Plan", "importance_log_ratios", "label_log_prob",
+           "make_plan", "model_and_guide", "sample_draws", "seeded"]

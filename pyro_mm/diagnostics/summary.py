@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data import MultimodalData
-from ..inference import predict
-from ..metrics import adjusted_rand_index
+from ..data.container import MultimodalData
+from ..predictive.metrics import adjusted_rand_index
+from ..predictive.predict import predict
 from .datatree import to_datatree
-from .reliability import (ParetoK, _hard_assignments, effective_components, good_k_threshold,
-                          loo, pareto_k)
+from .reliability import (ParetoK, _hard_assignments, effective_components,
+                          good_k_threshold, loo, pareto_k)
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-    from ..result import FitResult
+    from ..runs.result import FitResult
 
 
 @dataclasses.dataclass
@@ -223,7 +223,7 @@ def summary(
       :func:`pyro_mm.evaluate`).
 
     Args:
-        result: a fitted :class:`~pyro_mm.training.FitResult`.
+        result: a fitted :class:`~pyro_mm.train.fit.FitResult`.
         data: the data to diagnose (the training data answers "did the fit work",
             held-out data "does it generalise").
         num_samples: posterior draws (ignored when ``tree`` is given).

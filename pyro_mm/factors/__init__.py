@@ -1,14 +1,13 @@
 """Auxiliary factors: multimodal losses attached to the model as ``pyro.factor`` sites.
 
-See :mod:`pyro_mm.factor_protocol` for the convention every factor follows (also
-importable as :mod:`pyro_mm.factors.base`) and for the registry :data:`FACTORS`, which
-this package fills with the built-in kinds.
+See :mod:`pyro_mm.model.factor_protocol` for the convention every factor follows and for
+the registry :data:`FACTORS`, which this package fills with the built-in kinds.
 """
 
 from __future__ import annotations
 
-from ..factor_protocol import (FACTORS, AuxiliaryFactor, FactorContext, factor_config,
-                               make_factor)
+from ..model.factor_protocol import (FACTORS, AuxiliaryFactor, FactorContext, factor_config,
+                                     make_factor)
 from .arm import ARM
 from .contributions import Contributions, modality_contributions
 from .pmrl import PMRL, PMRLComponents

@@ -49,14 +49,13 @@ import pyro
 import torch
 from torch import nn
 
-from ..distributed import all_reduce_sum, current
-from ..factor_protocol import AuxiliaryFactor, FactorContext
-from ..params import point_params
+from ..model.factor_protocol import AuxiliaryFactor, FactorContext
+from ..runtime.distributed import all_reduce_sum, current
 from .contributions import LeaveOneOut, label_entropy, leave_one_out, unimodal_bounds
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import TensorBatch
-    from ..models import MixtureParams, MultimodalDPMixture
+    from ..data.container import TensorBatch
+    from ..model.dp_mixture import MixtureParams, MultimodalDPMixture
 
 #: Default weight of the unimodal reinforcement term (see the measurements in
 #: ``benchmarks/RESULTS.md`` and ``guides/auxiliary-factors.md``).
@@ -235,7 +234,7 @@ def example_scores(model: "MultimodalDPMixture", guide, batch: "TensorBatch",
     """``(N,)``: each labelled example's weakest contribution ``min_m c_im`` over its
     valid modalities, at the posterior means (``nan`` for an unlabelled example or one
     with a single present modality)."""
-    params = point_params(model, guide)
+    params = model.params_from_sites(guide.point_estimate())
     globals_ = guide.point_estimate()
     out = torch.full((batch.size,), math.nan, device=batch.device)
     for idx in batch.chunk_indices(chunk_size):

@@ -6,7 +6,7 @@ For example ``i`` with label ``y_i`` and representations ``z_i`` (``M >= 2``):
 * ``l_i^(-m) = log q(y_i | z_i,-m)``, the same classifier with modality ``m`` treated as
   missing: ``z_im`` is replaced by the mixture's conditional mean given the other present
   modalities, exactly as for a modality missing from the data
-  (:meth:`pyro_mm.models.MultimodalDPMixture.label_log_prob` with ``drop=m``). The model's
+  (:meth:`pyro_mm.model.dp_mixture.MultimodalDPMixture.label_log_prob` with ``drop=m``). The model's
   modality dropout (and ARM's leave-one-out term) train the classifier on such inputs,
   so this is a *fitted* predictor of ``y`` from the other modalities, not the classifier
   pushed off its training distribution;
@@ -44,10 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..params import point_params
-
 if TYPE_CHECKING:  # pragma: no cover
-    from ..models import MixtureParams, MultimodalDPMixture
+    from ..model.dp_mixture import MixtureParams, MultimodalDPMixture
 
 
 @dataclasses.dataclass
@@ -223,7 +221,7 @@ def _labelled_terms(model, guide, batch, heads, chunk_size: int = 4096):
     """The labelled examples' :class:`LeaveOneOut` (concatenated over chunks of
     ``chunk_size``, so data on disk is read a chunk at a time), their ``(L, M)`` masks
     and ARM's unimodal ``log q`` ``(L, M)`` (``None`` without ARM's heads)."""
-    params, globals_ = point_params(model, guide), guide.point_estimate()
+    params, globals_ = model.params_from_sites(guide.point_estimate()), guide.point_estimate()
     labelled = batch.label_mask.nonzero().squeeze(-1)
     parts: list[tuple] = []
     for start in range(0, labelled.numel(), chunk_size):

@@ -95,7 +95,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .base import AuxiliaryFactor, FactorContext
+from ..model.factor_protocol import AuxiliaryFactor, FactorContext
 
 
 @dataclasses.dataclass

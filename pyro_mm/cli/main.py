@@ -1,0 +1,403 @@
+"""Command line: ``pyro-mm train``, ``evaluate``, ``impute`` and ``diagnose``.
+
+Examples::
+
+    pyro-mm train                                   # mfeat, all six views
+    pyro-mm train --views fou pix --epochs 20 --out runs/two-views
+    pyro-mm train --dataset synthetic --mixture independent
+    pyro-mm train --data mine.npz --components 10   # arrays by modality, optional labels
+    pyro-mm train --data big.zarr --num-workers 2    # a Zarr store, read from disk
+    pyro-mm train --views fou mor --factor arm:weight=0.1 --factor pmrl
+    pyro-mm train --resume runs/two-views --epochs 40   # continue a stopped run
+    pyro-mm train --nproc 2 --out runs/ddp              # data-parallel, via torchrun
+    torchrun --nproc_per_node=2 -m pyro_mm.cli.main train --out runs/ddp   # the same
+    pyro-mm evaluate runs/two-views --data test.nc --contributions
+    pyro-mm impute runs/two-views --data gaps.nc --out imputed.nc --quantiles 0.05 0.95
+    pyro-mm diagnose runs/two-views --out runs/two-views/posterior.nc --plots figs
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyro
+import torch.distributed as dist
+
+from ..data.container import MultimodalData
+from ..errors import (CheckpointError, DataValidationError, DistributedError,
+                      TrainingDivergedError)
+from ..factors import FACTORS, make_factor, modality_contributions
+from ..model.dp_mixture import MultimodalDPMixture
+from ..predictive.impute import impute
+from ..predictive.predict import evaluate
+from ..runs import load
+from ..runs.checkpoint import read_json, write_json
+from ..runs.run_data import DATA_SPEC, held_out_data, load_dataset, run_splits
+from ..runtime import distributed
+from ..train import fit
+from .diagnose import run_diagnose
+
+#: ``pyro-mm train --epochs`` when not given.
+EPOCHS = 30
+
+
+def _defaults(function) -> dict:
+    """``argument -> default`` of ``function``'s signature: the command line's defaults
+    are the Python API's, never a second copy of them."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+MODEL = _defaults(MultimodalDPMixture.__init__)
+FIT = _defaults(fit)
+IMPUTE = _defaults(impute)
+DIAGNOSE = _defaults(run_diagnose)
+
+# Every import points down and is at the top: ``pyro_mm/__init__`` imports the whole
+# package anyway, so deferring them would not make the command start faster.
+
+
+def parse_factor(spec: str):
+    """``"pmrl"`` or ``"arm:weight=0.5,reinforce=1"`` -> a factor object."""
+    kind, _, rest = spec.partition(":")
+    if kind not in FACTORS:
+        raise ValueError(f"--factor {spec!r}: unknown kind {kind!r}; choose from "
+                         f"{sorted(FACTORS)}")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ValueError(f"--factor {spec!r}: expected key=value, got {item!r}")
+        kwargs[key.strip()] = _parse_value(text.strip())
+    try:
+        return make_factor({"kind": kind, **kwargs})
+    except TypeError as exc:
+        raise ValueError(f"--factor {spec!r}: {exc}") from exc
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _format_metrics(metrics: dict) -> str:
+    names = {"accuracy": "held-out accuracy",
+             "log_likelihood": "held-out log-likelihood (nats/example)",
+             "ari": "adjusted Rand index (components vs labels)",
+             "effective_components": "effective number of components",
+             "num_examples": "examples evaluated"}
+    width = max(len(v) for v in names.values())
+    lines = []
+    for key, label in names.items():
+        if key in metrics:
+            value = metrics[key]
+            text = f"{int(value)}" if key == "num_examples" else f"{value:.4f}"
+            lines.append(f"  {label:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def _train(args) -> int:
+    """``pyro-mm train``: a new run, or ``--resume`` one; with ``--nproc K`` relaunched
+    under ``torchrun``, and under ``torchrun`` one rank of a data-parallel run."""
+    if args.nproc > 1 and not distributed.launched_by_torchrun():
+        return _launch(args)
+    owned = not (dist.is_available() and dist.is_initialized())
+    owned = distributed.init_from_env() and owned
+    try:
+        group = distributed.resolve(None)
+        say = print if group is None or group.is_writer else (lambda *a, **k: None)
+        return _resume(args, say) if args.resume else _train_new(args, group, say)
+    finally:
+        if owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _launch(args) -> int:
+    """Run this same command as ``torchrun --standalone --nproc_per_node=K``; the
+    workers import this same ``pyro_mm`` and write one run folder."""
+    argv, skip = [], False
+    for item in args.argv:
+        if skip or item.startswith("--nproc="):
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        else:
+            argv.append(item)
+    if not (args.out or args.resume):  # one folder name for every rank
+        argv += ["--out", _default_out(args)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={args.nproc}", "-m", "pyro_mm.cli.main", *argv]
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _default_out(args) -> str:
+    name = args.data and Path(args.data).stem or args.dataset
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _train_new(args, group, say) -> int:
+    data = load_dataset(args)
+    train, test = data.split(test_fraction=args.test_fraction, seed=args.seed,
+                             stratify=data.labels is not None)
+    num_classes = data.num_classes if (data.has_labels and not args.unsupervised) else None
+    pyro.set_rng_seed(args.seed)  # network weights are drawn when the model is built
+    model = MultimodalDPMixture(
+        train.dims, num_classes=num_classes, latent_dim=args.latent_dim,
+        num_components=args.components, mixture=args.mixture, component=args.component,
+        resolution_floor=args.resolution_floor,
+        representation=args.representation, fusion=args.fusion,
+        alpha="learned" if args.alpha == "learned" else float(args.alpha),
+        hidden=tuple(args.hidden), classifier_prior_scale=args.classifier_prior_scale,
+        experts_pool=args.experts_pool, factors=[parse_factor(spec) for spec in args.factor],
+    )
+    out = Path(args.out or distributed.broadcast_object(group, _default_out(args)))
+    say(f"pyro-mm: {data!r}")
+    say(f"  train {len(train)} / test {len(test)} examples; modalities "
+        f"{', '.join(f'{k} ({d})' for k, d in train.dims.items())}")
+    if group is None or group.is_writer:  # first, so that a killed run can be resumed
+        write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": _data_path(args, data),
+                                     "data_format": "zarr" if data.on_disk else "file",
+                                     "views": args.views, "seed": args.seed,
+                                     "test_fraction": args.test_fraction})
+    started = time.perf_counter()
+    result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
+                 learning_rate=args.lr, device=args.device, val_data=test, seed=args.seed,
+                 early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet,
+                 num_workers=args.num_workers, disk_order=args.disk_order)
+    _report(result, time.perf_counter() - started, out, say)
+    return 0
+
+
+def _data_path(args, data: MultimodalData) -> str | None:
+    """The data file as ``data.json`` records it: a store by its absolute path, so that
+    evaluate, diagnose and resume reopen it from any working directory."""
+    return str(Path(args.data).resolve()) if data.on_disk else args.data
+
+
+#: Fit arguments a resumed run takes from the run folder's ``config.json``.
+RESUMED = ("batch_size", "learning_rate", "clip_norm", "lr_decay", "seed", "early_stopping",
+           "kl_warmup_epochs", "num_particles", "elbo")
+
+
+def _resume(args, say) -> int:
+    """Continue the run in ``args.resume`` from its last checkpoint, with its own data
+    split, model and fit arguments, up to ``--epochs`` (default: its own number)."""
+    out = Path(args.resume)
+    config = read_json(out / "config.json")
+    train, test = run_splits(out)
+    fit_config = config["fit"]
+    model = MultimodalDPMixture.from_config(config["model"])
+    say(f"pyro-mm: resuming {out} ({train!r})")
+    started = time.perf_counter()
+    result = fit(model, train, num_epochs=args.epochs or fit_config["num_epochs"],
+                 device=args.device, val_data=test, run_dir=out, resume_from=out,
+                 progress=not args.quiet, num_workers=args.num_workers,
+                 disk_order=args.disk_order,
+                 **{k: fit_config[k] for k in RESUMED})
+    _report(result, time.perf_counter() - started, out, say)
+    return 0
+
+
+def _report(result, seconds: float, out: Path, say) -> None:
+    epochs = result.history.epochs
+    say(f"\nTrained {len(epochs)} epochs in {seconds:.1f} s "
+        f"({seconds / max(len(epochs), 1):.2f} s/epoch) on {result.config['device']}")
+    say(f"  final training loss (negative ELBO per example)  {epochs[-1]['loss']:.2f}")
+    say(_format_metrics(result.metrics))
+    say(f"Run folder: {out.resolve()}  (config.json, metrics.json, history.json, "
+        "checkpoint.pt, data.json)")
+
+
+def _evaluate(args) -> int:
+    result = load(args.run_dir, device=args.device)
+    data = MultimodalData.load(args.data) if args.data else held_out_data(args.run_dir)
+    missing = [m for m in result.model.modalities if m not in data.modalities]
+    if not missing:
+        data = data.select(result.model.modalities)
+    metrics = evaluate(result, data)
+    print(f"pyro-mm evaluate {args.run_dir} on {data!r}")
+    print(_format_metrics(metrics))
+    if args.contributions:
+        contributions = modality_contributions(result, data)
+        print(contributions)
+        metrics["contributions"] = contributions.to_dict()
+    if args.json:
+        print(json.dumps(metrics))
+    return 0
+
+
+def _impute(args) -> int:
+    result = load(args.run_dir, device=args.device)
+    data = MultimodalData.load(args.data)
+    if all(m in data.modalities for m in result.model.modalities):
+        data = data.select(result.model.modalities)
+    started = time.perf_counter()
+    imputed = impute(result, data, num_samples=args.num_samples,
+                     quantiles=args.quantiles, seed=args.seed)
+    seconds = time.perf_counter() - started
+    imputed.to_netcdf(args.out)
+    cells = {m: int(imputed[f"{m}_missing"].sum()) for m in result.model.modalities}
+    print(f"pyro-mm impute {args.run_dir} on {data!r}: missing cells {cells}; "
+          f"{seconds:.1f} s; wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-mm", description="Multimodal Dirichlet-process mixtures in Pyro.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fit a model and write a run folder")
+    train.add_argument("--dataset", choices=["mfeat", "synthetic"], default="mfeat",
+                       help="bundled data set (default: mfeat)")
+    train.add_argument("--data", help="your own data: .npz (arrays by modality, optional "
+                                      "'labels', '<name>_mask'), .nc (xarray) or a Zarr "
+                                      "store written by MultimodalData.to_zarr (read "
+                                      "from disk, never whole)")
+    train.add_argument("--num-workers", type=int, default=FIT["num_workers"],
+                       help="processes reading minibatches of a Zarr store (default: "
+                            "%(default)s)")
+    train.add_argument("--disk-order", choices=["random", "chunks"],
+                       default=FIT["disk_order"],
+                       help="minibatches of a Zarr store: uniform draws as in memory, or "
+                            "from few chunks at a time (stores much larger than memory)")
+    train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help=f"total epochs (default: {EPOCHS}, or the resumed run's)")
+    train.add_argument("--batch-size", type=int, default=FIT["batch_size"],
+                       help="examples per step (default: %(default)s)")
+    train.add_argument("--lr", type=float, default=FIT["learning_rate"],
+                       help="learning rate (default: %(default)s)")
+    train.add_argument("--components", type=int, default=MODEL["num_components"],
+                       help="truncation level K (default: %(default)s)")
+    train.add_argument("--component", choices=["normal", "studentt"],
+                       default=MODEL["component"],
+                       help="the mixture's component family (studentt: heavy tails)")
+    train.add_argument("--resolution-floor", action="store_true",
+                       help="floor component scales at the features' recording resolution")
+    train.add_argument("--latent-dim", type=int, default=MODEL["latent_dim"],
+                       help="size of each modality's representation (default: %(default)s)")
+    train.add_argument("--mixture", choices=["joint", "independent"],
+                       default=MODEL["mixture"])
+    train.add_argument("--representation", choices=["latent", "observed"],
+                       default=MODEL["representation"])
+    train.add_argument("--fusion", choices=["concat", "dp", "experts"],
+                       default=MODEL["fusion"],
+                       help="experts: one head per view, for data with views often missing")
+    train.add_argument("--hidden", type=int, nargs="*", default=list(MODEL["hidden"]),
+                       metavar="H",
+                       help="hidden sizes of the decoders and classifier heads (default: "
+                            "%(default)s; none: linear heads)")
+    train.add_argument("--classifier-prior-scale", type=float,
+                       default=MODEL["classifier_prior_scale"], metavar="SD",
+                       help="Normal(0, SD) prior on the classifier's weights (default: "
+                            "%(default)s)")
+    train.add_argument("--experts-pool", choices=["product", "mean"],
+                       default=MODEL["experts_pool"],
+                       help="--fusion experts: multiply the heads (independent views) or "
+                            "average their log-probabilities (redundant views)")
+    train.add_argument("--alpha", default=str(MODEL["alpha"]),
+                       help="DP concentration or 'learned' (default: %(default)s)")
+    train.add_argument("--unsupervised", action="store_true", help="ignore labels")
+    train.add_argument("--factor", action="append", default=[], metavar="KIND[:K=V,...]",
+                       help="auxiliary factor, repeatable: pmrl, arm, "
+                            "e.g. --factor arm:weight=0.1 --factor pmrl")
+    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--early-stopping", type=int, default=FIT["early_stopping"],
+                       metavar="PATIENCE")
+    train.add_argument("--device", default=FIT["device"], help="auto, cpu or cuda")
+    train.add_argument("--out", help="run folder (default: runs/<dataset>-<time>)")
+    train.add_argument("--seed", type=int, default=FIT["seed"])
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue this run from its last checkpoint (same data, model "
+                            "and settings; other options but --epochs and --device are "
+                            "ignored)")
+    train.add_argument("--nproc", type=int, default=1, metavar="K",
+                       help="data-parallel on K processes (launches torchrun; --batch-size "
+                            "is per process)")
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="metrics of a saved run on data")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data", help=".npz or .nc file with the same modalities "
+                                   "(default: the run's own held-out split)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--contributions", action="store_true",
+                    help="per-modality contributions phi_m (nats), as ARM measures them")
+    ev.add_argument("--json", action="store_true", help="also print metrics as JSON")
+    ev.set_defaults(func=_evaluate)
+
+    imp = sub.add_parser("impute", help="posterior predictive of the missing modalities' "
+                                         "features (mean, sd, quantiles) as netCDF")
+    imp.add_argument("run_dir")
+    imp.add_argument("--data", required=True,
+                     help=".npz or .nc file; its masks say which modalities are missing")
+    imp.add_argument("--out", required=True, metavar="FILE.nc", help="netCDF file to write")
+    imp.add_argument("--num-samples", type=int, default=IMPUTE["num_samples"],
+                     help="global posterior draws (default: %(default)s)")
+    imp.add_argument("--quantiles", type=float, nargs="*", default=[0.05, 0.95],
+                     help="quantile levels (default: 0.05 0.95, a 90%% interval)")
+    imp.add_argument("--device", default="cpu")
+    imp.add_argument("--seed", type=int, default=IMPUTE["seed"])
+    imp.set_defaults(func=_impute)
+
+    diag = sub.add_parser("diagnose", help="posterior diagnostics of a saved run: "
+                                           "summary, ArviZ data, figures")
+    diag.add_argument("run_dir")
+    diag.add_argument("--data", help=".npz or .nc file with the same modalities "
+                                     "(default: the run's own held-out split)")
+    diag.add_argument("--out", metavar="FILE.nc",
+                      help="write the ArviZ xarray.DataTree (.nc: netCDF, .zarr: Zarr)")
+    diag.add_argument("--plots", metavar="DIR", help="write the figures here as PNG")
+    diag.add_argument("--num-samples", type=int, default=DIAGNOSE["num_samples"],
+                      help="posterior draws (default: %(default)s)")
+    diag.add_argument("--device", default="cpu")
+    diag.add_argument("--seed", type=int, default=DIAGNOSE["seed"])
+    diag.add_argument("--quiet", action="store_true", help="no progress bar")
+    diag.set_defaults(func=_diagnose)
+    return parser
+
+
+def _diagnose(args) -> int:
+    return run_diagnose(args.run_dir, out=args.out, plots=args.plots,
+                        num_samples=args.num_samples, data=args.data, device=args.device,
+                        seed=args.seed, progress=not args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.func(args)
+    except (DataValidationError, CheckpointError, TrainingDivergedError, DistributedError,
+            ValueError) as exc:
+        print(f"pyro-mm: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Zarr stores of :class:`~pyro_mm.data.container.MultimodalData`: data larger than memory.
+
+Layout of a store (a Zarr v3 group, one directory)::
+
+    STORE.zarr/
+        zarr.json            attributes: format, version, modalities, num_examples,
+                             num_classes, metadata
+        features/<name>      (N, d_name) float32, chunked along the examples
+        masks/<name>         (N,) bool, True where observed
+        labels               (N,) int64, -1 for a missing label (optional)
+
+Features are never read whole: :class:`StoreArrays` reads the rows asked for, and is
+what a :class:`~pyro_mm.data.container.MultimodalData` opened with
+:meth:`~pyro_mm.data.container.MultimodalData.open_zarr` holds. Masks and labels, ``(N,)`` each,
+are read into memory when the store is opened.
+
+:class:`StoreWriter` writes a store chunk by chunk (so a store can be larger than
+memory) into a temporary directory beside the target and renames it into place on
+success: a reader never sees a half-written store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataValidationError
+
+#: The ``format`` attribute of a store written here, and its layout version.
+STORE_FORMAT = "pyro_mm.multimodal"
+STORE_VERSION = 1
+#: Rows per chunk unless told otherwise: ~4 MB for 1000 float32 features.
+DEFAULT_CHUNK_ROWS = 1024
+
+
+def _zarr():
+    # zarr is imported when used, so that importing pyro_mm does not pay for it.
+    import zarr
+
+    return zarr
+
+
+class StoreArrays:
+    """The feature arrays of a store, opened on first use in each process.
+
+    Pickling keeps the path only, so a ``DataLoader`` worker opens the store once,
+    itself, instead of receiving open handles.
+
+    Args:
+        path: the store's directory.
+        dims: ``name -> d_name`` of the modalities to read.
+    """
+
+    def __init__(self, path: str | Path, dims: Mapping[str, int]):
+        self.path = str(path)
+        self.dims = dict(dims)
+        self._arrays: dict[str, Any] | None = None
+
+    def __getstate__(self):
+        return {"path": self.path, "dims": self.dims, "_arrays": None}
+
+    @property
+    def arrays(self) -> dict[str, Any]:
+        """``name -> zarr.Array`` ``(N, d_name)``, opened read-only."""
+        if self._arrays is None:
+            group = _zarr().open_group(self.path, mode="r")
+            self._arrays = {m: group["features"][m] for m in self.dims}
+        return self._arrays
+
+    @property
+    def chunk_rows(self) -> int:
+        """Examples per chunk (of the first modality: a minibatch's reads follow it)."""
+        return int(next(iter(self.arrays.values())).chunks[0])
+
+    def select(self, names) -> "StoreArrays":
+        """Only modalities ``names``."""
+        return StoreArrays(self.path, {m: self.dims[m] for m in names})
+
+    def read(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """``(len(positions), d_name)`` float32: rows ``positions`` (sorted, unique)."""
+        array = self.arrays[name]
+        if positions.size == 0:
+            return np.zeros((0, self.dims[name]), dtype=np.float32)
+        first, last = int(positions[0]), int(positions[-1])
+        if last - first + 1 == positions.size:  # a contiguous run: one slice
+            return np.asarray(array[first : last + 1])
+        return np.asarray(array.get_orthogonal_selection((positions, slice(None))))
+
+
+class XarrayArrays:
+    """The modalities of a lazily opened ``xarray.Dataset`` (e.g. ``xr.open_zarr``),
+    read by rows like :class:`StoreArrays`: xarray's lazy indexing reads only the
+    chunks holding the rows asked for.
+
+    Args:
+        dataset: the dataset (pickled with it: xarray reopens its files on unpickling).
+        dims: ``name -> d_name``.
+        example_dim: the example dimension.
+    """
+
+    path = None
+
+    def __init__(self, dataset, dims: Mapping[str, int], example_dim: str):
+        self.dataset, self.dims, self.example_dim = dataset, dict(dims), example_dim
+
+    @property
+    def arrays(self) -> dict[str, Any]:
+        """``name -> xarray.DataArray`` (lazy), examples first."""
+        return {m: self.dataset[m].transpose(self.example_dim, ...) for m in self.dims}
+
+    @property
+    def chunk_rows(self) -> int:
+        first = self.dataset[next(iter(self.dims))]
+        chunks = first.encoding.get("chunks") or first.encoding.get("preferred_chunks")
+        if isinstance(chunks, dict):
+            return int(chunks.get(self.example_dim, 1))
+        return int(chunks[first.dims.index(self.example_dim)]) if chunks else 1
+
+    def select(self, names) -> "XarrayArrays":
+        return XarrayArrays(self.dataset, {m: self.dims[m] for m in names}, self.example_dim)
+
+    def read(self, name: str, positions: np.ndarray) -> np.ndarray:
+        var = self.arrays[name].isel({self.example_dim: positions})
+        values = np.asarray(var.values)
+        if not np.issubdtype(values.dtype, np.floating):
+            raise DataValidationError(
+                f"modality {name!r}: expected floating-point features, got dtype "
+                f"{values.dtype}")
+        return values.astype(np.float32, copy=False)
+
+
+def open_store(path: str | Path) -> dict[str, Any]:
+    """Open a store: ``features`` (a :class:`StoreArrays`), ``masks`` (``name -> (N,)``
+    bool), ``labels`` (``(N,)`` or ``None``), ``num_classes``, ``metadata`` and
+    ``num_examples``. Reads no feature chunk.
+
+    Raises:
+        DataValidationError: naming what is wrong: not a store written by pyro_mm, a
+            modality missing, features that are not 2-D float32 with ``N`` rows, masks
+            or labels of the wrong shape or dtype.
+    """
+    zarr = _zarr()
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise DataValidationError(
+            f"data store {str(path)!r}: not a Zarr store (no zarr.json in it); write one "
+            "with MultimodalData.to_zarr(path)")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:  # zarr's own errors vary by version; keep its message
+        raise DataValidationError(f"data store {str(path)!r}: cannot be opened ({exc})"
+                                  ) from exc
+    attrs = dict(group.attrs)
+    if attrs.get("format") != STORE_FORMAT:
+        raise DataValidationError(
+            f"data store {str(path)!r}: not written by pyro_mm (attribute format="
+            f"{attrs.get('format')!r}, expected {STORE_FORMAT!r})")
+    n, modalities = int(attrs["num_examples"]), list(attrs["modalities"])
+    dims, masks = {}, {}
+    for m in modalities:
+        dims[m] = _check_feature_array(path, group, m, n)
+        masks[m] = _read_small(path, group, f"masks/{m}", n, "b")
+    labels = None
+    if "labels" in group:
+        labels = _read_small(path, group, "labels", n, "i")
+    return dict(features=StoreArrays(path, dims), masks=masks, labels=labels,
+                num_classes=attrs.get("num_classes"), metadata=attrs.get("metadata", {}),
+                num_examples=n)
+
+
+def _check_feature_array(path: Path, group, name: str, n: int) -> int:
+    key = f"features/{name}"
+    if key not in group:
+        raise DataValidationError(
+            f"data store {str(path)!r}: modality {name!r} is listed but {key} is missing")
+    array = group[key]
+    if array.ndim != 2 or array.shape[0] != n:
+        raise DataValidationError(
+            f"data store {str(path)!r}: modality {name!r} has shape {array.shape}, "
+            f"expected ({n}, d)")
+    if np.dtype(array.dtype) != np.float32:
+        raise DataValidationError(
+            f"data store {str(path)!r}: modality {name!r} has dtype {array.dtype}, "
+            "expected float32 (rewrite it with MultimodalData.to_zarr)")
+    return int(array.shape[1])
+
+
+def _read_small(path: Path, group, key: str, n: int, kind: str) -> np.ndarray:
+    if key not in group:
+        raise DataValidationError(f"data store {str(path)!r}: {key} is missing")
+    array = group[key]
+    if array.shape != (n,) or np.dtype(array.dtype).kind != kind:
+        expected = "bool" if kind == "b" else "int64"
+        raise DataValidationError(
+            f"data store {str(path)!r}: {key} has shape {array.shape} and dtype "
+            f"{array.dtype}, expected ({n},) {expected}")
+    return np.asarray(array[...])
+
+
+class StoreWriter:
+    """Write a store row block by row block; renamed into place on success.
+
+    Use as a context manager::
+
+        with StoreWriter(path, {"a": 16, "b": 8}, num_examples=N) as writer:
+            for start in range(0, N, 10_000):
+                writer.write(start, {"a": xa, "b": xb}, masks=None, labels=y)
+
+    Rows not written stay zero and observed; leaving the block on an exception
+    deletes the temporary directory and leaves ``path`` as it was.
+
+    Args:
+        path: the store to create (a directory; conventionally ``*.zarr``).
+        dims: ``name -> d_name``.
+        num_examples: ``N``.
+        labels: whether the store has labels (``-1`` until written).
+        num_classes, metadata: stored as attributes (``metadata`` must be JSON).
+        chunk_rows: rows per chunk of the feature arrays.
+        overwrite: replace an existing store at ``path`` (only once the new one is
+            complete); otherwise an existing ``path`` is an error.
+        compress: compress the feature chunks (Zarr's default codec); ``False`` for
+            features that do not compress (noise-like floats), to save the CPU time.
+    """
+
+    def __init__(self, path: str | Path, dims: Mapping[str, int], num_examples: int,
+                 labels: bool = False, num_classes: int | None = None,
+                 metadata: Mapping[str, Any] | None = None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, overwrite: bool = False,
+                 compress: bool = True):
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path}: exists; pass overwrite=True to replace it")
+        if int(chunk_rows) < 1:
+            raise ValueError(f"chunk_rows: must be a positive integer, got {chunk_rows!r}")
+        self.dims, self.num_examples = dict(dims), int(num_examples)
+        self.labels, self.num_classes, self.chunk_rows = labels, num_classes, int(chunk_rows)
+        self.metadata = _json_metadata(metadata or {})
+        self.temp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        self.overwrite, self.compress = overwrite, compress
+        self.group = None
+
+    def __enter__(self) -> "StoreWriter":
+        zarr, n = _zarr(), self.num_examples
+        self.group = group = zarr.open_group(str(self.temp), mode="w-")
+        group.attrs.update({
+            "format": STORE_FORMAT, "version": STORE_VERSION,
+            "modalities": list(self.dims), "num_examples": n,
+            "num_classes": None if self.num_classes is None else int(self.num_classes),
+            "metadata": self.metadata})
+        rows = min(self.chunk_rows, max(n, 1))
+        for m, d in self.dims.items():
+            codec = {} if self.compress else {"compressors": None}
+            group.create_array(f"features/{m}", shape=(n, d), chunks=(rows, d),
+                               dtype="float32", fill_value=0.0, **codec)
+            group.create_array(f"masks/{m}", shape=(n,), chunks=(max(n, 1),), dtype="bool",
+                               fill_value=True)
+        if self.labels:
+            group.create_array("labels", shape=(n,), chunks=(max(n, 1),), dtype="int64",
+                               fill_value=-1)
+        return self
+
+    def write(self, start: int, features: Mapping[str, np.ndarray],
+              masks: Mapping[str, np.ndarray] | None = None, labels=None) -> None:
+        """Rows ``start : start + B``: ``features`` ``name -> (B, d_name)`` (every
+        modality), optional ``masks`` ``name -> (B,)`` and ``labels`` ``(B,)``."""
+        missing = set(self.dims) - set(features)
+        if missing:
+            raise DataValidationError(f"write: modalities {sorted(missing)} missing")
+        for m, x in features.items():
+            x = np.asarray(x, dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != self.dims[m]:
+                raise DataValidationError(
+                    f"modality {m!r}: expected (B, {self.dims[m]}), got {x.shape}")
+            self.group[f"features/{m}"][start : start + len(x)] = x
+        for m, o in (masks or {}).items():
+            o = np.asarray(o, dtype=bool)
+            self.group[f"masks/{m}"][start : start + len(o)] = o
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            self.group["labels"][start : start + len(labels)] = labels
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
+            return
+        old = None
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.path, old)
+        os.replace(self.temp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _json_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``metadata`` that JSON can hold (arrays become lists)."""
+    out = {}
+    for key, value in metadata.items():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[str(key)] = value
+    return out
+
+
+__all__ = ["DEFAULT_CHUNK_ROWS", "STORE_FORMAT", "StoreArrays", "StoreWriter",
+           "XarrayArrays", "open_store"]

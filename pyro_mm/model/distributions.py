@@ -1,0 +1,360 @@
+"""Stick breaking and the multimodal mixture with assignments marginalised.
+
+Components are diagonal Gaussians (``component="normal"``) or products of univariate
+Student-t densities, one per feature (``component="studentt"``): a value ``r`` scales
+away from a component costs ``~ (nu + 1) log r`` nats per feature instead of ``r^2 / 2``.
+
+Shapes: ``K`` components, ``M`` modalities, ``d_m`` features of modality ``m`` (all equal
+to the latent size ``D`` when the mixture sits on representations), ``B`` examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def stick_breaking_log_weights(sticks: torch.Tensor) -> torch.Tensor:
+    """Log mixture weights from ``K - 1`` stick proportions, keeping all the mass.
+
+    ``pi_k = v_k prod_{j<k} (1 - v_j)`` for ``k < K`` and ``pi_K = prod_{j<K} (1 - v_j)``.
+
+    Args:
+        sticks: ``(..., K - 1)`` values in ``(0, 1)``.
+
+    Returns:
+        ``(..., K)`` log weights; ``logsumexp`` over the last dim is 0.
+    """
+    tiny = torch.finfo(sticks.dtype).tiny
+    log_v = sticks.clamp_min(tiny).log()
+    log_rest = torch.log1p(-sticks.clamp_max(1.0 - torch.finfo(sticks.dtype).eps))
+    before = torch.cumsum(log_rest, dim=-1)
+    zero = torch.zeros_like(before[..., :1])
+    return torch.cat([log_v, zero], dim=-1) + torch.cat([zero, before], dim=-1)
+
+
+def stick_breaking_weights(sticks: torch.Tensor) -> torch.Tensor:
+    """Mixture weights ``(..., K)`` from sticks ``(..., K - 1)``; they sum to 1."""
+    return stick_breaking_log_weights(sticks).exp()
+
+
+def gaussian_component_log_density(
+    value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """``log N(value_b; locs_k, diag scales_k^2)`` for every example and component.
+
+    Expands the square into three matrix products so memory is ``O(B K)`` instead of
+    ``O(B K d)``, which is what makes large ``N`` cheap.
+
+    Args:
+        value: ``(..., B, d)``.
+        locs, scales: ``(K, d)``.
+
+    Returns:
+        ``(B, K)``.
+    """
+    precision = scales.pow(-2)
+    quadratic = (
+        value.pow(2) @ precision.T
+        - 2.0 * value @ (locs * precision).T
+        + (locs.pow(2) * precision).sum(-1)
+    )
+    log_norm = scales.log().sum(-1) + 0.5 * value.shape[-1] * _LOG_2PI
+    return -0.5 * quadratic.clamp_min(0.0) - log_norm
+
+
+def stacked_gaussian_component_log_density(
+    value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor
+) -> torch.Tensor:
+    """:func:`gaussian_component_log_density` for ``M`` modalities of one size at once
+    (batched matrix products instead of a Python loop over the modalities).
+
+    Args:
+        value: ``(B, M, d)``.
+        locs, scales: ``(M, K, d)``.
+
+    Returns:
+        ``(B, M, K)``.
+    """
+    precision = scales.pow(-2)                                          # (M, K, d)
+    v = value.transpose(-3, -2)                                         # (M, B, d)
+    quadratic = (
+        v.pow(2) @ precision.transpose(-1, -2)
+        - 2.0 * v @ (locs * precision).transpose(-1, -2)
+        + (locs.pow(2) * precision).sum(-1).unsqueeze(-2)
+    )                                                                   # (M, B, K)
+    log_norm = scales.log().sum(-1).unsqueeze(-2) + 0.5 * value.shape[-1] * _LOG_2PI
+    return (-0.5 * quadratic.clamp_min(0.0) - log_norm).transpose(-3, -2)
+
+
+def studentt_component_log_density(
+    value: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor, df: torch.Tensor
+) -> torch.Tensor:
+    """``sum_j log t_nu(value_bj; locs_kj, scales_kj)`` for every example and component:
+    independent univariate Student-t densities (heavy tails per feature, so one wild
+    feature does not inflate the others as a multivariate t would).
+
+    Memory is ``O(B K d)``: the ``log1p`` does not factor into matrix products.
+
+    Args:
+        value: ``(..., B, d)``.
+        locs, scales: ``(K, d)``.
+        df: degrees of freedom, a scalar tensor (shared by the modality's features).
+
+    Returns:
+        ``(..., B, K)``.
+    """
+    z2 = ((value.unsqueeze(-2) - locs) / scales).pow(2)                 # (..., B, K, d)
+    d = value.shape[-1]
+    log_norm = (torch.lgamma(0.5 * (df + 1.0)) - torch.lgamma(0.5 * df)
+                - 0.5 * torch.log(df * math.pi))
+    return (d * log_norm - scales.log().sum(-1)
+            - 0.5 * (df + 1.0) * torch.log1p(z2 / df).sum(-1))
+
+
+def effective_scale(scale: torch.Tensor, floor: torch.Tensor | float | None
+                    ) -> torch.Tensor:
+    """``sqrt(scale^2 + floor^2)``: a component scale kept above ``floor`` (added in
+    quadrature, so a scale well above the floor is barely changed and the gradient
+    stays smooth); ``scale`` unchanged when ``floor`` is ``None``."""
+    if floor is None:
+        return scale
+    return torch.sqrt(scale.pow(2) + torch.as_tensor(floor, dtype=scale.dtype,
+                                                     device=scale.device).pow(2))
+
+
+class MultimodalMixture(TorchDistribution):
+    """A Gaussian (or Student-t) mixture over several modalities with the assignment
+    summed out.
+
+    ``joint``: one component per example shared by its modalities,
+    ``log p(x_i) = logsumexp_k [log pi_k + sum_m o_im log N(x_im; mu_mk, sigma_mk)]``.
+    ``independent``: each modality picks its own component from the same weights,
+    ``log p(x_i) = sum_m o_im logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]``.
+    ``o_im`` is the observation mask: a missing modality is marginalised out (its
+    density integrates to one), so it contributes nothing. With ``component="studentt"``
+    every ``N`` above is a product of univariate Student-t densities with the modality's
+    degrees of freedom.
+
+    Args:
+        log_weights: ``(K,)`` log mixture weights.
+        locs, scales: one ``(K, d_m)`` tensor per modality (the scales used as given:
+            any floor is applied by the caller, see
+            :meth:`pyro_mm.model.dp_mixture.MixtureParams.mixture`).
+        mixture: ``"joint"`` or ``"independent"``.
+        component: ``"normal"`` or ``"studentt"``.
+        df: with ``"studentt"``, one degrees-of-freedom value (scalar tensor or
+            number) per modality.
+        mask: ``(B, M)`` bool observation mask, or ``None`` for all observed.
+        batch_size: ``B``, the examples in the plate.
+        stacked: if ``True`` (all ``d_m`` equal), values have event shape ``(M, d)``;
+            otherwise modalities are concatenated, event shape ``(sum_m d_m,)``.
+        cache: a dict shared by the mixtures of one set of parameters
+            (:meth:`pyro_mm.model.params.MixtureParams.mixture`): the per-component
+            log-densities of the last value seen are kept there, so the prior on ``z``,
+            the fill-in of absent modalities, the ``dp`` gate and ARM's leave-one-out
+            (``M + 1`` fills of the same ``z``) compute them once per step. Only the
+            parameters' own mixtures may share one (same components, same scales).
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(
+        self,
+        log_weights: torch.Tensor,
+        locs: Sequence[torch.Tensor],
+        scales: Sequence[torch.Tensor],
+        mixture: str = "joint",
+        mask: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        stacked: bool = True,
+        component: str = "normal",
+        df: Sequence[torch.Tensor | float] | None = None,
+        validate_args=None,
+        cache: dict | None = None,
+    ):
+        if mixture not in ("joint", "independent"):
+            raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
+        if component not in ("normal", "studentt"):
+            raise ValueError(f"component: expected 'normal' or 'studentt', got {component!r}")
+        if component == "studentt" and (df is None or len(df) != len(locs)):
+            raise ValueError("df: 'studentt' needs one degrees-of-freedom value per modality")
+        self.component = component
+        self.df = None if df is None else [torch.as_tensor(v, dtype=log_weights.dtype,
+                                                           device=log_weights.device)
+                                           for v in df]
+        self.log_weights = log_weights
+        self._cache = cache
+        self.locs = list(locs)
+        self.scales = list(scales)
+        self.mixture = mixture
+        self.mask = mask
+        self.sizes = [loc.shape[-1] for loc in self.locs]
+        self.stacked = stacked
+        if stacked and len(set(self.sizes)) != 1:
+            raise ValueError(f"stacked=True needs equal sizes, got {self.sizes}")
+        if batch_size is None:
+            batch_size = 1 if mask is None else mask.shape[0]
+        event_shape = (
+            torch.Size([len(self.locs), self.sizes[0]]) if stacked
+            else torch.Size([sum(self.sizes)])
+        )
+        super().__init__(torch.Size([batch_size]), event_shape, validate_args=False)
+
+    def split(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """Per-modality views ``[(B, d_m)]`` of a value of this distribution."""
+        if self.stacked:
+            return list(value.unbind(-2))
+        return list(value.split(self.sizes, dim=-1))
+
+    def component_log_density(self, value: torch.Tensor) -> torch.Tensor:
+        """``(B, M, K)``: ``log N(x_im; mu_mk, sigma_mk)``, zero where masked out."""
+        return self._masked(self._unmasked(value), self.mask)
+
+    def _unmasked(self, value: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        """``(B, M, K)`` component log-densities of ``value`` (of ``value.detach()``
+        if ``detach``: gradients still reach the components, not the value), from the
+        shared cache when this exact tensor was seen last."""
+        cache = self._cache
+        key = (detach, self.stacked)
+        if cache is not None and cache.get("value") is value and key in cache:
+            return cache[key]
+        lp = self._compute_unmasked(value.detach() if detach else value)
+        if cache is not None:
+            if cache.get("value") is not value:  # one value at a time: no growth
+                cache.clear()
+                cache["value"] = value
+            cache[key] = lp
+        return lp
+
+    @staticmethod
+    def _masked(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``lp (B, M, K)`` with the rows of absent modalities set to zero."""
+        if mask is None:
+            return lp
+        # where, not multiply: a masked-out value may be inf/NaN (0 * inf = NaN).
+        return torch.where(mask.unsqueeze(-1), lp, lp.new_zeros(()))
+
+    def modality_log_density(self, value: torch.Tensor) -> torch.Tensor:
+        """``(B, M)``: each modality's own mixture log-density
+        ``logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]`` (the prominence
+        used by the ``dp`` fusion gate); ``-inf`` where masked out."""
+        per = torch.logsumexp(self.log_weights + self._unmasked(value), dim=-1)
+        if self.mask is not None:
+            per = per.masked_fill(~self.mask, -math.inf)
+        return per
+
+    def _compute_unmasked(self, value: torch.Tensor) -> torch.Tensor:
+        if self.component == "studentt":
+            parts = [studentt_component_log_density(x, loc, scale, df) for x, loc, scale, df
+                     in zip(self.split(value), self.locs, self.scales, self.df)]
+        elif self.stacked and len(self.locs) > 1:
+            return stacked_gaussian_component_log_density(
+                value, torch.stack(self.locs), torch.stack(self.scales))
+        else:
+            parts = [gaussian_component_log_density(x, loc, scale)
+                     for x, loc, scale in zip(self.split(value), self.locs, self.scales)]
+        return torch.stack(parts, dim=-2)
+
+    def component_variances(self, max_factor: float = 5.0) -> list[torch.Tensor]:
+        """Per-modality ``(K, d_m)`` variances of the components: ``scale^2`` (normal),
+        ``scale^2 nu / (nu - 2)`` (Student-t). A t with ``nu <= 2`` has no variance; the
+        factor is capped at ``max_factor`` (``nu = 2.5``) so moment matching (the
+        guide's fill-in of a missing modality) stays finite."""
+        if self.component == "normal":
+            return [s.pow(2) for s in self.scales]
+        factors = [torch.where(df > 2.0, df / (df - 2.0).clamp_min(1e-6),
+                               torch.full_like(df, max_factor)).clamp_max(max_factor)
+                   for df in self.df]
+        return [s.pow(2) * f for s, f in zip(self.scales, factors)]
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lp = self.component_log_density(value)
+        if self.mixture == "joint":
+            return torch.logsumexp(self.log_weights + lp.sum(-2), dim=-1)
+        per = torch.logsumexp(self.log_weights + lp, dim=-1)
+        if self.mask is not None:
+            per = torch.where(self.mask, per, per.new_zeros(()))
+        return per.sum(-1)
+
+    def responsibilities(self, value: torch.Tensor) -> torch.Tensor:
+        """Posterior assignment probabilities ``p(c = k | x)``.
+
+        ``(B, K)`` for ``joint``; ``(B, M, K)`` (one per modality) for ``independent``.
+        """
+        lp = self.component_log_density(value)
+        if self.mixture == "joint":
+            return torch.softmax(self.log_weights + lp.sum(-2), dim=-1)
+        return torch.softmax(self.log_weights + lp, dim=-1)
+
+    def conditional_moments(self, value: torch.Tensor, present: torch.Tensor,
+                            detach: bool = False
+                            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Mean and variance of each modality given the ``present`` ones.
+
+        ``joint``: responsibilities ``r_ik`` from the present modalities of ``value``,
+        then the moments of ``sum_k r_ik p_k`` (the components' own variances, Student-t
+        included). ``independent``: a
+        modality's component tells nothing about another's, so ``r_ik = pi_k`` (the
+        prior moments). An example with nothing present also gets the prior moments.
+        The ``mask`` this distribution was built with is not used: ``present`` says
+        what to condition on.
+
+        Args:
+            value: a value of this distribution, ``(B, M, d)`` or ``(B, sum d_m)``;
+                entries of absent modalities are ignored (they may be anything finite).
+            present: ``(B, M)`` bool.
+            detach: condition on ``value.detach()``.
+
+        Returns:
+            ``([mean (B, d_m)], [variance (B, d_m)])``, one of each per modality.
+        """
+        if self.mixture == "joint":
+            lp = self._masked(self._unmasked(value, detach), present)
+            resp = torch.softmax(self.log_weights + lp.sum(-2), dim=-1)       # (B, K)
+        else:
+            resp = self.log_weights.exp().expand(present.shape[0], -1)
+        means, variances = [], []
+        for loc, var in zip(self.locs, self.component_variances()):
+            mean = resp @ loc
+            second = resp @ (var + loc.pow(2))
+            means.append(mean)
+            variances.append((second - mean.pow(2)).clamp_min(0.0))
+        return means, variances
+
+    def fill_absent(self, value: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """``value`` with every absent modality replaced by its conditional mean given
+        the present ones (:meth:`conditional_moments`); same shape as ``value``.
+
+        Conditioning uses ``value`` detached: the fill is a prediction from the present
+        modalities, not a path for their gradients to game it.
+        """
+        means, _ = self.conditional_moments(value, present, detach=True)
+        parts = [torch.where(present[:, j : j + 1], x, mean)
+                 for j, (x, mean) in enumerate(zip(self.split(value), means))]
+        return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape
+        num_modalities = len(self.locs)
+        if self.mixture == "joint":
+            comp = torch.distributions.Categorical(logits=self.log_weights).sample(shape)
+            comps = [comp] * num_modalities
+        else:
+            comps = torch.distributions.Categorical(logits=self.log_weights).sample(
+                shape + (num_modalities,)).unbind(-1)
+        with torch.no_grad():
+            if self.component == "studentt":
+                noise = [torch.distributions.StudentT(df).sample(loc[c].shape)
+                         for c, loc, df in zip(comps, self.locs, self.df)]
+            else:
+                noise = [torch.randn_like(loc[c]) for c, loc in zip(comps, self.locs)]
+            parts = [loc[c] + scale[c] * e
+                     for c, loc, scale, e in zip(comps, self.locs, self.scales, noise)]
+        return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)

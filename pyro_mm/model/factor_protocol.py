@@ -1,0 +1,145 @@
+"""The auxiliary-factor protocol the model exposes, and the registry of factor kinds.
+
+This module sits in the model's layer: :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture`
+runs factors through :class:`AuxiliaryFactor` and :class:`FactorContext` and saves them
+through :func:`factor_config` / :func:`make_factor`, without importing the factors
+themselves. :mod:`pyro_mm.factors` (a layer above) registers the built-in kinds in
+:data:`FACTORS` and re-exports every name defined here.
+
+The convention shared by every multimodal loss:
+
+A factor computes a loss from the model's representations and adds
+``pyro.factor(name, -weight * loss)`` to the model, inside the data plate:
+
+* a per-example loss ``(B,)`` is summed by Pyro and scaled by ``N / B``, so it is an
+  unbiased estimate of the sum over the data set, like the log-likelihood;
+* a batch-level loss (a scalar, e.g. a contrastive term that needs the whole minibatch)
+  is attached as the same value for every example of the batch, so its magnitude is
+  ``N * value``, comparable with the log-likelihood sum.
+
+Factors report what they computed through :meth:`FactorContext.log`; the trainer puts
+those values in the training history. Each factor is also a plain PyTorch loss: call it
+on a ``(batch, modalities, latent)`` tensor outside Pyro.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import torch
+from torch import nn
+
+from ._pyro_module import evaluation_mode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data.container import TensorBatch
+    from .dp_mixture import MultimodalDPMixture
+    from .params import MixtureParams
+
+
+@dataclasses.dataclass
+class FactorContext:
+    """What a factor may look at inside the model, for one minibatch.
+
+    Attributes:
+        model: the model being run.
+        z: ``(B, M, D)`` representations sampled by the guide.
+        batch: the minibatch (standardised), ``B`` examples.
+        params: the global mixture parameters of this trace.
+        log: ``log(name, value)`` records a detached scalar in the training history.
+    """
+
+    model: "MultimodalDPMixture"
+    z: torch.Tensor
+    batch: "TensorBatch"
+    params: "MixtureParams"
+    log: Callable[[str, torch.Tensor], None]
+
+
+class AuxiliaryFactor(nn.Module):
+    """Base class: subclasses implement :meth:`model_loss` (and ``forward``).
+
+    Args:
+        weight: multiplies the loss before it enters the ELBO.
+        name: the ``pyro.factor`` site name (default: the class's ``site_name``).
+    """
+
+    site_name = "factor"
+
+    def __init__(self, weight: float = 1.0, name: str | None = None):
+        super().__init__()
+        if not weight >= 0:
+            raise ValueError(f"weight: must be a non-negative number, got {weight!r}")
+        self.weight = float(weight)
+        self.name = name or self.site_name
+
+    def check_model(self, model: "MultimodalDPMixture") -> None:
+        """Raise ``ValueError`` if this factor cannot work with ``model``."""
+
+    def bind(self, model: "MultimodalDPMixture") -> None:
+        """Called once by the model's constructor: check the model, then build whatever
+        depends on its shapes (a factor's own parameters). A factor belongs to one
+        model."""
+        self.check_model(model)
+
+    def sampling_weights(self, model: "MultimodalDPMixture", guide, batch: "TensorBatch"
+                         ) -> torch.Tensor | None:
+        """Optional ``(N,)`` non-negative weights: how often the trainer should draw
+        each training example next epoch (``None``: uniformly)."""
+        return None
+
+    def model_loss(self, context: FactorContext) -> torch.Tensor:
+        """Loss for this minibatch: ``(B,)`` per example or a scalar for the batch."""
+        raise NotImplementedError
+
+    def attach(self, context: FactorContext) -> None:
+        """Add ``pyro.factor(name, -weight * loss)``; call inside the data plate."""
+        loss = self.model_loss(context)
+        context.log(f"{self.name}/loss", loss.mean())
+        if loss.dim() == 0:
+            loss = loss.expand(context.batch.size)
+        pyro.factor(self.name, -self.weight * loss)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (saved with checkpoints)."""
+        return {"weight": self.weight, "name": self.name}
+
+
+def sampling_weights(model, guide, batch) -> torch.Tensor | None:
+    """How often each example of ``batch`` should be drawn: the normalised product of
+    the factors' :meth:`AuxiliaryFactor.sampling_weights` (``None``: uniformly)."""
+    weights = None
+    with evaluation_mode(model, guide):
+        for factor in model.factors:
+            w = factor.sampling_weights(model, guide, batch)
+            if w is not None:
+                weights = w if weights is None else weights * w
+    return None if weights is None else weights / weights.sum()
+
+
+#: Factor kind (as used on the command line and in checkpoints) -> class. Filled by
+#: :mod:`pyro_mm.factors` with the built-in kinds; add your own before saving a run.
+FACTORS: dict[str, type[AuxiliaryFactor]] = {}
+
+
+def factor_config(factor: AuxiliaryFactor) -> dict[str, Any]:
+    """``{"kind": ..., **constructor arguments}`` for saving a factor."""
+    for kind, cls in FACTORS.items():
+        if type(factor) is cls:
+            return {"kind": kind, **factor.config()}
+    raise ValueError(
+        f"factor {type(factor).__name__}: not a registered factor, so it cannot be saved; "
+        f"register it in pyro_mm.factors.FACTORS"
+    )
+
+
+def make_factor(spec: Mapping[str, Any]) -> AuxiliaryFactor:
+    """Inverse of :func:`factor_config`."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in FACTORS:
+        raise ValueError(f"factor kind {kind!r}: expected one of {sorted(FACTORS)}")
+    return FACTORS[kind](**spec)

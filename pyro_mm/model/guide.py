@@ -1,0 +1,264 @@
+"""The variational guide: amortised local posteriors and a mean-field global posterior.
+
+* Local (``representation="latent"``): ``q(z_im | x_im) = Normal(loc_m(x_im),
+  scale_m(x_im))`` from one encoder per modality. Encoders are ordinary
+  :class:`torch.nn.Module` s; pass your own (a ResNet, a text model) as a backbone.
+* Missing modality ``m`` of example ``i``: its encoder never sees the (meaningless)
+  input. ``q(z_im)`` is instead the mixture's prediction from the modalities that are
+  present: responsibilities ``r_ik`` from the present representations (``joint``; the
+  weights ``pi`` for ``independent``), then the moments of ``sum_k r_ik N(mu_mk,
+  sigma_mk^2)`` (the model's components: floored scales, Student-t if chosen), matched by
+  a Gaussian.
+* Global: Pyro's :class:`~pyro.infer.autoguide.AutoNormal` (mean-field) or
+  :class:`~pyro.infer.autoguide.AutoDelta` (MAP) over the global sites only (the model
+  is wrapped in ``poutine.block``).
+
+Initialisation (:meth:`MultimodalGuide.initialize`) is data-dependent, as mixture
+fitting needs: component means start at k-means++ seeds of the representations the
+mixture sees at the start (the features, or the untrained encoders' means), component
+scales at the pooled within-cluster spread, and sticks at 0.5, so the weights start
+geometric (1/2, 1/4, ...) and later, redundant seeds start light: the
+richer-gets-richer dynamics then empties them instead of splitting clusters. The scale
+sites start at ``sqrt(spread^2 - floor^2)`` so the *effective* scales start at the
+spread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
+from torch import nn
+
+from ..data.container import TensorBatch
+from ._pyro_module import UniquelyNamedModule
+from .dp_mixture import MultimodalDPMixture
+from .networks import GaussianEncoder, default_encoder
+from .params import MixtureParams
+
+
+def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices ``(k,)`` of k-means++ seeds among ``points (N, d)`` (seeds repeat if
+    ``N < k``)."""
+    n = points.shape[0]
+    first = torch.randint(n, (1,), generator=generator, device=points.device)
+    chosen = [int(first)]
+    dist2 = (points - points[first]).pow(2).sum(-1)
+    for _ in range(1, k):
+        total = dist2.sum()
+        if not total > 0:
+            nxt = torch.randint(n, (1,), generator=generator, device=points.device)
+        else:
+            nxt = torch.multinomial(dist2 / total, 1, generator=generator)
+        chosen.append(int(nxt))
+        dist2 = torch.minimum(dist2, (points - points[nxt]).pow(2).sum(-1))
+    return torch.tensor(chosen, device=points.device)
+
+
+class MultimodalGuide(UniquelyNamedModule):
+    """Guide for :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture`.
+
+    Args:
+        model: the model this guide approximates the posterior of.
+        encoders: ``modality -> nn.Module``; each maps ``(B, d_m)`` to ``(B, H)``
+            features (a Gaussian head to ``(loc, scale)`` of size ``D`` is added), or is
+            a :class:`~pyro_mm.model.networks.GaussianEncoder`. Missing modalities get the
+            default MLP encoder.
+        global_guide: ``"meanfield"`` (AutoNormal) or ``"map"`` (AutoDelta).
+        init_scale: initial posterior scale of the global sites (meanfield).
+        hidden: hidden sizes of the default encoders (default: the model's).
+    """
+
+    def __init__(
+        self,
+        model: MultimodalDPMixture,
+        encoders: Mapping[str, nn.Module] | None = None,
+        global_guide: str = "meanfield",
+        init_scale: float = 0.05,
+        hidden=None,
+    ):
+        super().__init__("pyro_mm_guide")
+        if global_guide not in ("meanfield", "map"):
+            raise ValueError(f"global_guide: expected 'meanfield' or 'map', got {global_guide!r}")
+        encoders = dict(encoders or {})
+        unknown = set(encoders) - set(model.modalities)
+        if unknown:
+            raise ValueError(f"encoders: modalities {sorted(unknown)} are not in the model")
+        if encoders and model.representation == "observed":
+            raise ValueError("encoders: representation='observed' has no encoders")
+        self.modalities = model.modalities
+        self.mixture = model.mixture
+        self.latent = model.representation == "latent"
+        self.learn_alpha = model.learn_alpha
+        self.global_guide_name = global_guide
+        self.custom_encoders = sorted(encoders)
+        hidden = tuple(model.hidden if hidden is None else hidden)
+        self._config = {"global_guide": global_guide, "init_scale": float(init_scale),
+                        "hidden": list(hidden), "custom_encoders": self.custom_encoders}
+        self._init_values: dict[str, torch.Tensor] = {}
+        global_names = {"sticks"} | {f"component_{p}_{m}" for m in model.modalities
+                                     for p in ("loc", "scale")}
+        if model.learn_alpha:
+            global_names.add("alpha")
+        if model.learn_df:
+            global_names |= {f"component_df_{m}" for m in model.modalities}
+        # What encode() needs to build the model's components without holding the model:
+        # latent floors are fixed by the model's config, so they are not saved state.
+        self.component = model.component
+        self.fixed_df = (float(model.component_df)
+                         if model.component == "studentt" and not model.learn_df else None)
+        self.register_buffer("scale_floors", torch.stack(model.scale_floors())
+                             if self.latent else torch.zeros(0), persistent=False)
+        self.global_sites = tuple(sorted(global_names))
+        blocked = poutine.block(model, expose=list(global_names))
+        if global_guide == "meanfield":
+            self.global_guide = AutoNormal(blocked, init_loc_fn=self._init_loc,
+                                           init_scale=init_scale)
+        else:
+            self.global_guide = AutoDelta(blocked, init_loc_fn=self._init_loc)
+        self.encoders = nn.ModuleDict()
+        if self.latent:
+            for m, d in model.dims.items():
+                enc = encoders.get(m)
+                if enc is None:
+                    enc = default_encoder(d, model.latent_dim, hidden)
+                elif not isinstance(enc, GaussianEncoder):
+                    enc = GaussianEncoder(enc, model.latent_dim)
+                self.encoders[m] = enc
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    # ------------------------------------------------------------------ initialisation
+    def _init_loc(self, site):
+        value = self._init_values.get(site["name"])
+        if value is not None:
+            return value.to(site["fn"].sample().device)
+        if site["name"].startswith("component_loc_"):
+            return init_to_sample(site)
+        return init_to_median(site)
+
+    @torch.no_grad()
+    def initialize(self, model: MultimodalDPMixture, batch: TensorBatch,
+                   generator: torch.Generator | None = None, max_points: int = 20000
+                   ) -> None:
+        """Data-dependent initial values (see the module docstring), then one pass of
+        the global guide so every parameter exists before an optimiser is created.
+
+        Call once before the guide is first run (:func:`pyro_mm.fit` does).
+
+        Args:
+            model: the model this guide belongs to.
+            batch: prepared training data (:meth:`MultimodalDPMixture.prepare`).
+            generator: randomness of the k-means++ seeding (default: seeded from
+                PyTorch's global generator).
+            max_points: seed from at most this many random examples.
+        """
+        if generator is None:
+            generator = torch.Generator(device=batch.device).manual_seed(
+                int(torch.randint(2**62, ())))
+        n = batch.size
+        if n > max_points:
+            idx = torch.randperm(n, generator=generator, device=batch.device)[:max_points]
+            batch = batch.index(idx)
+        # A missing cell stands at its modality's mean of the present ones, so what it
+        # holds never steers the seeds; spreads are measured on present cells only.
+        present = batch.masks.T
+        reps = [torch.where(seen[:, None], rep, rep[seen].mean(0)) if bool(seen.any())
+                else rep for rep, seen in zip(self.representations(batch), present)]
+        seeds = kmeans_plus_plus(torch.cat(reps, dim=-1), model.num_components, generator)
+        nearest = torch.cdist(torch.cat(reps, -1), torch.cat(reps, -1)[seeds]).argmin(-1)
+        values = {"sticks": torch.full((model.num_components - 1,), 0.5, device=batch.device)}
+        for m, rep, seen, floor in zip(self.modalities, reps, present, model.scale_floors()):
+            seen = seen if bool(seen.any()) else torch.ones_like(seen)
+            spread = (rep - rep[seeds][nearest])[seen].pow(2).mean(0).div(2).sqrt()
+            spread = spread.clamp_min(1e-2 * rep.std(0).clamp_min(1e-3))
+            # sigma such that sqrt(sigma^2 + floor^2) = spread (the effective scale).
+            sigma = (spread.pow(2) - floor.pow(2)).clamp_min(1e-4 * spread.pow(2)).sqrt()
+            values[f"component_loc_{m}"] = rep[seeds].clone()
+            values[f"component_scale_{m}"] = sigma.expand(model.num_components, -1).clone()
+        if self.learn_alpha:
+            values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
+        self._init_values = values
+        self.materialize(batch)
+        self._init_values = {}
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def materialize(self, batch: TensorBatch) -> None:
+        """Create every lazily built parameter (encoder heads sized on first use, the
+        autoguide's parameters) with one pass outside inference. Needed before
+        ``load_state_dict`` on a fresh guide; :meth:`initialize` calls it."""
+        if self.latent:
+            self.encode_present(batch)
+        with torch.enable_grad():
+            self.global_guide(batch)
+
+    def representations(self, batch: TensorBatch) -> list[torch.Tensor]:
+        """What the mixture sees for each modality: the features (observed) or the
+        encoders' posterior means (latent); ``[(B, d_m)]``."""
+        if not self.latent:
+            return [batch.features[m] for m in self.modalities]
+        loc, _ = self.encode_present(batch)
+        return list(loc.unbind(-2))
+
+    # ------------------------------------------------------------------ encoding
+    def encode_present(self, batch: TensorBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, scale)``, each ``(B, M, D)``, from every modality's own encoder.
+
+        Rows of a missing modality hold meaningless values here; :meth:`encode`
+        replaces them.
+        """
+        locs, scales = [], []
+        for m in self.modalities:
+            loc, scale = self.encoders[m](batch.features[m])
+            locs.append(loc)
+            scales.append(scale)
+        return torch.stack(locs, -2), torch.stack(scales, -2)
+
+    def encode(self, batch: TensorBatch, globals_: Mapping[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``(loc, scale)`` of ``z``, each ``(B, M, D)``, missing modalities
+        filled in from the present ones through the mixture (module docstring)."""
+        loc, scale = self.encode_present(batch)
+        mask = batch.masks
+        if bool(mask.all()):
+            return loc, scale
+        params = MixtureParams.from_sites(
+            self.modalities, globals_, floors=list(self.scale_floors),
+            component=self.component,
+            df=None if self.fixed_df is None else [self.fixed_df] * len(self.modalities))
+        mixture = params.mixture(self.mixture, batch_size=loc.shape[0])
+        means, variances = mixture.conditional_moments(loc.detach(), mask)
+        fill_loc = torch.stack(means, -2)
+        fill_scale = torch.stack(variances, -2).clamp_min(1e-6).sqrt()
+        present = mask.unsqueeze(-1)
+        return torch.where(present, loc, fill_loc), torch.where(present, scale, fill_scale)
+
+    # ------------------------------------------------------------------ the guide
+    def forward(self, batch: TensorBatch, subsample: torch.Tensor | None = None,
+                kl_weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """Sample the global sites, then ``z`` for the minibatch (same arguments as
+        the model). Returns the global values."""
+        if not bool(self.initialized):
+            raise RuntimeError(
+                "MultimodalGuide: call guide.initialize(model, batch) once before using "
+                "the guide (pyro_mm.fit does this for you)")
+        globals_ = self.global_guide(batch, subsample, kl_weight)
+        if self.latent:
+            with pyro.plate("data", batch.size, subsample=subsample) as idx:
+                part = batch if subsample is None else batch.index(idx)
+                loc, scale = self.encode(part, globals_)
+                with poutine.scale(scale=kl_weight):
+                    pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+        return globals_
+
+    def point_estimate(self) -> dict[str, torch.Tensor]:
+        """Posterior medians of the global sites (the MAP values for ``"map"``)."""
+        return self.global_guide.median()

@@ -1,0 +1,210 @@
+"""Posterior predictive imputation of missing modalities' features.
+
+For every missing (example, modality) cell, :func:`impute` describes
+``p(x_im | present modalities of example i, training data)`` on the original feature
+scale. Each of ``S`` draws ``s`` takes the global parameters from the guide's global
+posterior and then
+
+* latent models (``reconstruct=True``): ``z_i`` from the guide's ``q(z_i)``, whose
+  missing modalities are the mixture's prediction from the present ones
+  (:meth:`~pyro_mm.model.guide.MultimodalGuide.encode`), and the decoder's Gaussian
+  ``N(mu_m(z_im), sd_m(z_im)^2)``;
+* observed models: a component ``k`` from the responsibilities of the present
+  modalities (the weights ``pi`` for ``independent``) and that component's Gaussian
+  ``N(mu_mk, sigma_mk^2)``: the conditional of a Gaussian mixture is a Gaussian mixture,
+  and this samples it one component at a time.
+
+So the predictive is an equal-weight mixture of ``S`` Gaussians per feature: its mean,
+its standard deviation (``E_s[sd_s^2] + Var_s[mu_s]``, the total variance) and its
+quantiles (found by bisection on the mixture's CDF, not from a handful of samples).
+The spread therefore includes the decoder's (or component's) noise, the uncertainty of
+the missing representation given the present ones, and the global posterior's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ..data.container import MultimodalData, TensorBatch
+from ..model._pyro_module import evaluation_mode
+from ..model.dp_mixture import MultimodalDPMixture
+from ..model.guide import MultimodalGuide
+from .draws import global_draws
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runs.result import FitResult
+
+_BISECTION_STEPS = 30
+
+
+def _draw_gaussians(model: MultimodalDPMixture, guide: MultimodalGuide,
+                    part: TensorBatch, globals_, params) -> list[tuple[torch.Tensor, ...]]:
+    """One draw: per modality ``(loc, sd)``, each ``(B, d_m)``, of the predictive of its
+    standardised features given the present modalities (module docstring)."""
+    if model.representation == "latent":
+        loc, scale = guide.encode(part, globals_)
+        z = loc + scale * torch.randn_like(scale)
+        # A decoder's scale may be per feature only, (d_m,): broadcast it to (B, d_m).
+        return [torch.broadcast_tensors(*model.decoders[m](z[..., j, :]))
+                for j, m in enumerate(model.modalities)]
+    x = part.concatenated(model.modalities)
+    mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
+                             stacked=False)
+    resp = mixture.responsibilities(x)        # (B, K) joint; (B, M, K) independent
+    if model.mixture == "joint":
+        # One component per example for all its modalities, as the model generates.
+        comps = [torch.multinomial(resp, 1)[:, 0]] * len(model.modalities)
+    else:  # a missing modality's row is pi: its component says nothing about others'
+        comps = [torch.multinomial(resp[:, j], 1)[:, 0] for j in range(resp.shape[1])]
+    # The components' own spreads: floored scales, and for Student-t components the
+    # moment-matched Gaussian (same variance), as the guide's fill-in does.
+    sds = [var.sqrt() for var in mixture.component_variances()]
+    return [(locs[k], sd[k]) for k, locs, sd in zip(comps, params.locs, sds)]
+
+
+def mixture_quantiles(locs: torch.Tensor, sds: torch.Tensor, probs: Sequence[float]
+                      ) -> torch.Tensor:
+    """Quantiles of equal-weight Gaussian mixtures, elementwise, by bisection.
+
+    Args:
+        locs, sds: ``(S, ...)``: ``S`` components for every element of ``...``.
+        probs: ``Q`` levels in ``(0, 1)``.
+
+    Returns:
+        ``(Q, ...)``.
+    """
+    normal = torch.distributions.Normal(locs, sds)
+    out = []
+    for p in probs:
+        low = (locs - 10 * sds).min(0).values
+        high = (locs + 10 * sds).max(0).values
+        for _ in range(_BISECTION_STEPS):
+            mid = 0.5 * (low + high)
+            below = normal.cdf(mid).mean(0) < p
+            low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+        out.append(0.5 * (low + high))
+    return torch.stack(out) if out else locs.new_zeros((0,) + locs.shape[1:])
+
+
+@torch.no_grad()
+def impute_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+                 num_samples: int = 100, quantiles: Sequence[float] = (),
+                 chunk_size: int = 512) -> dict[str, dict[str, torch.Tensor]]:
+    """:func:`impute` on a prepared batch, on the standardised scale.
+
+    Returns:
+        ``modality -> {"rows": (R,) example indices where it is missing, "mean": (R,
+        d_m), "sd": (R, d_m), "quantiles": (Q, R, d_m)}``.
+    """
+    mods = model.modalities
+    pieces: dict[str, dict[str, list]] = {m: {"rows": [], "mean": [], "sd": [],
+                                              "quantiles": []} for m in mods}
+    draws = [(d.values, model.params_from_sites(d.values))
+             for d in global_draws(guide, batch, num_samples)]
+    with evaluation_mode(model, guide):
+        for idx in batch.chunk_indices(chunk_size):
+            idx = idx[~batch.masks[idx].all(-1)]          # rows with something missing
+            if idx.numel() == 0:
+                continue
+            part = batch.index(idx)
+            per_draw = [_draw_gaussians(model, guide, part, *draw) for draw in draws]
+            for j, m in enumerate(mods):
+                rows = torch.nonzero(~part.masks[:, j])[:, 0]
+                if rows.numel() == 0:
+                    continue
+                locs = torch.stack([d[j][0][rows] for d in per_draw])   # (S, R, d)
+                sds = torch.stack([d[j][1][rows] for d in per_draw])
+                mean = locs.mean(0)
+                variance = sds.pow(2).mean(0) + locs.var(0, correction=0)
+                piece = pieces[m]
+                piece["rows"].append(idx[rows])
+                piece["mean"].append(mean)
+                piece["sd"].append(variance.sqrt())
+                piece["quantiles"].append(mixture_quantiles(locs, sds, quantiles))
+    out = {}
+    for m, piece in pieces.items():
+        d = model.dims[m]
+        empty = batch.masks.new_zeros((0,), dtype=torch.long)
+        out[m] = {
+            "rows": torch.cat(piece["rows"]) if piece["rows"] else empty,
+            "mean": torch.cat(piece["mean"]) if piece["mean"] else torch.zeros(0, d),
+            "sd": torch.cat(piece["sd"]) if piece["sd"] else torch.zeros(0, d),
+            "quantiles": (torch.cat(piece["quantiles"], 1) if piece["quantiles"]
+                          else torch.zeros(len(quantiles), 0, d)),
+        }
+    return out
+
+
+def _check(model: MultimodalDPMixture, num_samples, quantiles, chunk_size) -> list[float]:
+    if model.representation == "latent" and not model.reconstruct:
+        raise ValueError("impute: a latent model needs a decoder (reconstruct=True) to "
+                         "predict features")
+    for name, value in (("num_samples", num_samples), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+    levels = [] if quantiles is None else [float(q) for q in np.atleast_1d(quantiles)]
+    bad = [q for q in levels if not 0.0 < q < 1.0]
+    if bad:
+        raise ValueError(f"quantiles: must lie strictly between 0 and 1, got {bad}")
+    return levels
+
+
+def impute(result: "FitResult", data: MultimodalData, num_samples: int = 100,
+           quantiles: Sequence[float] | None = None, seed: int | None = 0,
+           chunk_size: int = 512):
+    """Posterior predictive of every missing (example, modality) cell's features.
+
+    Args:
+        result: a fitted model (:func:`pyro_mm.fit` or :func:`pyro_mm.load`).
+        data: the examples to impute; their ``masks`` say what is missing.
+        num_samples: ``S``, draws of the global posterior (module docstring).
+        quantiles: levels in ``(0, 1)`` to report, e.g. ``(0.05, 0.95)`` for a 90 %
+            interval; ``None``: none.
+        seed: seeds the draws (PyTorch's global generator is left as it was);
+            ``None``: use and advance the global generator.
+        chunk_size: examples processed at once (memory ``~ S * chunk_size * d_m``).
+
+    Returns:
+        ``xarray.Dataset`` on the original feature scale with, per modality ``m``,
+        ``<m>_mean`` and ``<m>_sd`` (dims ``example``, ``feature_<m>``),
+        ``<m>_quantiles`` (dims ``quantile``, ``example``, ``feature_<m>``; only with
+        ``quantiles``) and ``<m>_missing`` (``example``, bool). Cells where the
+        modality was observed are NaN.
+    """
+    import xarray as xr
+
+    model, guide = result.model, result.guide
+    levels = _check(model, num_samples, quantiles, chunk_size)
+    batch = model.prepare(data)
+    devices = [batch.device] if batch.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        raw = impute_batch(model, guide, batch, num_samples, levels, chunk_size)
+    n = batch.size
+    variables = {}
+    for j, m in enumerate(model.modalities):
+        loc = getattr(model, f"feature_loc_{m}").double().cpu().numpy()
+        scale = getattr(model, f"feature_scale_{m}").double().cpu().numpy()
+        rows = raw[m]["rows"].cpu().numpy()
+        dims = ("example", f"feature_{m}")
+        for key in ("mean", "sd"):
+            full = np.full((n, model.dims[m]), np.nan)
+            value = raw[m][key].double().cpu().numpy()
+            full[rows] = value * scale + (loc if key == "mean" else 0.0)
+            variables[f"{m}_{key}"] = (dims, full)
+        if levels:
+            full = np.full((len(levels), n, model.dims[m]), np.nan)
+            full[:, rows] = raw[m]["quantiles"].double().cpu().numpy() * scale + loc
+            variables[f"{m}_quantiles"] = (("quantile",) + dims, full)
+        variables[f"{m}_missing"] = (("example",), ~batch.masks[:, j].cpu().numpy())
+    coords = {"example": np.arange(n)}
+    if levels:
+        coords["quantile"] = np.asarray(levels)
+    return xr.Dataset(variables, coords=coords,
+                      attrs={"num_samples": num_samples, "scale": "original",
+                             "representation": model.representation})

@@ -1,0 +1,195 @@
+"""Predictions and held-out metrics from a fitted model.
+
+By default predictions are plug-in: the global parameters at their posterior medians
+(AutoNormal) or MAP values, and each representation at its posterior mean.
+``predict(..., num_samples=S)`` instead averages over ``S`` draws of the global
+posterior (Bayesian model averaging) and reports the spread across draws. The feature
+log-likelihood of a latent model without a classifier is an importance-sampled estimate
+over ``z`` (see :func:`log_likelihood`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+
+from ..data.container import MultimodalData, TensorBatch
+from ..model._pyro_module import evaluation_mode
+from ..model.dp_mixture import MultimodalDPMixture
+from ..model.guide import MultimodalGuide
+from .draws import global_draws
+from .metrics import adjusted_rand_index, effective_components
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runs.result import FitResult
+
+
+@torch.no_grad()
+def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+                  chunk_size: int = 4096, num_samples: int | None = None,
+                  log_probs: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`predict` on an already prepared batch; returns tensors. ``log_probs``
+    (plug-in only) also returns ``"log_probs"`` ``(N, C)``, the classifier's log-softmax,
+    from which :func:`evaluate` reads the label log-likelihood without a second pass."""
+    with evaluation_mode(model, guide):
+        if num_samples is None:
+            return _predict_batch(model, guide, batch, chunk_size, log_probs=log_probs)
+        draws = [_predict_batch(model, guide, batch, chunk_size,
+                                (d.values, model.params_from_sites(d.values)))
+                 for d in global_draws(guide, batch, num_samples)]
+    out = {}
+    for key in draws[0]:
+        stacked = torch.stack([d[key] for d in draws])
+        out[key] = stacked.mean(0)
+        if key != "latent_mean":
+            out[f"{key}_sd"] = stacked.std(0, correction=0)
+    return out
+
+
+def _predict_batch(model, guide, batch, chunk_size, draw=None, log_probs=False):
+    globals_, params = draw or (guide.point_estimate(), model.params_from_sites(guide.point_estimate()))
+    out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
+                                          "latent_mean": [], "log_probs": []}
+    for part in map(batch.index, batch.chunk_indices(chunk_size)):
+        if model.representation == "latent":
+            z, _ = guide.encode(part, globals_)
+            mixture = params.mixture(model.mixture, batch_size=part.size)
+            out["latent_mean"].append(z)
+        else:
+            z = part.concatenated(model.modalities)
+            mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
+                                     stacked=False)
+        out["responsibilities"].append(mixture.responsibilities(z))
+        if model.classifier is not None:
+            logits = model.class_logits(z, params, part.masks)
+            out["probs"].append(torch.softmax(logits, -1))
+            if log_probs:
+                out["log_probs"].append(torch.log_softmax(logits, -1))
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def predict(result: "FitResult", data: MultimodalData, chunk_size: int = 4096,
+            num_samples: int | None = None) -> dict[str, np.ndarray]:
+    """Predictions for ``data``.
+
+    Args:
+        num_samples: ``None`` (default): plug-in, the global parameters at their point
+            estimate (posterior median, or MAP). ``S``: Bayesian model averaging, the
+            mean over ``S`` draws of the global posterior of everything below, plus its
+            standard deviation across the draws (``"probs_sd"``,
+            ``"responsibilities_sd"``): how much the prediction depends on the
+            uncertain global parameters (zero for a MAP guide, whose posterior is a
+            point). Local representations stay at their posterior means either way.
+
+    Returns:
+        dict with ``"responsibilities"`` (``(N, K)`` for ``joint``; ``(N, M, K)`` for
+        ``independent``), ``"probs"`` (``(N, C)``, models with a classifier) and
+        ``"latent_mean"`` (``(N, M, D)``, latent models); with ``num_samples``, also
+        ``"responsibilities_sd"`` and ``"probs_sd"`` (same shapes).
+    """
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ValueError(f"num_samples: must be a positive integer or None, got "
+                         f"{num_samples!r}")
+    batch = result.model.prepare(data)
+    with torch.no_grad():
+        out = predict_batch(result.model, result.guide, batch, chunk_size, num_samples)
+    return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+@torch.no_grad()
+def log_likelihood(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+                   num_samples: int = 32, chunk_size: int = 4096) -> torch.Tensor:
+    """Held-out log predictive density per example, ``(N,)`` nats.
+
+    * ``representation="observed"``: ``log p(x_i)`` of the original features (the
+      standardisation Jacobian is included), assignments summed out exactly.
+    * latent, with a classifier and labels: ``log p(y_i | x_i)``; ``nan`` for an
+      unlabelled example (there is nothing to score).
+    * latent, otherwise: ``log p(x_i)`` of the original features, estimated by
+      importance sampling with ``num_samples`` draws from ``q(z | x)`` (a stochastic
+      lower bound in expectation).
+    """
+    with evaluation_mode(model, guide):
+        return _log_likelihood(model, guide, batch, num_samples, chunk_size)
+
+
+def _log_likelihood(model, guide, batch, num_samples, chunk_size):
+    params = model.params_from_sites(guide.point_estimate())
+    globals_ = guide.point_estimate()
+    out = []
+    for part in map(batch.index, batch.chunk_indices(chunk_size)):
+        if model.representation == "observed":
+            x = part.concatenated(model.modalities)
+            mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
+                                     stacked=False)
+            out.append(mixture.log_prob(x) + model.feature_log_jacobian(part.masks))
+        elif model.classifier is not None and part.labels is not None:
+            loc, _ = guide.encode(part, globals_)
+            scores = model.label_log_prob(loc, params, part.labels, part.masks)
+            out.append(scores.masked_fill(~part.label_mask, math.nan))
+        else:
+            if not model.reconstruct:
+                raise ValueError("log_likelihood: a latent model without decoder or "
+                                 "classifier has no likelihood to evaluate")
+            loc, scale = guide.encode(part, globals_)
+            q = dist.Normal(loc, scale).to_event(2)
+            z = q.sample((num_samples,))                                  # (S, B, M, D)
+            log_w = params.mixture(model.mixture, batch_size=part.size).log_prob(z) - q.log_prob(z)
+            for j, m in enumerate(model.modalities):
+                mean, sd = model.decoders[m](z[..., j, :])
+                lp = dist.Normal(mean, sd).to_event(1).log_prob(part.features[m])
+                log_w = log_w + lp * part.masks[:, j]
+            estimate = torch.logsumexp(log_w, 0) - math.log(num_samples)
+            out.append(estimate + model.feature_log_jacobian(part.masks))
+    return torch.cat(out)
+
+
+def _evaluation_log_likelihood(model, guide, batch, pred) -> torch.Tensor:
+    """:func:`log_likelihood` of ``batch``; for a latent model with a classifier and
+    labels it is ``log q(y | x)`` at the posterior means, which the prediction pass
+    ``pred`` already computed (the same logits), so it is read from there."""
+    if (model.representation == "latent" and "log_probs" in pred
+            and batch.labels is not None):
+        scores = pred["log_probs"].gather(-1, batch.labels[:, None])[:, 0]
+        return scores.masked_fill(~batch.label_mask, math.nan)
+    return log_likelihood(model, guide, batch)
+
+
+def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
+    """Held-out metrics on ``data``.
+
+    Returns:
+        ``accuracy`` (labelled examples, models with a classifier), ``log_likelihood``
+        (mean per example, nats; over labelled examples when it is the label
+        log-likelihood; see :func:`log_likelihood`), ``ari`` (adjusted Rand
+        index of the most responsible component against the labels),
+        ``effective_components`` (perplexity of the fitted weights) and
+        ``num_examples``.
+    """
+    model, guide = result.model, result.guide
+    batch = model.prepare(data)
+    with torch.no_grad():
+        pred = predict_batch(model, guide, batch, log_probs=True)
+        metrics: dict[str, float] = {"num_examples": float(batch.size)}
+        labelled = None if batch.label_mask is None else batch.label_mask
+        raw_labels = data.labels
+        if "probs" in pred and labelled is not None and bool(labelled.any()):
+            hit = (pred["probs"].argmax(-1) == batch.labels)[labelled]
+            metrics["accuracy"] = float(hit.float().mean())
+        # Unlabelled examples have no label log-likelihood (nan): average the rest.
+        metrics["log_likelihood"] = float(_evaluation_log_likelihood(model, guide, batch,
+                                                                     pred).nanmean())
+        if raw_labels is not None and (raw_labels >= 0).any():
+            resp = pred["responsibilities"]
+            if resp.dim() == 3:  # independent: average the modalities' assignments
+                resp = resp.mean(-2)
+            keep = raw_labels >= 0
+            metrics["ari"] = adjusted_rand_index(raw_labels[keep],
+                                                 resp.argmax(-1).cpu().numpy()[keep])
+        weights = model.params_from_sites(guide.point_estimate()).log_weights.exp()
+        metrics["effective_components"] = float(effective_components(weights))
+    return metrics

@@ -1,0 +1,156 @@
+"""Training: :func:`fit` runs minibatch SVI and returns a :class:`FitResult`.
+
+:func:`fit` checks its arguments and runs a :class:`~pyro_mm.train.trainer.Trainer`, whose
+methods are the phases of the loop (data and device, optimiser state, step, epoch,
+validation and early stopping, checkpoint, finish). The result type and
+:func:`~pyro_mm.runs.result.load` live in :mod:`pyro_mm.runs.result`, the validation
+metrics in :mod:`pyro_mm.train.monitoring`.
+
+The loop is Pyro's PyTorch-style interface: ``Trace_ELBO()(model, guide)`` is an
+``nn.Module`` whose parameters a :class:`~pyro.optim.clipped_adam.ClippedAdam`
+optimiser updates. One warm-up pass (data-dependent initialisation of the guide) runs
+before the optimiser is created, so every lazily created parameter is included.
+
+Minibatches go through ``pyro.plate("data", N, subsample=idx)``, so every local term is
+scaled by ``N / B`` and each step's loss is an unbiased estimate of the full negative
+ELBO. History values are per example (divided by ``N``).
+
+A non-finite loss or gradient never reaches the parameters: the step is skipped and the
+learning rate halved; after ``max_recoveries`` consecutive failures the model and guide
+are put back to the last epoch whose loss was finite and :class:`TrainingDivergedError`
+is raised. Checkpoints are only written from finite states.
+
+**Data-parallel** (``torchrun``, or a process group the caller created): the loss module
+is wrapped in ``torch.nn.parallel.DistributedDataParallel`` after the warm-up pass, and
+every step goes through the wrapper, whose backward averages the gradients over ranks
+(``SVI.step`` would bypass it). All ranks draw the same permutation of the data (same
+seed; rank 0's is broadcast) and each takes every ``K``-th example of it, so the ranks'
+``j``-th minibatches together are the ``j``-th minibatch of a single process with
+``K * batch_size`` examples; the data plate gets the full ``N`` and the rank's indices,
+so the averaged gradient is that of the union. Initial parameters are identical
+(the data-dependent initialisation is deterministic and DDP broadcasts rank 0's); the
+guide's noise is seeded per rank (``seed + rank``). Step losses, validation metrics
+(each rank scores a share), the non-finite check, early stopping and ARM's fusion
+weights are reduced over ranks before anything is decided, so every rank decides the
+same; rank 0 alone writes the run folder, which every rank can resume from. Factor
+values in ``history.steps`` are rank 0's. A failed collective (a rank died or hung past
+the timeout) or a mismatch of data or arguments between ranks raises
+:class:`~pyro_mm.errors.DistributedError` on every surviving rank.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.container import MultimodalData
+from ..model.dp_mixture import MultimodalDPMixture
+from ..model.guide import MultimodalGuide
+from ..runs.result import FitResult
+from ..runtime import distributed as ddp
+from .trainer import Settings, Trainer
+
+__all__ = ["fit"]
+
+
+def fit(
+    model: MultimodalDPMixture,
+    data: MultimodalData,
+    *,
+    guide: MultimodalGuide | None = None,
+    num_epochs: int = 100,
+    batch_size: int = 128,
+    learning_rate: float = 1e-2,
+    clip_norm: float = 10.0,
+    lr_decay: float = 1.0,
+    device: str | torch.device = "auto",
+    val_data: MultimodalData | None = None,
+    seed: int | None = 0,
+    early_stopping: int | None = None,
+    kl_warmup_epochs: int = 0,
+    num_particles: int = 1,
+    elbo: str = "trace",
+    run_dir: str | Path | None = None,
+    resume_from: str | Path | FitResult | None = None,
+    checkpoint_every: int = 1,
+    max_recoveries: int = 5,
+    validate_args: bool = False,
+    progress: bool = True,
+    distributed: bool | None = None,
+    num_workers: int = 2,
+    disk_order: str = "random",
+) -> FitResult:
+    """Fit ``model`` to ``data`` by minibatch SVI.
+
+    Args:
+        model: a :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture`.
+        data: training data (standardisation statistics are fitted on it unless the
+            model already has them, e.g. when resuming).
+        guide: defaults to ``MultimodalGuide(model)`` (amortised encoders, mean-field
+            globals).
+        num_epochs: total epochs (a resumed run continues up to this number).
+        batch_size: ``B``; the data plate scales local terms by ``N / B``.
+        learning_rate, clip_norm, lr_decay: :class:`ClippedAdam` settings (``lr_decay``
+            multiplies the step size after every step).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ...
+        val_data: evaluated after every epoch (``val_loss``, ``val_accuracy``).
+        seed: seeds Python, NumPy, PyTorch and the minibatch order (``None``: no seeding).
+            Network weights are drawn when the model is built: call
+            ``pyro.set_rng_seed`` before building it for a fully repeatable run.
+        early_stopping: patience in epochs on ``val_loss`` (train loss without
+            ``val_data``); the best epoch's parameters are restored at the end.
+        kl_warmup_epochs: the representation KL weight rises linearly from 0 to 1.
+        num_particles: ELBO particles per step.
+        elbo: ``"trace"`` (Trace_ELBO) or ``"meanfield"`` (TraceMeanField_ELBO,
+            analytic KLs where available).
+        run_dir: write config, metrics, history and checkpoints here.
+        resume_from: a run folder or :class:`FitResult` to continue exactly where it
+            stopped (same data and arguments).
+        checkpoint_every: epochs between checkpoints (with ``run_dir``).
+        max_recoveries: consecutive non-finite steps tolerated (each halves the step size).
+        validate_args: Pyro's and torch's distribution argument checks during the SVI
+            steps. Off by default, as Pyro advises for a mature model: it makes a step
+            10-15% faster (``benchmarks/overhead.py``), the data are validated when they
+            enter, and a parameter that turns non-finite still shows up as a non-finite
+            loss, which is skipped as described above. Turn it on to debug a model of
+            your own.
+        progress: show a tqdm progress bar (on rank 0 only when data-parallel).
+        distributed: data-parallel training on ``torch.distributed``. ``None`` (auto):
+            when a process group exists (``init_process_group`` was called) or
+            ``torchrun`` started the process (the group is then created: NCCL on GPUs,
+            gloo on CPUs, timeout :data:`pyro_mm.runtime.distributed.DEFAULT_TIMEOUT`);
+            ``False``: never; ``True``: required. Every rank passes the same data and
+            arguments (checked); ``batch_size`` is per rank and each rank takes a
+            disjoint share of every epoch; only rank 0 writes ``run_dir``. See the
+            module docstring.
+        num_workers: for data on disk (:meth:`MultimodalData.open_zarr`), the
+            ``DataLoader`` processes reading minibatches ahead (0: read in this
+            process); ignored for data in memory. See ``guides/gpu-and-scale.md``.
+        disk_order: for data on disk, ``"random"``: every minibatch a uniform draw,
+            exactly as in memory (each one reads every chunk holding one of its rows:
+            with chunks fewer than ``batch_size``, nearly the whole store); ``"chunks"``:
+            the same examples per epoch, ordered so that a minibatch comes from a random
+            window of :data:`~pyro_mm.train.trainer.CHUNK_WINDOW` chunks, shuffled within it
+            (for stores much larger than memory; write the store in random order).
+
+    Returns:
+        :class:`FitResult`.
+    """
+    if not isinstance(data, MultimodalData):
+        raise TypeError(f"data: expected MultimodalData, got {type(data).__name__}")
+    settings = Settings(
+        num_epochs=num_epochs, batch_size=batch_size, learning_rate=learning_rate,
+        clip_norm=clip_norm, lr_decay=lr_decay, device=device, seed=seed,
+        early_stopping=early_stopping, kl_warmup_epochs=kl_warmup_epochs,
+        num_particles=num_particles, elbo=elbo, run_dir=run_dir,
+        checkpoint_every=checkpoint_every, max_recoveries=max_recoveries,
+        validate_args=validate_args, progress=progress, distributed=distributed,
+        num_workers=num_workers, disk_order=disk_order)
+    if run_dir is not None:
+        model.config()  # fails now, not after the first epoch, if it cannot be saved
+    trainer = Trainer(model, settings)
+    with ddp.active(trainer.group):  # a failed collective: DistributedError
+        trainer.prepare(data, val_data, guide, resume_from)
+        trainer.build_optimizer()
+        return trainer.run()
