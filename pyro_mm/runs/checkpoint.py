@@ -27,7 +27,7 @@ import torch
 
 from ..errors import CheckpointError
 
-FORMAT = "pyro_mm.runs.checkpoint"
+FORMAT = "pyro_mm.checkpoint"  # the tag checkpoints carry: never changes with the layout
 VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 
