@@ -346,7 +346,7 @@ def test_effective_components_and_ari(latent_fit):
     assert 1.0 <= ec["lower"] <= ec["mean"] <= ec["upper"] <= result.model.num_components
     weights = tree["posterior"]["weights"].values.reshape(-1, 4)
     np.testing.assert_allclose(
-        ec["draws"], pm.predictive.metrics.effective_components(torch.as_tensor(weights)).numpy(),
+        ec["draws"], pm.predictive.metrics.weights_perplexity(torch.as_tensor(weights)).numpy(),
         rtol=1e-4)
     plug_in = dx.responsibility_ari(result, data)
     assert plug_in["ari"] == pytest.approx(pm.evaluate(result, data)["ari"])

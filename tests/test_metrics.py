@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from pyro_mm.predictive.metrics import adjusted_rand_index, effective_components
+from pyro_mm.predictive.metrics import adjusted_rand_index, weights_perplexity
 
 
 @pytest.mark.parametrize("seed,n,ka,kb", [(0, 50, 3, 3), (1, 200, 5, 2), (2, 17, 4, 6),
@@ -46,16 +46,16 @@ def test_ari_rejects_labelings_of_different_lengths():
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 20])
-def test_effective_components_equals_k_for_uniform_weights(k):
+def test_weights_perplexity_equals_k_for_uniform_weights(k):
     w = torch.full((k,), 1.0 / k, dtype=torch.float64)
-    assert effective_components(w).item() == pytest.approx(k)
+    assert weights_perplexity(w).item() == pytest.approx(k)
 
 
-def test_effective_components_is_about_one_for_a_dominant_weight():
+def test_weights_perplexity_is_about_one_for_a_dominant_weight():
     w = torch.tensor([1.0 - 1e-6] + [1e-6 / 9] * 9, dtype=torch.float64)
-    assert effective_components(w).item() == pytest.approx(1.0, abs=1e-4)
+    assert weights_perplexity(w).item() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_effective_components_normalises_and_batches():
+def test_weights_perplexity_normalises_and_batches():
     w = torch.tensor([[2.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
-    torch.testing.assert_close(effective_components(w), torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(weights_perplexity(w), torch.tensor([2.0, 4.0]))

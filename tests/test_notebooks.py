@@ -1,6 +1,7 @@
 """Every notebook in notebooks/ runs end to end (small settings,
 PYRO_MM_NOTEBOOK_SMALL=1) in a Jupyter kernel of the current interpreter."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,10 @@ nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 KERNEL = "python3"
+
+#: A call that draws a figure: ``plot_history(...)``, ``plots.plot_weights(...)``,
+#: ``az.plot_khat(...)``.
+DRAWS = re.compile(r"\bplot_\w+\(")
 
 
 def _check_kernel() -> None:
@@ -49,3 +54,17 @@ def test_notebook_runs_end_to_end(path, tmp_path, monkeypatch):
     errors = [out for cell in notebook.cells if cell.cell_type == "code"
               for out in cell.get("outputs", []) if out.get("output_type") == "error"]
     assert not errors
+    assert not cells_without_figures(notebook)
+
+
+def cells_without_figures(notebook) -> list[str]:
+    """The first line of every code cell that draws but shows no PNG in its outputs."""
+    return [cell.source.splitlines()[0] for cell in notebook.cells
+            if cell.cell_type == "code" and DRAWS.search(cell.source)
+            and not any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_the_committed_notebooks_show_every_figure(path):
+    """What a reader opens on the web: every cell that draws has its figure saved."""
+    assert not cells_without_figures(nbformat.read(path, as_version=4))

@@ -61,7 +61,7 @@ import torch
 from .._version import __version__
 from ..data.container import MultimodalData
 from ..model.dp_mixture import MultimodalDPMixture
-from ..predictive.metrics import effective_components as _perplexity
+from ..predictive.metrics import weights_perplexity
 # The drawing and the storage live in their own modules; their public names (and the
 # helpers other diagnostics use) stay importable from here.
 from .sampling import Plan, make_plan, model_and_guide, sample_draws, seeded
@@ -240,7 +240,7 @@ def _posterior(model: MultimodalDPMixture, plan: Plan, out: Mapping[str, Any],
     post = {
         "sticks": (_SD + ("stick",), _draws(out["sticks"])),
         "weights": (_SD + ("component",), _draws(weights.astype(np.float32))),
-        "effective_components": (_SD, _draws(_perplexity(torch.as_tensor(weights)).numpy())),
+        "effective_components": (_SD, _draws(weights_perplexity(torch.as_tensor(weights)).numpy())),
     }
     if model.learn_alpha:
         post["alpha"] = (_SD, _draws(out["alpha"]))

@@ -36,8 +36,10 @@ def adjusted_rand_index(labels_true, labels_pred) -> float:
     return float((index - expected) / (maximum - expected))
 
 
-def effective_components(weights: torch.Tensor) -> torch.Tensor:
-    """Perplexity ``exp(H(pi))`` of mixture weights ``(..., K)``.
+def weights_perplexity(weights: torch.Tensor) -> torch.Tensor:
+    """Perplexity ``exp(H(pi))`` of mixture weights ``(..., K)``: the effective number
+    of components of one set of weights (for its posterior over draws, see
+    :func:`pyro_mm.diagnostics.effective_components`).
 
     Equals the number of components when the used ones have equal weight; a component
     holding a negligible share contributes almost nothing.

@@ -22,7 +22,7 @@ from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
 from .draws import global_draws
-from .metrics import adjusted_rand_index, effective_components
+from .metrics import adjusted_rand_index, weights_perplexity
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.result import FitResult
@@ -191,5 +191,5 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
             metrics["ari"] = adjusted_rand_index(raw_labels[keep],
                                                  resp.argmax(-1).cpu().numpy()[keep])
         weights = model.params_from_sites(guide.point_estimate()).log_weights.exp()
-        metrics["effective_components"] = float(effective_components(weights))
+        metrics["effective_components"] = float(weights_perplexity(weights))
     return metrics
