@@ -42,7 +42,7 @@ def run_status(run_dir: str | Path) -> str | None:
 def _refuse(folder: Path, status: str) -> CheckpointError:
     present = [name for name in RUN_FILES if (folder / name).exists()]
     return CheckpointError(
-        f"{folder}: holds a {status} run ({', '.join(present)}); continue it with "
+        f"{folder}: holds {'an' if status == 'interrupted' else 'a'} {status} run ({', '.join(present)}); continue it with "
         "resume_from (pyro-mm train --resume), or replace it with overwrite=True "
         "(pyro-mm train --overwrite), or write into another folder")
 
