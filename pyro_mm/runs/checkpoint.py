@@ -5,12 +5,18 @@ A run folder holds::
     config.json      model, guide and training configuration
     metrics.json     final metrics (held-out when validation data was given)
     history.json     loss and every logged value per step, metrics per epoch
-    checkpoint.pt    model, guide and optimiser state, RNG states, epoch, step
+    checkpoint.pt    model, guide and optimiser state, RNG states, epoch, step, the
+                     fingerprint of the training data and its data.json record
+    data.json        how to rebuild the data and split (pyro-mm train), written with
+                     every checkpoint
+    .pyro-mm.lock    present while a run writes the folder (pyro_mm.runs.lock)
 
 ``checkpoint.pt`` contains only tensors, numbers, strings, lists and dicts, and is read
 with ``torch.load(weights_only=True)``: a crafted file cannot run code. Every file is
 written to a temporary name in the same folder and renamed into place, so a crash never
-leaves a half-written file.
+leaves a half-written file; a write the operating system refuses (a full disk) is a
+:class:`~pyro_mm.errors.CheckpointError` naming the file. Which run may write a folder:
+:mod:`pyro_mm.runs.folder`.
 """
 
 from __future__ import annotations
