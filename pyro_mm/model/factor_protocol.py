@@ -32,7 +32,7 @@ import pyro
 import torch
 from torch import nn
 
-from ._pyro_module import evaluation_mode
+from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.container import TensorBatch

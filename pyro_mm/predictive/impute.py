@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from ..data.container import MultimodalData, TensorBatch
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
+from ..runtime.modes import evaluation_mode
 from .draws import global_draws
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -25,7 +25,7 @@ from pyro.infer import TraceMeanField_ELBO
 from ..data.container import MultimodalData, TensorBatch
 from ..data.loader import RowLoader, chunk_local
 from ..errors import CheckpointError, TrainingDivergedError
-from ..model._pyro_module import evaluation_mode, without_param_statements
+from ..model._pyro_module import without_param_statements
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.factor_protocol import sampling_weights
 from ..model.guide import MultimodalGuide
@@ -34,6 +34,7 @@ from ..runs import checkpoint as ckpt
 from ..runs.result import FitResult, History, resume_state
 from ..runtime import distributed as ddp
 from ..runtime.devices import flush_denormals, resolve_device
+from ..runtime.modes import evaluation_mode
 from .elbo import TraceELBO
 from .expert_heads import experts_heads_are_separable, solve_expert_heads
 from .monitoring import EarlyStopping, validation_metrics
