@@ -119,7 +119,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(0 if s.seed is None else s.seed)
         model.to(self.device)
         model.check_data(data)
-        if not bool(model.standardized):
+        if not model.standardization.fitted:
             model.fit_standardization(data)
         # Data on disk: a StoreBatch, whose minibatches a DataLoader reads ahead.
         self.batch = model.prepare(data)
@@ -147,7 +147,7 @@ class Trainer:
         self.config["world_size"] = group.world_size
         batch = self.batch
         if not isinstance(batch, TensorBatch):  # on disk: never read whole
-            batch = batch.summary(self.model.standardization_statistics())
+            batch = batch.summary(self.model.standardization.all_statistics())
         ddp.check_inputs(group, batch, model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
