@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyro
 import torch
@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .params import MixtureParams
 
 
-@runtime_checkable
 class FactorModel(Protocol):
     """What an auxiliary factor may use of the model it is bound to, and nothing else
     (:class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture` is one).
