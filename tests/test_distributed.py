@@ -271,7 +271,7 @@ def test_arm_fusion_weights_resampling_and_early_stopping_agree(two_ranks):
     first, second = ranks
     for key, value in first["state"].items():
         assert torch.equal(value, second["state"][key]), key
-    weights = first["state"]["model.modality_weights"]
+    weights = first["state"]["model.label_head.modality_weights"]
     assert not torch.allclose(weights, torch.ones_like(weights))  # ARM moved them
     assert first["epochs"] == [{**row, "seconds": a["seconds"]}
                                for row, a in zip(second["epochs"], first["epochs"])]

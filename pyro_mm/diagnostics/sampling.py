@@ -64,7 +64,7 @@ def _in_data_plate(site) -> bool:
 
 
 def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return getattr(model, f"feature_loc_{m}"), getattr(model, f"feature_scale_{m}")
+    return model.standardization.statistics(m)
 
 
 def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,9 @@ import pyro.distributions as dist
 import torch
 
 from ..data.container import MultimodalData, TensorBatch
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
+from ..runtime.modes import evaluation_mode
 from .draws import global_draws
 from .metrics import adjusted_rand_index, weights_perplexity
 

@@ -17,10 +17,10 @@ import torch
 
 from ..data.container import TensorBatch
 from ..errors import CheckpointError
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
 from ..runtime.devices import resolve_device
+from ..runtime.modes import evaluation_mode
 from . import checkpoint as ckpt
 from .run_data import DATA_SPEC
 

@@ -25,7 +25,7 @@ from pyro.infer import TraceMeanField_ELBO
 from ..data.container import MultimodalData, TensorBatch
 from ..data.loader import RowLoader, chunk_local
 from ..errors import CheckpointError, TrainingDivergedError
-from ..model._pyro_module import evaluation_mode, without_param_statements
+from ..model._pyro_module import without_param_statements
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.factor_protocol import sampling_weights
 from ..model.guide import MultimodalGuide
@@ -35,6 +35,7 @@ from ..runs.fingerprint import check_resume, data_fingerprint
 from ..runs.result import FitResult, History, resume_state
 from ..runtime import distributed as ddp
 from ..runtime.devices import flush_denormals, resolve_device
+from ..runtime.modes import evaluation_mode
 from .elbo import TraceELBO
 from .expert_heads import experts_heads_are_separable, solve_expert_heads
 from .monitoring import EarlyStopping, validation_metrics
@@ -147,7 +148,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(0 if s.seed is None else s.seed)
         model.to(self.device)
         model.check_data(data)
-        if not bool(model.standardized):
+        if not model.standardization.fitted:
             model.fit_standardization(data)
         # Data on disk: a StoreBatch, whose minibatches a DataLoader reads ahead.
         self.batch = model.prepare(data)
@@ -175,7 +176,7 @@ class Trainer:
         self.config["world_size"] = group.world_size
         batch = self.batch
         if not isinstance(batch, TensorBatch):  # on disk: never read whole
-            batch = batch.summary(self.model.standardization_statistics())
+            batch = batch.summary(self.model.standardization.all_statistics())
         ddp.check_inputs(group, batch, model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
