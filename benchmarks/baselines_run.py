@@ -171,11 +171,31 @@ def tiny_subset(data: pm.MultimodalData) -> pm.MultimodalData:
     return data.subset(np.arange(0, len(data), max(1, len(data) // 200)))
 
 
+def merge(paths: Sequence[str], out: str | None = None, name: str = "baselines") -> None:
+    """Record the rows of several runs' JSON files as one result (their notes joined)."""
+    import json
+
+    payloads = [json.loads(open(path).read()) for path in paths]
+    rows = [r for p in payloads for r in p["rows"]]
+    skipped = {k: v for p in payloads for k, v in p["skipped"].items()
+               if k not in {r["dataset"] for r in rows}}
+    notes = " ".join(f"Run `{p['command'].strip()}`: {p['notes']}" for p in payloads)
+    write_results(name, {"title": payloads[0]["title"], "rows": rows, "skipped": skipped,
+                         "notes": notes},
+                  tables(rows, by_labels=name != "baselines"), out,
+                  module=payloads[0]["command"].split()[2].split(".", 1)[1])
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="record the rows of earlier runs' --out files (say, one per "
+                        "data set, run side by side) instead of running")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     seeds, levels = range(args.seeds), {k: v[1] for k, v in DATASETS.items()}
     if args.tiny:
         seeds, levels = range(1), {k: (0.0, 0.5) for k in DATASETS}
