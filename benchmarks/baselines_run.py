@@ -8,10 +8,11 @@ and test); every method sees the same splits and masks. Methods: the baselines o
 Metrics (:mod:`benchmarks.metrics`): accuracy, NLL, ECE, mean ± s.e. over seeds, and
 each method's paired differences from late fusion's log pool.
 
-A method is anything with ``fit_predict(train, test) -> probs (N_test, C)`` (or a dict
-of named probability arrays, or either with an info dict as ``(probs, info)``), given
-:class:`pyro_mm.MultimodalData` splits whose test labels it must not read: to add one,
-pass it to :func:`run_benchmark` (or :func:`run_method` for one setting).
+A method is anything with ``fit_predict(train, test, seed) -> probs (N_test, C)`` (or
+a dict of named probability arrays, or either with an info dict as ``(probs, info)``),
+given :class:`pyro_mm.MultimodalData` splits whose test labels it must not read: to add
+one (the pyro_mm model, say), pass it in ``methods`` to :func:`run_benchmark`, or bind
+the seed and give ``fit_predict(train, test)`` to :func:`run_method` for one setting.
 
     python -m benchmarks.baselines_run [--tiny] [--seeds 5] [--datasets mfeat brca kipan]
 """
@@ -37,7 +38,7 @@ DATASETS = {
     "kipan": (real_data.load_kipan, (0.0, 0.3, 0.5)),
 }
 REFERENCE = "(c) late fusion, per-view logistic, log pool"
-FitPredict = Callable[[pm.MultimodalData, pm.MultimodalData], object]
+FitPredict = Callable[..., object]
 
 
 def keep_labels(train: pm.MultimodalData, fraction: float, seed: int) -> pm.MultimodalData:
