@@ -159,10 +159,11 @@ def tables(rows: Sequence[dict], reference: str = REFERENCE, by_labels: bool = F
                 if diffs[0]:
                     paired.append(where + [method] + [fmt(*mean_se(d), signed=True)
                                                       for d in diffs])
-    seeds = len({r["seed"] for r in rows})
+    seeds = ", ".join(f"{d} {len({r['seed'] for r in rows if r['dataset'] == d})}"
+                      for d in dict.fromkeys(r["dataset"] for r in rows))
     text = markdown_table(head + ["method", "accuracy", "NLL (nats)", "ECE (15 bins)",
                                   "fit time (s), median"], main)
-    text += (f"\n\nMean ± s.e. over {seeds} seeds. Each method minus {reference}, paired "
+    text += (f"\n\nMean ± s.e. over seeds ({seeds}). Each method minus {reference}, paired "
              "by seed (same split and masks), mean ± s.e. of the differences:\n\n")
     return text + markdown_table(head + ["method", "Δ accuracy", "Δ NLL", "Δ ECE"], paired)
 

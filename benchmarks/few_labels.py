@@ -27,7 +27,11 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS),
                    choices=list(baselines_run.DATASETS))
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="record the rows of earlier runs' --out files instead of running")
     args = p.parse_args(argv)
+    if args.merge:
+        return baselines_run.merge(args.merge, args.out, name="few_labels")
     seeds = range(1 if args.tiny else args.seeds)
     kept = (0.1, 1.0) if args.tiny else LABELS_KEPT
     methods = {k: baselines_run.from_arrays(f)
