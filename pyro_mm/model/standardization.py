@@ -14,7 +14,7 @@ import torch
 
 from ..data.container import MultimodalData, TensorBatch
 from ..data.stats import feature_moments
-from ..data.store_batch import StoreBatch
+from ..data.batch import StoreBatch
 from ..errors import DataValidationError
 from .scale_floors import feature_floor
 
