@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("name", ["classification", "missing", "arm", "dpgmm", "overhead",
-                                  "throughput", "scale", "lockstep", "gpu"])
+                                  "throughput", "scale", "lockstep", "gpu",
+                                  "store_checksums"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     module = importlib.import_module(f"benchmarks.{name}")
     out = tmp_path / f"{name}.json"

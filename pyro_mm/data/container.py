@@ -146,8 +146,11 @@ class MultimodalData:
              ) -> "MultimodalData":
         """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
         ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`); open a
-        directory as a Zarr store (:meth:`open_zarr`: its features stay on disk)."""
-        if os.path.isdir(path):
+        directory, or a missing path ending in ``.zarr``, as a Zarr store
+        (:meth:`open_zarr`: its features stay on disk; a write of it that was
+        interrupted is named so)."""
+        if os.path.isdir(path) or (not os.path.exists(path)
+                                   and str(path).rstrip("/").endswith(".zarr")):
             return cls.open_zarr(path)
         return cls(**read_file(path, label=label, example_dim=example_dim))
 

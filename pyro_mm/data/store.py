@@ -271,6 +271,8 @@ def _why_absent(path: Path) -> str:
         if temps:
             said += f"; the incomplete store {temps[0]!r} beside it can be deleted"
         return f"does not exist: {said}; write it again"
+    if not path.exists():
+        return "does not exist"
     return ("not a Zarr store (no zarr.json in it); write one with "
             "MultimodalData.to_zarr(path)")
 
