@@ -221,3 +221,19 @@ def test_a_store_of_the_previous_version_still_opens(data, tmp_path):
     store = MultimodalData.open_zarr(path)
     np.testing.assert_array_equal(store.read_rows(np.arange(N))["image"], x)
     np.testing.assert_array_equal(store.labels, data.labels)
+
+
+def test_a_loader_worker_hands_back_the_error_without_its_traceback(data, tmp_path):
+    import torch
+
+    from pyro_mm.data.loader import RowLoader
+
+    path = _write(data, tmp_path / "s.zarr")
+    store = MultimodalData.open_zarr(path)
+    loader = RowLoader(store, store.modalities, torch.device("cpu"), num_workers=1)
+    _chunk_file(path, "text", 2).unlink()              # after opening: found when read
+    with pytest.raises(DataValidationError) as caught:
+        list(loader.epoch([torch.tensor([5, 250])]))
+    assert str(caught.value).startswith(f"data store {str(path)!r}: modality 'text', "
+                                        "chunk 2 (rows 200-299")
+    assert "Traceback" not in str(caught.value)
