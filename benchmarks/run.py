@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from . import (arm, baselines_run, classification, dpgmm, few_labels, gpu, lockstep, missing,
-               overhead, scale, throughput)
+from . import (arm, baselines_run, classification, dpgmm, few_labels, gpu, lockstep,
+               missing, overhead, scale, throughput)
 
 
 def main(argv=None) -> None:

@@ -12,10 +12,10 @@ import zarr
 
 import pyro_mm
 from pyro_mm.cli.main import main
+from pyro_mm.data.batch import StoreBatch
 from pyro_mm.data.container import MultimodalData
 from pyro_mm.data.loader import RowLoader
 from pyro_mm.data.stats import feature_moments, merge_moments
-from pyro_mm.data.store_batch import StoreBatch
 from pyro_mm.errors import DataValidationError
 
 

@@ -1,20 +1,40 @@
-"""The prepared tensors a model reads: :class:`TensorBatch`, the rows of a
-:class:`~pyro_mm.data.container.MultimodalData` on one device in the model's order
-(:meth:`pyro_mm.model.dp_mixture.MultimodalDPMixture.prepare` makes one), and what it shares with
-the disk-backed :class:`~pyro_mm.data.store_batch.StoreBatch` (:class:`RowsOnDevice`)."""
+"""The prepared data the model runs on, on one device in the model's order
+(:meth:`pyro_mm.model.dp_mixture.MultimodalDPMixture.prepare` makes them):
+
+* :class:`TensorBatch`: every feature, mask and label as tensors on the device;
+* :class:`StoreBatch`: what ``prepare`` gives for data on disk
+  (:meth:`~pyro_mm.data.container.MultimodalData.open_zarr`): it stands where a
+  :class:`TensorBatch` of all ``N`` examples would (``size`` is ``N``, masks and labels
+  are on the device) but reads and standardises only the rows it is indexed with. So
+  the model's data plate still sees the full ``N`` and the minibatch's indices (the
+  ELBO is scaled by ``N / B`` exactly as in memory), and the chunked loops of
+  prediction, evaluation, imputation and ARM's re-weighting stream without change. A
+  training minibatch read ahead by a ``DataLoader`` (:mod:`pyro_mm.data.loader`) is
+  attached with :meth:`StoreBatch.with_rows`; the plate's ``index`` call then returns
+  it without touching the disk;
+* :class:`PreparedBatch`: what both share (masks ``(N, M)`` on the device: the size,
+  the device, index chunks).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
+from ..errors import DataValidationError
 
-class RowsOnDevice:
-    """What every prepared batch shares (``masks (N, M)`` on one device): its size, its
-    device and index chunks over its rows."""
+#: The most rows :attr:`StoreBatch.features` reads at once (validation sets and the
+#: guide's initialisation, which read at most this many examples anyway).
+WHOLE_ROWS = 20000
 
+
+class PreparedBatch:
+    """What every prepared batch shares (``masks (N, M)`` on one device, whether or
+    not its features are there too): its size, its device and index chunks over its
+    rows."""
     masks: torch.Tensor
 
     @property
@@ -34,7 +54,7 @@ class RowsOnDevice:
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorBatch(RowsOnDevice):
+class TensorBatch(PreparedBatch):
     """Tensors of a :class:`MultimodalData` on one device, in the model's order.
 
     Attributes:
@@ -75,4 +95,64 @@ class TensorBatch(RowsOnDevice):
         return rows
 
 
-__all__ = ["RowsOnDevice", "TensorBatch"]
+
+class StoreBatch(PreparedBatch):
+    """``N`` prepared examples read on demand.
+
+    Args:
+        read: ``rows (B,) int64 array -> TensorBatch`` of those rows, in that order,
+            standardised and on ``device``.
+        masks: ``(N, M)`` bool on ``device``.
+        labels, label_mask: ``(N,)`` on ``device``, or ``None``.
+        rows: a minibatch read ahead: ``(indices (B,), TensorBatch)``.
+    """
+
+    def __init__(self, read: Callable[[np.ndarray], TensorBatch], masks: torch.Tensor,
+                 labels: torch.Tensor | None, label_mask: torch.Tensor | None,
+                 rows: tuple[torch.Tensor, TensorBatch] | None = None):
+        self.read = read
+        self.masks, self.labels, self.label_mask = masks, labels, label_mask
+        self._rows = rows
+        self._whole: TensorBatch | None = None
+
+    def with_rows(self, indices: torch.Tensor, rows: TensorBatch) -> "StoreBatch":
+        """The same data with minibatch ``indices`` already read as ``rows``."""
+        return StoreBatch(self.read, self.masks, self.labels, self.label_mask,
+                          (indices, rows))
+
+    def index(self, idx: torch.Tensor) -> TensorBatch:
+        """Rows ``idx`` (a 1-D index tensor), read unless they were read ahead."""
+        if self._rows is not None:
+            indices, rows = self._rows
+            if idx is indices or (idx.shape == indices.shape and bool((idx == indices).all())):
+                return rows
+        return self.read(idx.detach().cpu().numpy().astype(np.int64))
+
+    def summary(self, features: dict[str, torch.Tensor]) -> TensorBatch:
+        """A :class:`TensorBatch` with this data's masks and labels and ``features`` in
+        place of the rows (what data-parallel ranks compare: they cannot compare every
+        feature of a store, but each computed its standardisation from its own copy)."""
+        return TensorBatch(features, self.masks, self.labels, self.label_mask)
+
+    def whole(self) -> TensorBatch:
+        """Every row as one :class:`TensorBatch` (read once, then kept); refused above
+        :data:`WHOLE_ROWS` examples, since the point of a store is not to do that."""
+        if self._whole is None:
+            if self.size > WHOLE_ROWS:
+                raise DataValidationError(
+                    f"{self.size} examples on disk: too many to read at once (at most "
+                    f"{WHOLE_ROWS}); read them in chunks with index(chunk)")
+            self._whole = self.read(np.arange(self.size))
+        return self._whole
+
+    @property
+    def features(self) -> dict[str, torch.Tensor]:
+        """Every row's features (:meth:`whole`)."""
+        return self.whole().features
+
+    def concatenated(self, modalities) -> torch.Tensor:
+        """``(N, sum d_m)`` (:meth:`whole`)."""
+        return self.whole().concatenated(modalities)
+
+
+__all__ = ["WHOLE_ROWS", "PreparedBatch", "StoreBatch", "TensorBatch"]

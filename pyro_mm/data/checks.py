@@ -55,16 +55,40 @@ def check_features(features: Mapping[str, Any], masks: Mapping[str, Any] | None
                 f"{first!r} has {num_examples}"
             )
         out_features[name], out_masks[name] = _check_values(name, array, masks.get(name))
+    _check_some_observed(out_masks, int(num_examples))
+    return out_features, out_masks, int(num_examples)
+
+
+def check_masks(masks: Mapping[str, Any] | None, names, num_examples: int,
+                every_example: bool = True) -> dict[str, np.ndarray]:
+    """Checked boolean copies ``name -> (N,)`` of ``masks`` for every modality of
+    ``names`` (one not named is fully observed): the masks of features whose values are
+    checked elsewhere (on disk: as they are read). ``every_example``: also that every
+    example observes a modality."""
+    masks = dict(masks or {})
+    unknown = set(masks) - set(names)
+    if unknown:
+        raise DataValidationError(
+            f"masks: modalities {sorted(unknown)} are not among the features {list(names)}")
+    out = {m: _check_mask(m, masks.get(m), num_examples).copy() for m in names}
+    if every_example:
+        _check_some_observed(out, num_examples)
+    elif num_examples == 0:
+        raise DataValidationError("features: the data set has no examples")
+    return out
+
+
+def _check_some_observed(masks: dict[str, np.ndarray], num_examples: int) -> None:
+    """At least one example, and every example observes at least one modality."""
     if num_examples == 0:
         raise DataValidationError("features: the data set has no examples")
-    observed = np.stack(list(out_masks.values()), axis=1)
+    observed = np.stack(list(masks.values()), axis=1)
     empty = np.flatnonzero(~observed.any(axis=1))
     if empty.size:
         raise DataValidationError(
             f"masks: {empty.size} example(s) have no observed modality "
             f"(first rows {empty[:5].tolist()}); remove them or observe one modality"
         )
-    return out_features, out_masks, int(num_examples)
 
 
 def _check_array(name: Any, value: Any) -> np.ndarray:
@@ -123,15 +147,16 @@ def check_rows(name: str, block: np.ndarray, mask: np.ndarray, rows: np.ndarray
                ) -> np.ndarray:
     """A block of a stored modality, ``(B, d)`` float32, read from disk: zeros where
     unobserved (``mask`` ``(B,)``); NaN/inf in an observed row is an error naming the
-    modality and the rows (``rows``: their positions in the data set)."""
+    modality and the rows (``rows`` ``(B,)``: their positions in the store, the rows
+    the user wrote, whatever subset of it is being read)."""
     block = np.array(block, dtype=np.float32)  # a private copy: zeroed below
     bad = ~np.isfinite(block[mask]).all(axis=1)
     if bad.any():
-        first = rows[np.flatnonzero(mask)[np.flatnonzero(bad)]]
+        first = np.unique(rows[np.flatnonzero(mask)[np.flatnonzero(bad)]])
         raise DataValidationError(
-            f"modality {name!r}: NaN/inf value(s) in {int(bad.sum())} observed "
-            f"example(s) of the store (first rows {first[:5].tolist()}); mark missing "
-            "examples with masks instead")
+            f"modality {name!r}: NaN/inf value(s) in {first.size} observed "
+            f"example(s) of the store (first rows {first[:5].tolist()}, in the store's "
+            "own numbering); mark missing examples with masks instead")
     block[~mask] = 0.0
     return block
 
@@ -180,4 +205,5 @@ def check_labels(labels: Any, num_classes: int | None, num_examples: int
     return array, num_classes
 
 
-__all__ = ["MISSING_LABEL", "as_numpy", "check_features", "check_labels", "check_rows"]
+__all__ = ["MISSING_LABEL", "as_numpy", "check_features", "check_labels", "check_masks",
+           "check_rows"]

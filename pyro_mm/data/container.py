@@ -7,6 +7,11 @@ chosen device with :meth:`MultimodalData.to_tensors`. The checks themselves are 
 :mod:`pyro_mm.data.checks`, the file formats (xarray, netCDF, ``.npz``) in
 :mod:`pyro_mm.data.formats`.
 
+The features are held by a backend (:mod:`pyro_mm.data.backends`): in memory, or on
+disk in a Zarr store (:meth:`MultimodalData.open_zarr`, layout in
+:mod:`pyro_mm.data.store`) or a lazily opened xarray dataset, read a block of rows at a
+time. Every method here works the same on each; masks and labels are always in memory.
+
 Conventions
 -----------
 * ``features[name]`` has shape ``(N, d_name)``, float32.
@@ -26,17 +31,21 @@ import numpy as np
 import torch
 
 from ..errors import DataValidationError
+from .backends import FeatureBackend, InMemoryFeatures, StoredFeatures
 from .batch import TensorBatch
-from .checks import MISSING_LABEL, check_features, check_labels
-from .disk import OnDisk
+from .checks import MISSING_LABEL, check_labels, check_masks
 from .formats import read_file, read_xarray
+from .store import DEFAULT_CHUNK_ROWS, StoreWriter, XarrayArrays, open_store
 
 
-class MultimodalData(OnDisk):
+class MultimodalData:
     """Named modalities with a shared example axis, optional labels and masks.
 
     Args:
         features: ``name -> array (N, d_name)``. Arrays or tensors; copied to float32.
+            Or a :class:`~pyro_mm.data.backends.FeatureBackend` (what
+            :meth:`open_zarr` and ``from_xarray(..., lazy=True)`` pass: features left
+            on disk, whose values are checked as they are read).
         labels: optional ``(N,)`` integer labels; ``-1`` (or NaN in a float array)
             marks a missing label.
         masks: optional ``name -> (N,)`` bool, ``True`` where observed. Modalities not
@@ -52,18 +61,18 @@ class MultimodalData(OnDisk):
 
     def __init__(
         self,
-        features: Mapping[str, Any],
+        features: Mapping[str, Any] | FeatureBackend,
         labels: Any = None,
         masks: Mapping[str, Any] | None = None,
         num_classes: int | None = None,
         metadata: Mapping[str, Any] | None = None,
     ):
-        self._features, self._masks, self._num_examples = check_features(features, masks)
+        backend = (features if isinstance(features, FeatureBackend)
+                   else InMemoryFeatures(features))
+        self._features, self._masks, self._num_examples = backend.checked(masks)
         self._labels, self._num_classes = check_labels(labels, num_classes,
                                                        self._num_examples)
         self.metadata: dict[str, Any] = dict(metadata or {})
-        self._store = None   # features on disk (open_zarr): a StoreArrays
-        self._rows: np.ndarray | None = None     # this object's rows of the store
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -103,17 +112,45 @@ class MultimodalData(OnDisk):
         args = read_xarray(dataset, example_dim=example_dim, label=label,
                            modalities=modalities, mask_suffix=mask_suffix,
                            num_classes=num_classes, lazy=lazy)
-        if not lazy:
-            return cls(**args)
-        return cls._from_lazy_xarray(dataset, args, example_dim)
+        if lazy:
+            dims = {m: dataset[m].sizes[d] for m in args["features"]
+                    for d in dataset[m].dims if d != example_dim}
+            source = XarrayArrays(dataset, dims, example_dim)
+            args["masks"] = check_masks(args["masks"], dims, source.num_examples)
+            args["features"] = StoredFeatures(source)
+        return cls(**args)
+
+    @classmethod
+    def open_zarr(cls, path: str) -> "MultimodalData":
+        """Open a Zarr store written by :meth:`to_zarr` (or
+        :class:`~pyro_mm.data.store.StoreWriter`) without reading its features: they
+        stay on disk and are read a block of rows at a time (:meth:`read_rows`,
+        :meth:`to_tensors` with ``rows``), validated as they are read. Masks and labels
+        are read now, and the store is checked to be complete (every chunk file
+        there). ``fit``, ``predict``, ``evaluate`` and ``impute`` stream such data
+        (``guides/gpu-and-scale.md``).
+
+        Raises:
+            DataValidationError: not a store of ours, an interrupted write, a chunk
+                missing, or arrays of the wrong shape or dtype
+                (:func:`~pyro_mm.data.store.open_store`).
+        """
+        spec = open_store(path)
+        masks = check_masks(spec["masks"], spec["features"].dims, spec["num_examples"])
+        return cls(StoredFeatures(spec["features"]), labels=spec["labels"],
+                   masks=masks, num_classes=spec["num_classes"],
+                   metadata=spec["metadata"])
 
     @classmethod
     def load(cls, path: str, label: str | None = "labels", example_dim: str = "example"
              ) -> "MultimodalData":
         """Read a ``.npz`` (arrays by modality name, optional ``labels`` and
         ``<name>_mask``) or a netCDF ``.nc`` file (see :meth:`from_xarray`); open a
-        directory as a Zarr store (:meth:`open_zarr`: its features stay on disk)."""
-        if os.path.isdir(path):
+        directory, or a missing path ending in ``.zarr``, as a Zarr store
+        (:meth:`open_zarr`: its features stay on disk; a write of it that was
+        interrupted is named so)."""
+        if os.path.isdir(path) or (not os.path.exists(path)
+                                   and str(path).rstrip("/").endswith(".zarr")):
             return cls.open_zarr(path)
         return cls(**read_file(path, label=label, example_dim=example_dim))
 
@@ -126,9 +163,7 @@ class MultimodalData(OnDisk):
     @property
     def dims(self) -> dict[str, int]:
         """``name -> number of features``, in modality order."""
-        if self._store is not None:
-            return dict(self._store.dims)
-        return {k: v.shape[1] for k, v in self._features.items()}
+        return self._features.dims
 
     @property
     def num_examples(self) -> int:
@@ -141,18 +176,7 @@ class MultimodalData(OnDisk):
     def features(self) -> dict[str, np.ndarray]:
         """Read-only views of the feature arrays; for data on disk, the read-only
         ``zarr.Array`` of each modality (nothing read), which a subset cannot give."""
-        if self._store is not None:
-            if self._rows is not None:
-                raise DataValidationError(
-                    "features: a subset of a Zarr store has no array of its own; read "
-                    "rows with read_rows(rows)")
-            return dict(self._store.arrays)
-        out = {}
-        for k, v in self._features.items():
-            view = v.view()
-            view.flags.writeable = False
-            out[k] = view
-        return out
+        return self._features.arrays()
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
@@ -181,11 +205,10 @@ class MultimodalData(OnDisk):
     def read_rows(self, rows: np.ndarray | Sequence[int]) -> dict[str, np.ndarray]:
         """``name -> (len(rows), d_name)`` float32 copies of examples ``rows`` (in that
         order), zeros where unobserved. Data on disk is read in sorted order (contiguous
-        reads) and checked for NaN/inf in observed rows as it is read."""
+        reads) and checked for NaN/inf in observed rows as it is read; an error names
+        the store's own rows, for a subset too."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._store is None:
-            return {k: v[rows] for k, v in self._features.items()}
-        return self._read_stored_rows(rows)
+        return self._features.read(rows, {k: v[rows] for k, v in self._masks.items()})
 
     def subset(self, index: Iterable[int] | np.ndarray) -> "MultimodalData":
         """Examples ``index`` (integer positions or a boolean mask), as a new object
@@ -193,15 +216,9 @@ class MultimodalData(OnDisk):
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
-        if self._store is not None:
-            index = index.astype(np.int64)
-            rows = index if self._rows is None else self._rows[index]
-            return type(self)._on_disk(
-                self._store, {k: v[index] for k, v in self._masks.items()},
-                None if self._labels is None else self._labels[index],
-                self._num_classes, self.metadata, rows)
+        index = index.astype(np.int64)
         return MultimodalData(
-            {k: v[index] for k, v in self._features.items()},
+            self._features.take(index),
             labels=None if self._labels is None else self._labels[index],
             masks={k: v[index] for k, v in self._masks.items()},
             num_classes=self._num_classes,
@@ -217,13 +234,8 @@ class MultimodalData(OnDisk):
             )
         if len(modalities) == 0:
             raise DataValidationError("modalities: select at least one")
-        if self._store is not None:
-            store = self._store.select(modalities)
-            return type(self)._on_disk(store, {m: self._masks[m] for m in modalities},
-                                           self._labels, self._num_classes,
-                                           self.metadata, self._rows)
         return MultimodalData(
-            {k: self._features[k] for k in modalities},
+            self._features.select(list(modalities)),
             labels=self._labels,
             masks={k: self._masks[k] for k in modalities},
             num_classes=self._num_classes,
@@ -306,10 +318,6 @@ class MultimodalData(OnDisk):
         masks = observed.ravel().copy()
         masks[hide] = False
         masks = masks.reshape(observed.shape)
-        if self._store is not None:
-            return type(self)._on_disk(
-                self._store, {m: masks[:, j] for j, m in enumerate(names)}, self._labels,
-                self._num_classes, self.metadata, self._rows)
         return MultimodalData(
             self._features, labels=self._labels,
             masks={m: masks[:, j] for j, m in enumerate(names)},
@@ -321,13 +329,12 @@ class MultimodalData(OnDisk):
         """Tensors on ``device`` (features as stored: not standardised) of every
         example, or of examples ``rows`` (``(B,)`` positions, in that order)."""
         names = list(modalities or self.modalities)
-        if rows is None and self._store is None:
-            # torch.tensor copies: a caller writing to the tensors cannot reach our arrays.
-            features = {k: torch.tensor(self._features[k], device=device) for k in names}
-        else:
-            rows = np.arange(self._num_examples) if rows is None else np.asarray(rows)
-            block = self.read_rows(rows)  # already copies
-            features = {k: torch.from_numpy(block[k]).to(device) for k in names}
+        read = np.arange(self._num_examples) if rows is None else np.asarray(rows)
+        # Only the modalities asked for are read; reads are copies, so a caller writing
+        # to the tensors cannot reach our arrays.
+        block = self._features.select(names).read(read, {k: self._masks[k][read]
+                                                          for k in names})
+        features = {k: torch.from_numpy(block[k]).to(device) for k in names}
         pick = slice(None) if rows is None else rows
         masks = torch.tensor(np.stack([self._masks[k][pick] for k in names], axis=1),
                              device=device)
@@ -343,12 +350,8 @@ class MultimodalData(OnDisk):
         ``<name>_feature``), ``<name>_mask`` variables and ``labels``."""
         import xarray as xr
 
-        if self._store is not None:
-            raise DataValidationError(
-                "to_xarray: the features are in a Zarr store; open it with "
-                "xarray.open_zarr or read rows with read_rows")
         variables = {}
-        for name, array in self._features.items():
+        for name, array in self._features.loaded("to_xarray").items():
             variables[name] = ((example_dim, f"{name}_feature"), array)
             variables[f"{name}_mask"] = ((example_dim,), self._masks[name])
         if self._labels is not None:
@@ -356,3 +359,34 @@ class MultimodalData(OnDisk):
         attrs = {k: v for k, v in self.metadata.items() if isinstance(v, (str, int, float))}
         return xr.Dataset(variables, coords={example_dim: np.arange(self._num_examples)},
                           attrs=attrs)
+
+    # ------------------------------------------------------------------ on disk
+    def to_zarr(self, path: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                overwrite: bool = False, checksums: bool = True) -> None:
+        """Write a Zarr store (layout in :mod:`pyro_mm.data.store`), ``chunk_rows``
+        examples at a time, into a temporary directory renamed to ``path`` when complete.
+        ``checksums``: a CRC32C per chunk, checked on every read. Metadata entries JSON
+        cannot hold are not written."""
+        with StoreWriter(path, self.dims, self._num_examples,
+                         labels=self._labels is not None, num_classes=self._num_classes,
+                         metadata=self.metadata, chunk_rows=chunk_rows,
+                         overwrite=overwrite, checksums=checksums) as writer:
+            for start in range(0, self._num_examples, chunk_rows):
+                rows = np.arange(start, min(start + chunk_rows, self._num_examples))
+                writer.write(start, self.read_rows(rows),
+                             {m: v[rows] for m, v in self._masks.items()},
+                             None if self._labels is None else self._labels[rows])
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the features stay on disk (:meth:`open_zarr`, lazy :meth:`from_xarray`)."""
+        return self._features.on_disk
+
+    @property
+    def store_path(self) -> str | None:
+        """The Zarr store holding the features (``None`` in memory)."""
+        return self._features.path
+
+    def store_chunks(self) -> np.ndarray:
+        """``(N,)`` int64: the chunk of the store holding each example (data on disk)."""
+        return self._features.chunk_of()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import DataValidationError
 from .container import MultimodalData, TensorBatch
 
 
@@ -50,7 +51,8 @@ def chunk_local(order: torch.Tensor, chunk_of: torch.Tensor, window: int,
 
 class RowReader(Dataset):
     """``indices (B,) -> dict`` of raw CPU tensors of those rows (``features``,
-    ``masks`` ``(B, M)``, ``labels`` and ``label_mask`` ``(B,)`` when present)."""
+    ``masks`` ``(B, M)``, ``labels`` and ``label_mask`` ``(B,)`` when present), or
+    ``{"error": message}`` for rows that fail their checks."""
 
     def __init__(self, data: MultimodalData, modalities: Sequence[str]):
         self.data = data.select(list(modalities))
@@ -60,7 +62,12 @@ class RowReader(Dataset):
 
     def __getitem__(self, indices) -> dict:
         rows = np.asarray(indices, dtype=np.int64)
-        batch = self.data.to_tensors("cpu", rows=rows)
+        try:
+            batch = self.data.to_tensors("cpu", rows=rows)
+        except DataValidationError as exc:
+            # Carried back as a value: torch would re-raise it with the worker's
+            # traceback pasted into the message, which the command line prints.
+            return {"error": str(exc)}
         out = {"features": batch.features, "masks": batch.masks}
         if batch.labels is not None:
             out["labels"], out["label_mask"] = batch.labels, batch.label_mask
@@ -127,6 +134,9 @@ class RowLoader:
             yield indices, self._to_device(item)
 
     def _to_device(self, item: dict) -> TensorBatch:
+        if "error" in item:
+            raise DataValidationError(item["error"])
+
         def move(t):
             return None if t is None else t.to(self.device, non_blocking=True)
 

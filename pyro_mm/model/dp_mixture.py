@@ -88,8 +88,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from ..data.batch import StoreBatch
 from ..data.container import MultimodalData, TensorBatch
-from ..data.store_batch import StoreBatch
 from ..errors import DataValidationError
 from ._pyro_module import UniquelyNamedModule
 from .arguments import check_arguments
@@ -392,7 +392,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
 
         Returns:
             a :class:`TensorBatch`; for data on disk without ``rows``, a
-            :class:`~pyro_mm.data.store_batch.StoreBatch` that reads rows when indexed.
+            :class:`~pyro_mm.data.batch.StoreBatch` that reads rows when indexed.
         """
         if not self.standardization.fitted:
             raise ValueError(

@@ -38,8 +38,8 @@ from torch import nn
 from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..data.batch import StoreBatch
     from ..data.container import MultimodalData, TensorBatch
-    from ..data.store_batch import StoreBatch
     from .params import MixtureParams
 
 

@@ -24,7 +24,6 @@ from ..runtime.modes import evaluation_mode
 from . import checkpoint as ckpt
 from .run_data import DATA_SPEC
 
-
 #: What a checkpoint holds besides the model, guide and history (``FitResult.state``):
 #: the optimiser and RNG states, position and early stopping a resumed fit restores, and
 #: the fingerprint and description of the training data it checks and records.

@@ -48,9 +48,9 @@ from typing import Any
 import torch
 
 from ..data.container import MultimodalData
+from ..errors import CheckpointError
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
-from ..errors import CheckpointError
 from ..runs import checkpoint as ckpt
 from ..runs.folder import open_run_folder
 from ..runs.result import FitResult
