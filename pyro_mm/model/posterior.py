@@ -263,14 +263,19 @@ class GuidePosterior(Posterior):
 
     @torch.no_grad()
     def _sequential(self, batch, num_samples: int):
-        """Any guide, one call per draw; its global sites are kept, with their log
-        density, and a site in the model's ``"data"`` plate is refused (it is local)."""
+        """Any guide, one call per draw; its global sites are kept and ``log q`` sums
+        every sample site's log density (an autoguide's auxiliary unconstrained sites
+        and the Jacobian its constrained ``Delta`` sites carry); a site that is not a
+        global site of the model is refused."""
         for s in range(num_samples):
             with poutine.block():
                 trace = poutine.trace(self.guide).get_trace(batch, None, 1.0)
             draw, log_q = poutine.Trace(), 0.0
             for name, site in trace.nodes.items():
                 if site["type"] != "sample" or site["is_observed"]:
+                    continue
+                if site["infer"].get("is_auxiliary"):  # an autoguide's unconstrained
+                    log_q += float(site_log_prob(site).double().sum())  # value: in q
                     continue
                 if name not in self.shapes:
                     raise TypeError(
