@@ -91,8 +91,9 @@ def predict(result: "FitResult | Any", data: MultimodalData, chunk_size: int = 4
             :func:`~pyro_mm.model.posterior.as_posterior`.
         num_samples: ``None`` (default): plug-in, the global parameters at their point
             estimate (posterior median, or MAP; the rule for guides without one and
-            for samples is in :mod:`pyro_mm.model.posterior`). With samples of ``C``
-            chains, ``S`` is a multiple of ``C`` (evenly spaced draws of each chain). ``S``: Bayesian model averaging, the
+            for samples is in :mod:`pyro_mm.model.posterior`). ``S``: Bayesian model
+            averaging (with samples of ``C`` chains, ``S`` a multiple of ``C``: evenly
+            spaced draws of each chain), the
             mean over ``S`` draws of the global posterior of everything below, plus its
             standard deviation across the draws (``"probs_sd"``,
             ``"responsibilities_sd"``): how much the prediction depends on the
