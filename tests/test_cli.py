@@ -83,10 +83,17 @@ def test_resume_continues_a_stopped_run_like_an_uninterrupted_one(tmp_path, caps
                "--batch-size", "256", "--quiet"]
     assert main(["train", *options, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
     assert main(["train", *options, "--epochs", "1", "--out", str(tmp_path / "cut")]) == 0
-    # --resume takes the data, model and settings from the run folder: the options
-    # given here (a different seed and learning rate) are ignored, --epochs is not.
+    # --resume takes the data, model and settings from the run folder: options that
+    # differ from the run's are refused by name, and nothing is written.
+    before = (tmp_path / "cut" / "checkpoint.pt").read_bytes()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "--quiet",
-                 "--seed", "7", "--lr", "0.5"]) == 0
+                 "--seed", "7", "--lr", "0.5", "--latent-dim", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed 7: the run's is 0" in err and "--lr 0.5: the run's is 0.01" in err
+    assert "latent-dim" not in err  # the same as the run's: accepted
+    assert (tmp_path / "cut" / "checkpoint.pt").read_bytes() == before
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "--quiet",
+                 "--latent-dim", "2", "--batch-size", "256"]) == 0
     assert "resuming" in capsys.readouterr().out
     whole, resumed = pm.load(tmp_path / "whole"), pm.load(tmp_path / "cut")
     assert len(resumed.history.epochs) == 3

@@ -127,9 +127,10 @@ def test_fit_standardization_fits_the_floor_from_std_and_resolution():
                                    resolution_floor=True)
     model.fit_standardization(data)
     expected = np.sqrt(0.1**2 + (1.0 / ints.std(0)) ** 2 / 12)
-    np.testing.assert_allclose(model.component_scale_floor_a.numpy(), expected, rtol=1e-6)
+    floor_a, floor_b = model.scale_floors()
+    np.testing.assert_allclose(floor_a.numpy(), expected, rtol=1e-6)
     # continuous features: the resolution is negligible, the floor is the fraction
-    np.testing.assert_allclose(model.component_scale_floor_b.numpy(), 0.1, atol=1e-3)
+    np.testing.assert_allclose(floor_b.numpy(), 0.1, atol=1e-3)
     off = pm.MultimodalDPMixture(data.dims, representation="observed", scale_floor=0.0,
                                  resolution_floor=False)
     off.fit_standardization(data)
@@ -138,7 +139,7 @@ def test_fit_standardization_fits_the_floor_from_std_and_resolution():
 
 def test_latent_floor_is_relative_to_the_prior_component_scale():
     model = pm.MultimodalDPMixture({"a": 3}, latent_dim=4, scale_floor=0.2, prior_scale=0.5)
-    torch.testing.assert_close(model.component_scale_floor_a, torch.full((4,), 0.1))
+    torch.testing.assert_close(model.scale_floors()[0], torch.full((4,), 0.1))
 
 
 def test_every_density_uses_the_effective_scale(tiny_data):
@@ -148,9 +149,8 @@ def test_every_density_uses_the_effective_scale(tiny_data):
     result = pm.fit(model, tiny_data, num_epochs=2, progress=False, seed=0)
     params = result.model.params_from_sites(result.guide.point_estimate())
     raw = result.guide.point_estimate()
-    for j, m in enumerate(model.modalities):
-        expected = (raw[f"component_scale_{m}"].pow(2)
-                    + getattr(model, f"component_scale_floor_{m}").pow(2)).sqrt()
+    for j, (m, floor) in enumerate(zip(model.modalities, model.scale_floors())):
+        expected = (raw[f"component_scale_{m}"].pow(2) + floor.pow(2)).sqrt()
         torch.testing.assert_close(params.mixture("joint", stacked=False).scales[j], expected)
         assert float(params.mixture("joint", stacked=False).scales[j].min()) >= 0.5
 
@@ -279,8 +279,10 @@ def test_a_config_and_state_from_before_the_floor_load_without_it(tiny_data):
     model.fit_standardization(tiny_data)
     old_config = {k: v for k, v in model.config().items()
                   if k not in ("scale_floor", "resolution_floor", "component", "df")}
-    old_state = {k: v for k, v in model.state_dict().items()
-                 if not k.startswith("component_")}
+    # the layout of then: every entry flat on the model (legacy_names)
+    flat = {k.split(".", 1)[1] if k.startswith(("standardization.", "label_head.")) else k: v
+            for k, v in model.state_dict().items()}
+    old_state = {k: v for k, v in flat.items() if not k.startswith("component_")}
     old_state.pop("df_prior")
     rebuilt = pm.MultimodalDPMixture.from_config(old_config)
     rebuilt.load_state_dict(old_state)

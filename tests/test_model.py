@@ -140,10 +140,11 @@ def test_user_model_composes_with_ours(tiny_data):
     assert {"shift", "user_penalty", "z", "y", "sticks"} <= set(trace.nodes)
     svi = SVI(user_model, user_guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
     before = {k: v.detach().clone() for k, v in model.state_dict().items()
-              if k.startswith("classifier")}
+              if k.startswith("label_head.classifier")}
     losses = [svi.step(batch) for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
-    after = {k: v for k, v in model.state_dict().items() if k.startswith("classifier")}
+    after = {k: v for k, v in model.state_dict().items()
+             if k.startswith("label_head.classifier")}
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert pyro.param("shift_loc").item() != 0.5
 
@@ -186,14 +187,16 @@ def test_prepare_standardises_with_stored_training_statistics(tiny_data):
     batch = model.prepare(train)
     assert torch.allclose(batch.features["a"].mean(0), torch.zeros(4), atol=1e-5)
     assert torch.allclose(batch.features["a"].std(0, unbiased=False), torch.ones(4), atol=1e-4)
-    expected = (torch.tensor(test.features["a"]) - model.feature_loc_a) / model.feature_scale_a
+    loc, scale = model.standardization.statistics("a")
+    expected = (torch.tensor(test.features["a"]) - loc) / scale
     assert torch.allclose(model.prepare(test).features["a"], expected)
 
 
 def test_model_to_moves_hyperparameters_as_buffers(tiny_data):
     model = pm.MultimodalDPMixture(tiny_data.dims)
     names = dict(model.named_buffers())
-    for key in ("alpha", "prior_loc_scale", "prior_log_scale", "feature_loc_a"):
+    for key in ("alpha", "prior_loc_scale", "prior_log_scale",
+                "standardization.feature_loc_a", "label_head.modality_weights"):
         assert key in names
 
 
@@ -275,7 +278,7 @@ def test_experts_heads_are_fitted_alone_and_the_product_passes_no_gradient():
     model.class_frequencies.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     part = model.prepare(batch)
     with pyro.poutine.trace() as tr:
-        model._observe_labels(z, model.sample_globals(), part)
+        model.label_head.observe(z, model.sample_globals(), part)
     heads = model.classifier.heads
     expected = torch.stack([
         sum(torch.log_softmax(heads[j](z[i, j]), -1)[labels[i]] for j in range(3)
@@ -311,7 +314,7 @@ def test_classifier_prior_is_a_gaussian_log_density_of_the_weights():
                                    representation="observed", hidden=(),
                                    classifier_prior_scale=0.5)
     with pyro.poutine.trace() as tr:
-        model.classifier_prior()
+        model.label_head.classifier_prior()
     weights = [h[-1].weight if isinstance(h, torch.nn.Sequential) else h.weight
                for h in model.classifier.heads]
     expected = sum(torch.distributions.Normal(0.0, 0.5).log_prob(w).sum()

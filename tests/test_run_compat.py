@@ -10,10 +10,12 @@ factors, and an observed model with Student-t components and ``experts`` fusion.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import pyro_mm as pm
 from pyro_mm.cli import main
@@ -38,3 +40,25 @@ def test_an_old_run_folder_loads_and_scores_as_recorded(run, tmp_path, capsys):
     measured = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("accuracy", "log_likelihood", "ari", "effective_components"):
         assert measured[key] == pytest.approx(recorded[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("run", RUNS, ids=lambda r: r.name)
+def test_an_old_run_folder_resumes_with_its_optimiser_state(run, tmp_path):
+    """The optimiser's state is matched to the parameters by position: the parts that
+    became submodules kept their parameters' place, so training goes on from it."""
+    copy = shutil.copytree(run, tmp_path / run.name)
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    flat = list(saved["model_state"])
+    model = pm.load(copy).model
+    names = [n.split(".", 1)[1] if n.startswith(("label_head.", "standardization.")) else n
+             for n, _ in model.named_parameters()]
+    positions = [flat.index(n) for n in names]
+    assert positions == sorted(positions)
+    moments = saved["optimizer_state"]["state"]
+    assert [moments[i]["exp_avg"].shape for i in range(len(names))] == [
+        p.shape for p in model.parameters()]
+    epochs = len(saved["history"]["epochs"])
+    assert main(["train", "--resume", str(copy), "--epochs", str(epochs + 1), "--quiet"]) == 0
+    resumed = pm.load(copy)
+    assert len(resumed.history.epochs) == epochs + 1
+    assert all(math.isfinite(loss) for loss in resumed.history.series("loss"))

@@ -100,7 +100,8 @@ def test_streaming_standardisation_equals_in_memory(data, store):
     models[0].fit_standardization(data)
     models[1].fit_standardization(store)
     stats = [n for n, _ in models[0].named_buffers() if n.startswith(
-        ("feature_loc_", "feature_scale_", "component_scale_floor_", "class_freq"))]
+        ("standardization.feature_", "standardization.component_scale_floor_",
+         "label_head.class_freq"))]
     assert len(stats) == 7
     buffers = [dict(m.named_buffers()) for m in models]
     for name in stats:

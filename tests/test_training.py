@@ -138,7 +138,7 @@ def test_malicious_checkpoint_in_a_run_folder_is_not_executed(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({"format": "pyro_mm.runs.checkpoint", "version": 1, "payload": Exploit()},
+    torch.save({"format": "pyro_mm.checkpoint", "version": 1, "payload": Exploit()},
                run / "checkpoint.pt")
     with pytest.raises(pm.CheckpointError, match="refused"):
         pm.load(run)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyro
 import torch.distributed as dist
@@ -35,10 +36,11 @@ from ..errors import (CheckpointError, DataValidationError, DistributedError,
                       TrainingDivergedError)
 from ..factors import FACTORS, make_factor, modality_contributions
 from ..model.dp_mixture import MultimodalDPMixture
+from ..model.factor_protocol import factor_config
 from ..predictive.impute import impute
 from ..predictive.predict import evaluate
 from ..runs import load
-from ..runs.checkpoint import read_json, write_json
+from ..runs.checkpoint import read_json
 from ..runs.run_data import DATA_SPEC, held_out_data, load_dataset, run_splits
 from ..runtime import distributed
 from ..train import fit
@@ -117,6 +119,8 @@ def _format_metrics(metrics: dict) -> str:
 def _train(args) -> int:
     """``pyro-mm train``: a new run, or ``--resume`` one; with ``--nproc K`` relaunched
     under ``torchrun``, and under ``torchrun`` one rank of a data-parallel run."""
+    if args.new_data and not args.resume:
+        raise ValueError("--new-data: only with --resume (a new run trains on its data)")
     if args.nproc > 1 and not distributed.launched_by_torchrun():
         return _launch(args)
     owned = not (dist.is_available() and dist.is_initialized())
@@ -176,18 +180,22 @@ def _train_new(args, group, say) -> int:
     say(f"pyro-mm: {data!r}")
     say(f"  train {len(train)} / test {len(test)} examples; modalities "
         f"{', '.join(f'{k} ({d})' for k, d in train.dims.items())}")
-    if group is None or group.is_writer:  # first, so that a killed run can be resumed
-        write_json(out / DATA_SPEC, {"dataset": args.dataset, "data": _data_path(args, data),
-                                     "data_format": "zarr" if data.on_disk else "file",
-                                     "views": args.views, "seed": args.seed,
-                                     "test_fraction": args.test_fraction})
     started = time.perf_counter()
+    # data.json is written by fit with every checkpoint, under the folder's lock.
     result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
                  learning_rate=args.lr, device=args.device, val_data=test, seed=args.seed,
                  early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet,
-                 num_workers=args.num_workers, disk_order=args.disk_order)
+                 num_workers=args.num_workers, disk_order=args.disk_order,
+                 overwrite=args.overwrite, data_source=_data_source(args, data))
     _report(result, time.perf_counter() - started, out, say)
     return 0
+
+
+def _data_source(args, data: MultimodalData) -> dict:
+    """The run folder's ``data.json``: how :func:`run_splits` rebuilds the split."""
+    return {"dataset": args.dataset, "data": _data_path(args, data),
+            "data_format": "zarr" if data.on_disk else "file", "views": args.views,
+            "seed": args.seed, "test_fraction": args.test_fraction}
 
 
 def _data_path(args, data: MultimodalData) -> str | None:
@@ -200,13 +208,119 @@ def _data_path(args, data: MultimodalData) -> str | None:
 RESUMED = ("batch_size", "learning_rate", "clip_norm", "lr_decay", "seed", "early_stopping",
            "kl_warmup_epochs", "num_particles", "elbo")
 
+#: ``pyro-mm train`` options -> the model configuration key a resumed run must match.
+MODEL_OPTIONS = {"latent_dim": "latent_dim", "components": "num_components",
+                 "component": "component", "resolution_floor": "resolution_floor",
+                 "mixture": "mixture", "representation": "representation",
+                 "fusion": "fusion", "hidden": "hidden", "experts_pool": "experts_pool",
+                 "classifier_prior_scale": "classifier_prior_scale", "alpha": "alpha",
+                 "factor": "factors"}
+#: ... -> the fit configuration key a resumed run must match.
+FIT_OPTIONS = {"batch_size": "batch_size", "lr": "learning_rate", "seed": "seed",
+               "early_stopping": "early_stopping"}
+#: Options that name the data: a resumed run checks it against the run's fingerprint.
+DATA_OPTIONS = ("data", "dataset", "views", "test_fraction")
+#: Options a resumed run may change.
+FREE_OPTIONS = ("epochs", "device", "quiet", "num_workers", "disk_order", "resume", "nproc",
+                "new_data")
+
+
+def _given_options(argv: list[str]) -> dict:
+    """The ``pyro-mm train`` options written on the command line (abbreviated or not),
+    with their values: parsed again with every default suppressed."""
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    train = sub.choices["train"]
+    for action in train._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return {k: v for k, v in given.items() if k not in ("command", "func")}
+
+
+def _model_option(dest: str, value):
+    """A command-line value as the model's configuration writes it."""
+    if dest == "alpha":
+        return value if value == "learned" else float(value)
+    if dest == "factor":
+        return [factor_config(parse_factor(spec)) for spec in value]
+    return list(value) if dest == "hidden" else value
+
+
+def _option_conflicts(given: dict, config: dict, out: Path) -> list[str]:
+    """Options given with ``--resume`` that differ from the run's, by name."""
+    flag = {k: "--" + k.replace("_", "-") for k in given}
+    differ = []
+    for dest, value in given.items():
+        if dest in MODEL_OPTIONS:
+            recorded, value = config["model"].get(MODEL_OPTIONS[dest]), _model_option(
+                dest, value)
+        elif dest in FIT_OPTIONS:
+            recorded = config["fit"].get(FIT_OPTIONS[dest])
+        elif dest == "unsupervised":
+            if config["model"].get("num_classes") is not None:
+                differ.append(f"{flag[dest]}: the run is supervised "
+                              f"({config['model']['num_classes']} classes)")
+            continue
+        elif dest == "out":
+            if Path(value).resolve() != out.resolve():
+                differ.append(f"--out {value}: a resumed run writes into its own folder "
+                              f"{out}")
+            continue
+        elif dest == "overwrite":
+            differ.append("--overwrite: a resumed run continues its folder, it does not "
+                          "replace it")
+            continue
+        elif dest in DATA_OPTIONS or dest in FREE_OPTIONS:
+            continue
+        else:
+            differ.append(f"{flag[dest]}: cannot be changed when resuming")
+            continue
+        if json.loads(json.dumps(value)) != recorded:
+            differ.append(f"{flag[dest]} {value!r}: the run's is {recorded!r}")
+    return differ
+
+
+def _resumed_data(args, given: dict, out: Path):
+    """The training and held-out splits a resumed run continues on and the
+    ``data.json`` it records: the run's own, or those the data options name (which
+    fit then compares with the run's fingerprint, unless ``--new-data``)."""
+    spec_path = out / DATA_SPEC
+    spec = read_json(spec_path) if spec_path.is_file() else None
+    named = {k: given[k] for k in DATA_OPTIONS if k in given}
+    if not named:
+        if args.new_data:
+            raise ValueError("--new-data: name the new data with --data (or --dataset, "
+                             "--views, --test-fraction)")
+        return (*run_splits(out), None)
+    if spec is None:  # trained in Python: the split is the command line's
+        spec = {"dataset": args.dataset, "data": None, "views": args.views,
+                "seed": args.seed, "test_fraction": args.test_fraction}
+    spec = {**spec, **named}
+    if "data" in named or "dataset" in named:
+        spec["data"] = named.get("data")
+        spec["dataset"] = named.get("dataset", args.dataset)
+    data = load_dataset(SimpleNamespace(**spec))
+    spec.update(data=_data_path(SimpleNamespace(data=spec["data"]), data),
+                data_format="zarr" if data.on_disk else "file")
+    train, test = data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
+                             stratify=data.labels is not None)
+    return train, test, spec
+
 
 def _resume(args, say) -> int:
     """Continue the run in ``args.resume`` from its last checkpoint, with its own data
-    split, model and fit arguments, up to ``--epochs`` (default: its own number)."""
+    split, model and fit arguments, up to ``--epochs`` (default: its own number).
+    Options that differ from the run's are refused by name; data named by the data
+    options must be the run's (its fingerprint) unless ``--new-data``."""
     out = Path(args.resume)
     config = read_json(out / "config.json")
-    train, test = run_splits(out)
+    given = _given_options(args.argv)
+    differ = _option_conflicts(given, config, out)
+    if differ:
+        raise ValueError(f"--resume {out}: " + "; ".join(differ) + ". A resumed run "
+                         "keeps the model and settings it was started with; start a new "
+                         "run (--out) to change them")
+    train, test, source = _resumed_data(args, given, out)
     fit_config = config["fit"]
     model = MultimodalDPMixture.from_config(config["model"])
     say(f"pyro-mm: resuming {out} ({train!r})")
@@ -214,7 +328,7 @@ def _resume(args, say) -> int:
     result = fit(model, train, num_epochs=args.epochs or fit_config["num_epochs"],
                  device=args.device, val_data=test, run_dir=out, resume_from=out,
                  progress=not args.quiet, num_workers=args.num_workers,
-                 disk_order=args.disk_order,
+                 disk_order=args.disk_order, new_data=args.new_data, data_source=source,
                  **{k: fit_config[k] for k in RESUMED})
     _report(result, time.perf_counter() - started, out, say)
     return 0
@@ -332,9 +446,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=FIT["seed"])
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--resume", metavar="RUN_DIR",
-                       help="continue this run from its last checkpoint (same data, model "
-                            "and settings; other options but --epochs and --device are "
-                            "ignored)")
+                       help="continue this run from its last checkpoint, with its own "
+                            "data, model and settings; a model, fit or data option that "
+                            "differs from the run's is refused by name (--epochs, "
+                            "--device, --quiet, --num-workers, --disk-order may change)")
+    train.add_argument("--new-data", action="store_true",
+                       help="with --resume and --data (or --dataset, --views, "
+                            "--test-fraction): continue on other data on purpose (same "
+                            "modalities and sizes; the run's standardisation is kept); "
+                            "without it, data other than the run's is refused")
+    train.add_argument("--overwrite", action="store_true",
+                       help="--out holds another run (finished or interrupted): delete "
+                            "its files and write this run there (refused without it)")
     train.add_argument("--nproc", type=int, default=1, metavar="K",
                        help="data-parallel on K processes (launches torchrun; --batch-size "
                             "is per process)")

@@ -21,10 +21,10 @@ import torch
 from pyro import poutine
 
 from ..data.container import MultimodalData, TensorBatch
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.params import MixtureParams
 from ..model.posterior import Posterior, as_posterior, seeded, site_log_prob
+from ..runtime.modes import evaluation_mode
 
 
 #: Default cap on the number of replicated feature values kept in
@@ -38,7 +38,7 @@ def _in_data_plate(site) -> bool:
 
 
 def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return getattr(model, f"feature_loc_{m}"), getattr(model, f"feature_scale_{m}")
+    return model.standardization.statistics(m)
 
 
 def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

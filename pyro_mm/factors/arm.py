@@ -49,13 +49,13 @@ import pyro
 import torch
 from torch import nn
 
-from ..model.factor_protocol import AuxiliaryFactor, FactorContext
+from ..model.factor_protocol import AuxiliaryFactor, FactorContext, FactorModel
 from ..runtime.distributed import all_reduce_sum, current
 from .contributions import LeaveOneOut, label_entropy, leave_one_out, unimodal_bounds
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.container import TensorBatch
-    from ..model.dp_mixture import MixtureParams, MultimodalDPMixture
+    from ..model.params import MixtureParams
 
 #: Default weight of the unimodal reinforcement term (see the measurements in
 #: ``benchmarks/RESULTS.md`` and ``guides/auxiliary-factors.md``).
@@ -109,14 +109,14 @@ class ARM(AuxiliaryFactor):
                 "fusion_momentum": self.fusion_momentum, "resample": self.resample,
                 "resample_strength": self.resample_strength, "reinforce": self.reinforce}
 
-    def check_model(self, model: "MultimodalDPMixture") -> None:
+    def check_model(self, model: FactorModel) -> None:
         if len(model.modalities) < 2:
             raise ValueError(
                 f"ARM: needs at least two modalities, the model has {len(model.modalities)}")
         if model.num_classes is None:
             raise ValueError("ARM: needs labels; build the model with num_classes")
 
-    def bind(self, model: "MultimodalDPMixture") -> None:
+    def bind(self, model: FactorModel) -> None:
         super().bind(model)
         self.heads = nn.ModuleList(
             [nn.Linear(model.latent_dim, model.num_classes) for _ in model.modalities]
@@ -124,7 +124,7 @@ class ARM(AuxiliaryFactor):
 
     # ------------------------------------------------------------------ the two terms
     @staticmethod
-    def leave_one_out_loss(model: "MultimodalDPMixture", loo: LeaveOneOut) -> torch.Tensor:
+    def leave_one_out_loss(model: FactorModel, loo: LeaveOneOut) -> torch.Tensor:
         """``(B,)``: ``L_i = -(1/M) sum_m u_m l_i^(-m)`` over the valid ``(i, m)``, with
         ``u_m`` the mean fusion weight of the modalities other than ``m``."""
         w = model.modality_weights
@@ -143,14 +143,14 @@ class ARM(AuxiliaryFactor):
         return torch.log_softmax(logits, -1).gather(-1, index)[..., 0]
 
     @staticmethod
-    def unimodal_loss(model: "MultimodalDPMixture", log_q: torch.Tensor,
+    def unimodal_loss(model: FactorModel, log_q: torch.Tensor,
                       observed: torch.Tensor) -> torch.Tensor:
         """``(B,)``: ``r_i = -sum_m w_m log q_m(y_i | z_im)`` from ``log_q (B, M)`` over
         the modalities ``observed (B, M)`` marks, ``w`` the model's fusion weights."""
         weighted = model.modality_weights * torch.where(observed, log_q, torch.zeros_like(log_q))
         return -weighted.sum(-1)
 
-    def forward(self, model: "MultimodalDPMixture", z: torch.Tensor,
+    def forward(self, model: FactorModel, z: torch.Tensor,
                 params: "MixtureParams", labels: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """Plain PyTorch loss: the mean leave-one-out reinforcement for ``z (B, M, D)``
@@ -207,7 +207,7 @@ class ARM(AuxiliaryFactor):
         pyro.factor(f"{self.name}_reinforce", -self.reinforce * loss)
 
     @torch.no_grad()
-    def _update_fusion(self, model: "MultimodalDPMixture", phi: torch.Tensor) -> None:
+    def _update_fusion(self, model: FactorModel, phi: torch.Tensor) -> None:
         target = len(phi) * torch.softmax(-phi / self.temperature, 0)
         # A new tensor, not an in-place update: this step's graph still holds the old one.
         model.modality_weights = (self.fusion_momentum * model.modality_weights
@@ -215,7 +215,7 @@ class ARM(AuxiliaryFactor):
 
     # ------------------------------------------------------------------ re-sampling
     @torch.no_grad()
-    def sampling_weights(self, model: "MultimodalDPMixture", guide, batch: "TensorBatch"
+    def sampling_weights(self, model: FactorModel, guide, batch: "TensorBatch"
                          ) -> torch.Tensor | None:
         if not self.resample or batch.labels is None:
             return None
@@ -229,7 +229,7 @@ class ARM(AuxiliaryFactor):
 
 
 @torch.no_grad()
-def example_scores(model: "MultimodalDPMixture", guide, batch: "TensorBatch",
+def example_scores(model: FactorModel, guide, batch: "TensorBatch",
                    chunk_size: int = 4096) -> torch.Tensor:
     """``(N,)``: each labelled example's weakest contribution ``min_m c_im`` over its
     valid modalities, at the posterior means (``nan`` for an unlabelled example or one

@@ -47,7 +47,8 @@ import torch
 from ..model.posterior import as_posterior
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model.dp_mixture import MixtureParams, MultimodalDPMixture
+    from ..model.factor_protocol import FactorModel
+    from ..model.params import MixtureParams
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ class LeaveOneOut:
         return torch.where(self.valid, c, torch.zeros_like(c))
 
 
-def leave_one_out(model: "MultimodalDPMixture", z: torch.Tensor, params: "MixtureParams",
+def leave_one_out(model: "FactorModel", z: torch.Tensor, params: "MixtureParams",
                   labels: torch.Tensor, mask: torch.Tensor | None = None) -> LeaveOneOut:
     """:class:`LeaveOneOut` for ``z (B, M, D)``, ``labels (B,)`` and the presence
     ``mask (B, M)`` (``None``: all present)."""
@@ -92,7 +93,7 @@ def label_entropy(frequencies: torch.Tensor) -> torch.Tensor:
     return -(p * p.log()).sum()
 
 
-def unimodal_bounds(model: "MultimodalDPMixture", log_q: torch.Tensor,
+def unimodal_bounds(model: "FactorModel", log_q: torch.Tensor,
                     observed: torch.Tensor) -> dict[str, torch.Tensor]:
     """``modality -> H(y) + mean log q_m(y_i | z_im)``, the lower bound on ``I(y; z_m)``,
     averaged over the examples ``observed (B, M)`` marks (modalities with none are left

@@ -95,7 +95,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from ..model.factor_protocol import AuxiliaryFactor, FactorContext
+from ..model.factor_protocol import AuxiliaryFactor, FactorContext, FactorModel
 
 
 @dataclasses.dataclass
@@ -226,7 +226,7 @@ class PMRL(AuxiliaryFactor):
                 f"PMRL: every modality needs the same batch shape, got {batches}")
         return torch.stack(parts, dim=-2)
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: FactorModel) -> None:
         """Raise ``ValueError`` if ``model`` cannot carry this factor (fewer than two
         modalities, or representations that are not latent); the model's constructor
         calls it, so a one-modality model with PMRL fails before training."""

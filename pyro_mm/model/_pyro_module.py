@@ -16,7 +16,6 @@ import itertools
 from typing import Any
 
 from pyro.nn import PyroModule
-from torch import nn
 
 _COUNTER = itertools.count()
 
@@ -78,17 +77,3 @@ def without_param_statements():
         yield
     finally:
         _QUIET = previous
-
-
-@contextlib.contextmanager
-def evaluation_mode(*modules: nn.Module):
-    """Put ``modules`` in eval mode (dropout off, batch-norm statistics frozen, no
-    training-time state updates such as ARM's fusion weights), then restore each."""
-    previous = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, previous):
-            m.train(mode)

@@ -29,7 +29,8 @@ model's public interface: diagnostics and users rely on these names.
 Decisions not fixed by the design:
 
 * Features are standardised with statistics fitted on the training data
-  (:meth:`MultimodalDPMixture.fit_standardization`) and stored in buffers; every
+  (:meth:`MultimodalDPMixture.fit_standardization`) and held in the buffers of the
+  model's part ``standardization`` (:mod:`pyro_mm.model.standardization`); every
   likelihood is on that scale, and :meth:`MultimodalDPMixture.feature_log_jacobian`
   converts to the original scale.
 * **Scale floor.** A component's scale is ``sqrt(sigma_mk^2 + f_m^2)``, never the bare
@@ -81,30 +82,39 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data.container import TensorBatch
+from ..data.container import MultimodalData, TensorBatch
+from ..data.store_batch import StoreBatch
+from ..errors import DataValidationError
 from ._pyro_module import UniquelyNamedModule
 from .arguments import check_arguments
 from .factor_protocol import AuxiliaryFactor, FactorContext, factor_config, make_factor
-from .fusion import make_classifier, make_fusion
 from .label_head import LabelHead
+from .legacy_names import flat_names_into
 from .networks import GaussianDecoder
 from .params import DF_PRIOR, MixtureParams
 from .scale_floors import keep_missing_floors
 from .sites import fill_unobserved, unbatched
-from .standardization import FeatureStandardization
+from .standardization import Standardization
 
 #: Default probability of modality dropout for the classifier (see the module
 #: docstring; measured in ``benchmarks/RESULTS.md``).
 MODALITY_DROPOUT = 0.2
 
 
-class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule):
+class MultimodalDPMixture(UniquelyNamedModule):
     """Multimodal Dirichlet-process Gaussian mixture (see the module docstring).
+
+    The model is composed of parts that own their state: :attr:`standardization` (a
+    :class:`~pyro_mm.model.standardization.Standardization`: the feature statistics and
+    the component scale floors) and :attr:`label_head` (a
+    :class:`~pyro_mm.model.label_head.LabelHead`: fusion, classifier, class prior and
+    modality weights), beside the decoders and the auxiliary factors.
 
     Args:
         dims: ``modality name -> number of features`` (``MultimodalData.dims``).
@@ -194,16 +204,12 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
         self.mixture = mixture
         self.representation = representation
         self.reconstruct = bool(reconstruct)
-        self.fusion_name = fusion
         self.learn_alpha = alpha == "learned"
         self.component = component
         self.learn_df = component == "studentt" and df == "learned"
         self.scale_floor = float(scale_floor)
         self.resolution_floor = bool(resolution_floor)
         self.hidden = tuple(int(h) for h in hidden)
-        self.modality_dropout = float(modality_dropout)
-        self.classifier_prior_scale = (None if classifier_prior_scale is None
-                                       else float(classifier_prior_scale))
         self._config = dict(
             dims=self.dims, num_classes=self.num_classes, latent_dim=self.latent_dim,
             num_components=self.num_components, mixture=mixture,
@@ -212,24 +218,29 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
             scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
             component=component, df=df, hidden=list(self.hidden),
-            modality_dropout=self.modality_dropout,
-            classifier_prior_scale=self.classifier_prior_scale, experts_pool=experts_pool,
+            modality_dropout=float(modality_dropout),
+            classifier_prior_scale=(None if classifier_prior_scale is None
+                                    else float(classifier_prior_scale)),
+            experts_pool=experts_pool,
         )
 
         self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
                                prior_scale_spread, df)
-        self.fusion = make_fusion(fusion)
+        latent = representation == "latent"
+        self.standardization = Standardization(
+            self.dims, scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
+            latent_dim=self.latent_dim if latent else None, prior_scale=prior_scale)
         self.decoders = nn.ModuleDict(
             {m: GaussianDecoder(self.latent_dim, d, self.hidden)
              for m, d in self.dims.items()} if self.reconstruct else {}
         )
-        self.classifier = None
-        if self.num_classes is not None:
-            latent = representation == "latent"
-            sizes = ([self.latent_dim] * len(self.modalities) if latent
-                     else list(self.dims.values()))
-            self.classifier = make_classifier(fusion, sizes, self.hidden, self.num_classes,
-                                              concatenated=not latent, pool=experts_pool)
+        # Built after the decoders, where the classifier always was: the same random
+        # initialisation, and the same parameter order (a saved optimiser state's).
+        self.label_head = LabelHead(
+            self.modalities, list(self.site_sizes.values()), self.num_classes,
+            latent=latent, mixture=mixture, fusion=fusion, hidden=self.hidden,
+            modality_dropout=modality_dropout, experts_pool=experts_pool,
+            classifier_prior_scale=classifier_prior_scale)
         self.factors = nn.ModuleList(factors)
         for factor in self.factors:
             factor.bind(self)
@@ -237,31 +248,21 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
 
     def _register_buffers(self, alpha, alpha_prior, prior_loc_scale, prior_scale,
                           prior_scale_spread, df) -> None:
-        """Hyperparameters and fitted statistics live in buffers, so ``.to(device)``
-        moves everything and the state dict saves them."""
+        """Hyperparameters live in buffers, so ``.to(device)`` moves everything and the
+        state dict saves them (the fitted statistics live in the parts that fit them)."""
         self.register_buffer("alpha", torch.tensor(1.0 if self.learn_alpha else float(alpha)))
         self.register_buffer("alpha_prior", torch.tensor([float(a) for a in alpha_prior]))
         self.register_buffer("prior_loc_scale", torch.tensor(float(prior_loc_scale)))
         self.register_buffer("prior_log_scale", torch.tensor(math.log(prior_scale)))
         self.register_buffer("prior_scale_spread", torch.tensor(float(prior_scale_spread)))
-        self.register_buffer("standardized", torch.tensor(False))
-        for m, d in self.dims.items():
-            self.register_buffer(f"feature_loc_{m}", torch.zeros(d))
-            self.register_buffer(f"feature_scale_{m}", torch.ones(d))
-        # Floors of the component scales (module docstring): latent ones are fixed here,
-        # observed ones are refitted with the standardisation.
-        floor = self.scale_floor * (prior_scale if self.representation == "latent" else 1.0)
-        for m, size in self.site_sizes.items():
-            self.register_buffer(f"component_scale_floor_{m}", torch.full((size,), floor))
         # Fixed Student-t degrees of freedom; 0 = none (Gaussian, or learned: a site).
         self.register_buffer("component_df", torch.tensor(
             float(df) if self.component == "studentt" and not self.learn_df else 0.0))
         self.register_buffer("df_prior", torch.tensor(DF_PRIOR))
+        # States of 0.1.0 hold the parts' entries flat on the model (legacy_names).
+        self._register_load_state_dict_pre_hook(
+            flat_names_into(("standardization", "label_head")), with_module=True)
         self._register_load_state_dict_pre_hook(keep_missing_floors, with_module=True)
-        # ARM's dynamic fusion writes here; 1 = neutral.
-        self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
-        # Training label frequencies (for H(y)), fitted with the standardisation.
-        self.register_buffer("class_frequencies", torch.zeros(self.num_classes or 0))
 
     # ------------------------------------------------------------------ configuration
     def config(self) -> dict[str, Any]:
@@ -270,6 +271,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MultimodalDPMixture":
+        """The model :meth:`config` describes (untrained: load its state after)."""
         config = dict(config)
         factors = [make_factor(spec) for spec in config.pop("factors", [])]
         config["alpha_prior"] = tuple(config["alpha_prior"])
@@ -291,10 +293,149 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
     def device(self) -> torch.device:
         return self.alpha.device
 
+    # ------------------------------------------------------------------ the label head
+    # Thin delegations to label_head: the names users, the factors (FactorModel) and
+    # the other layers call on the model.
+    @property
+    def classifier(self) -> nn.Module | None:
+        """The label head's classifier (``None`` without ``num_classes``)."""
+        return self.label_head.classifier
+
+    @property
+    def modality_weights(self) -> torch.Tensor:
+        """``(M,)`` per-modality weights of the fusion (1 = neutral); ARM's dynamic
+        fusion assigns new ones (a tensor of shape ``(M,)``)."""
+        return self.label_head.modality_weights
+
+    @modality_weights.setter
+    def modality_weights(self, weights: torch.Tensor) -> None:
+        self.label_head.set_modality_weights(weights)
+
+    @property
+    def class_frequencies(self) -> torch.Tensor:
+        """``(C,)`` training label frequencies (zeros before
+        :meth:`fit_standardization`; ``(0,)`` without a classifier)."""
+        return self.label_head.class_frequencies
+
+    @property
+    def fusion_name(self) -> str:
+        """``"concat"``, ``"dp"`` or ``"experts"``."""
+        return self.label_head.fusion_name
+
+    @property
+    def modality_dropout(self) -> float:
+        """Probability of dropping each present modality from the classifier's input in
+        training."""
+        return self.label_head.modality_dropout
+
+    @property
+    def classifier_prior_scale(self) -> float | None:
+        """``sigma`` of the classifier weights' Gaussian prior (``None``: none)."""
+        return self.label_head.classifier_prior_scale
+
+    def class_logits(self, z: torch.Tensor, params: MixtureParams,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C)`` logits: :meth:`LabelHead.class_logits
+        <pyro_mm.model.label_head.LabelHead.class_logits>`."""
+        return self.label_head.class_logits(z, params, mask)
+
+    def label_log_prob(self, z: torch.Tensor, params: MixtureParams, labels: torch.Tensor,
+                       mask: torch.Tensor | None = None, drop: int | None = None
+                       ) -> torch.Tensor:
+        """``(B,)`` ``log q(y_i | z_i)`` (without modality ``drop``):
+        :meth:`LabelHead.label_log_prob <pyro_mm.model.label_head.LabelHead.label_log_prob>`."""
+        return self.label_head.label_log_prob(z, params, labels, mask, drop)
+
+    def dropout_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, M)`` modality dropout of ``mask``:
+        :meth:`LabelHead.dropout_mask <pyro_mm.model.label_head.LabelHead.dropout_mask>`."""
+        return self.label_head.dropout_mask(mask)
+
+    # ------------------------------------------------------------------ data
+    def check_data(self, data: MultimodalData) -> None:
+        """Raise :class:`DataValidationError` if ``data`` does not fit this model."""
+        missing = [m for m in self.modalities if m not in data.dims]
+        if missing:
+            raise DataValidationError(
+                f"modalities {missing}: the model was built for {list(self.modalities)} "
+                f"but the data has {list(data.modalities)}"
+            )
+        for m in self.modalities:
+            if data.dims[m] != self.dims[m]:
+                raise DataValidationError(
+                    f"modality {m!r}: has {data.dims[m]} features but the model expects "
+                    f"{self.dims[m]}"
+                )
+        if (self.num_classes is not None and data.num_classes is not None
+                and data.has_labels and data.labels.max() >= self.num_classes):
+            raise DataValidationError(
+                f"labels: value {int(data.labels.max())} is out of range for a model "
+                f"with num_classes={self.num_classes}"
+            )
+
+    def fit_standardization(self, data: MultimodalData) -> None:
+        """Fit the feature statistics and (observed) the scale floors on (training)
+        ``data`` (:meth:`Standardization.fit
+        <pyro_mm.model.standardization.Standardization.fit>`), then the class
+        frequencies of its labels."""
+        self.check_data(data)
+        self.standardization.fit(data)
+        if data.has_labels:
+            self.label_head.fit_class_frequencies(data.labels)
+
+    def prepare(self, data: MultimodalData, rows=None) -> TensorBatch | StoreBatch:
+        """Validate ``data`` against the model, standardise it and move it to the
+        model's device. Missing entries stay exactly zero.
+
+        Args:
+            rows: only these examples (``(B,)`` positions, in that order).
+
+        Returns:
+            a :class:`TensorBatch`; for data on disk without ``rows``, a
+            :class:`~pyro_mm.data.store_batch.StoreBatch` that reads rows when indexed.
+        """
+        if not self.standardization.fitted:
+            raise ValueError(
+                "prepare: the model has no standardisation statistics yet; call "
+                "model.fit_standardization(train_data) first (pyro_mm.fit does)")
+        self.check_data(data)
+        if data.on_disk and rows is None:
+            return self._store_batch(data.select(self.modalities))
+        return self.standardize(data.to_tensors(self.device, modalities=self.modalities,
+                                                rows=rows))
+
+    def _store_batch(self, data: MultimodalData) -> StoreBatch:
+        device, mods = self.device, self.modalities
+        masks = torch.as_tensor(np.stack([data.masks[m] for m in mods], 1), device=device)
+        labels = label_mask = None
+        if self.num_classes is not None and data.labels is not None:
+            label_mask = torch.as_tensor(data.labels >= 0, device=device)
+            labels = torch.as_tensor(np.maximum(data.labels, 0), device=device)
+
+        def read(rows: np.ndarray) -> TensorBatch:
+            return self.standardize(data.to_tensors(device, modalities=mods, rows=rows))
+
+        return StoreBatch(read, masks, labels, label_mask)
+
+    def standardize(self, raw: TensorBatch) -> TensorBatch:
+        """``raw`` (features as stored, on the model's device, in its modality order)
+        standardised; labels dropped for a model without classifier."""
+        features = self.standardization.standardize(raw.features, raw.masks)
+        labels, label_mask = raw.labels, raw.label_mask
+        if self.num_classes is None:
+            labels = label_mask = None
+        return TensorBatch(features, raw.masks, labels, label_mask)
+
+    def feature_log_jacobian(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` from ``masks (B, M)``: add to a log-density of standardised features
+        to get the density of the original features (:meth:`Standardization.feature_log_jacobian
+        <pyro_mm.model.standardization.Standardization.feature_log_jacobian>`)."""
+        return self.standardization.feature_log_jacobian(masks)
+
     # ------------------------------------------------------------------ model pieces
     def scale_floors(self) -> list[torch.Tensor]:
         """``[(size_m,)]``: each modality's component scale floor ``f_m``."""
-        return [getattr(self, f"component_scale_floor_{m}") for m in self.modalities]
+        return self.standardization.scale_floors()
 
     def params_from_sites(self, values: Mapping[str, torch.Tensor]) -> MixtureParams:
         """:class:`MixtureParams` from global site values (a guide draw or its point
@@ -360,7 +501,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
             ``(B, M, D)`` representations (latent) or ``None`` (observed).
         """
         params = self.sample_globals()
-        self.classifier_prior()
+        self.label_head.classifier_prior()
         with pyro.plate("data", batch.size, subsample=subsample) as idx:
             part = batch if subsample is None else batch.index(idx)
             if self.representation == "observed":
@@ -368,7 +509,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
                 pyro.sample("x", params.mixture(self.mixture, mask=part.masks,
                                                 batch_size=part.size, stacked=False),
                             obs=values)
-                self._observe_labels(values, params, part)
+                self.label_head.observe(values, params, part)
                 return None
             with pyro.poutine.scale(scale=kl_weight):
                 z = pyro.sample("z", params.mixture(self.mixture, batch_size=part.size))
@@ -382,7 +523,7 @@ class MultimodalDPMixture(FeatureStandardization, LabelHead, UniquelyNamedModule
                     observed = part.features[m] if complete[j] else fill_unobserved(
                         part.features[m], part.masks[:, j], likelihood)
                     pyro.sample(f"x_{m}", likelihood.mask(part.masks[:, j]), obs=observed)
-            self._observe_labels(z, params, part)
+            self.label_head.observe(z, params, part)
             if len(self.factors):
                 context = FactorContext(self, z, part, params, self.record)
                 for factor in self.factors:

@@ -1,10 +1,13 @@
 """The auxiliary-factor protocol the model exposes, and the registry of factor kinds.
 
-This module sits in the model's layer: :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture`
-runs factors through :class:`AuxiliaryFactor` and :class:`FactorContext` and saves them
-through :func:`factor_config` / :func:`make_factor`, without importing the factors
-themselves. :mod:`pyro_mm.factors` (a layer above) registers the built-in kinds in
-:data:`FACTORS` and re-exports every name defined here.
+This module sits in the model's layer, below the mixture:
+:class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture` runs factors through
+:class:`AuxiliaryFactor` and :class:`FactorContext` and saves them through
+:func:`factor_config` / :func:`make_factor`, without importing the factors themselves;
+the factors see the model only as a :class:`FactorModel`, the :class:`typing.Protocol`
+of what they use of it, so neither side imports the other's class.
+:mod:`pyro_mm.factors` (a layer above) registers the built-in kinds in :data:`FACTORS`
+and re-exports every name defined here.
 
 The convention shared by every multimodal loss:
 
@@ -25,19 +28,73 @@ on a ``(batch, modalities, latent)`` tensor outside Pyro.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyro
 import torch
 from torch import nn
 
-from ._pyro_module import evaluation_mode
+from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.container import TensorBatch
-    from .dp_mixture import MultimodalDPMixture
+    from ..data.container import MultimodalData, TensorBatch
+    from ..data.store_batch import StoreBatch
     from .params import MixtureParams
+
+
+class FactorModel(Protocol):
+    """What an auxiliary factor may use of the model it is bound to, and nothing else
+    (:class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture` is one).
+
+    Configuration, read only: ``modalities`` (the ``M`` names, in order),
+    ``num_classes`` (``C``, ``None`` without a classifier), ``latent_dim`` (``D``),
+    ``representation`` (``"latent"`` or ``"observed"``), ``fusion_name`` and
+    ``modality_dropout`` (whether the classifier was fitted to predict without a
+    modality); ``training`` (the module's mode: training-time updates happen only
+    then) and ``factors`` (the bound factors, this one included).
+
+    State: ``class_frequencies`` ``(C,)`` (read: ``H(y)``) and ``modality_weights``
+    ``(M,)``, the fusion weights, which a factor may *assign* (ARM's dynamic fusion:
+    a new ``(M,)`` tensor, never an in-place update).
+    """
+
+    modalities: tuple[str, ...]
+    num_classes: int | None
+    latent_dim: int
+    representation: str
+    training: bool
+    modality_weights: torch.Tensor
+
+    @property
+    def fusion_name(self) -> str: ...
+
+    @property
+    def modality_dropout(self) -> float: ...
+
+    @property
+    def class_frequencies(self) -> torch.Tensor: ...
+
+    @property
+    def factors(self) -> Iterable[AuxiliaryFactor]: ...
+
+    def label_log_prob(self, z: torch.Tensor, params: MixtureParams, labels: torch.Tensor,
+                       mask: torch.Tensor | None = None, drop: int | None = None
+                       ) -> torch.Tensor:
+        """``(B,)`` ``log q(y_i | z_i)``, with modality ``drop`` treated as absent."""
+        ...
+
+    def params_from_sites(self, values: Mapping[str, torch.Tensor]) -> MixtureParams:
+        """The mixture parameters from global site values (a guide's point estimate)."""
+        ...
+
+    def prepare(self, data: MultimodalData, rows=None) -> TensorBatch | StoreBatch:
+        """``data`` checked, standardised and on the model's device."""
+        ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
 
 
 @dataclasses.dataclass
@@ -45,14 +102,14 @@ class FactorContext:
     """What a factor may look at inside the model, for one minibatch.
 
     Attributes:
-        model: the model being run.
+        model: the model being run, as the factor sees it.
         z: ``(B, M, D)`` representations sampled by the guide.
         batch: the minibatch (standardised), ``B`` examples.
         params: the global mixture parameters of this trace.
         log: ``log(name, value)`` records a detached scalar in the training history.
     """
 
-    model: "MultimodalDPMixture"
+    model: FactorModel
     z: torch.Tensor
     batch: "TensorBatch"
     params: "MixtureParams"
@@ -76,16 +133,16 @@ class AuxiliaryFactor(nn.Module):
         self.weight = float(weight)
         self.name = name or self.site_name
 
-    def check_model(self, model: "MultimodalDPMixture") -> None:
+    def check_model(self, model: FactorModel) -> None:
         """Raise ``ValueError`` if this factor cannot work with ``model``."""
 
-    def bind(self, model: "MultimodalDPMixture") -> None:
+    def bind(self, model: FactorModel) -> None:
         """Called once by the model's constructor: check the model, then build whatever
         depends on its shapes (a factor's own parameters). A factor belongs to one
         model."""
         self.check_model(model)
 
-    def sampling_weights(self, model: "MultimodalDPMixture", guide, batch: "TensorBatch"
+    def sampling_weights(self, model: FactorModel, guide, batch: "TensorBatch"
                          ) -> torch.Tensor | None:
         """Optional ``(N,)`` non-negative weights: how often the trainer should draw
         each training example next epoch (``None``: uniformly)."""
@@ -108,7 +165,8 @@ class AuxiliaryFactor(nn.Module):
         return {"weight": self.weight, "name": self.name}
 
 
-def sampling_weights(model, guide, batch) -> torch.Tensor | None:
+def sampling_weights(model: FactorModel, guide, batch: "TensorBatch"
+                     ) -> torch.Tensor | None:
     """How often each example of ``batch`` should be drawn: the normalised product of
     the factors' :meth:`AuxiliaryFactor.sampling_weights` (``None``: uniformly)."""
     weights = None

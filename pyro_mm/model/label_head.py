@@ -1,6 +1,6 @@
 """The label head of :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture`: fusion of the
 representations, the classifier's logits with absent modalities handled, leave-one-out
-predictions, modality dropout and the ``"y"`` site.
+predictions, modality dropout, the class prior and the ``"y"`` site.
 
 How an absent modality is handled (the model's module docstring says why): ``concat``
 and ``dp`` fill it with the mixture's conditional mean given the present modalities;
@@ -9,24 +9,103 @@ and ``dp``) marks each present modality absent with probability ``modality_dropo
 never all of them, so the classifier is fitted to every prediction it is later asked
 for; ``experts`` needs none, as each head is fitted on its own. The optional Gaussian
 prior on the classifier's weights (``classifier_prior_scale``) is here too.
+
+:class:`LabelHead` is a submodule of the model: it owns the fusion, the classifier and
+two buffers, the modality weights (``(M,)``, 1 = neutral, written by ARM's dynamic
+fusion) and the training class frequencies (``(C,)``, the class prior), and is told its
+configuration in its constructor. The mixture parameters it needs for a fill or a gate
+come with each call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from torch import nn
 
 from ..data.container import TensorBatch
+from .fusion import make_classifier, make_fusion
 from .params import MixtureParams
 from .sites import fill_unobserved
 
 
-class LabelHead:
-    """Mixin of :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture` (it provides
-    ``classifier``, ``fusion``, ``fusion_name``, ``mixture``, ``representation``,
-    ``modalities``, ``modality_weights`` and ``modality_dropout``)."""
+class LabelHead(nn.Module):
+    """Fusion, classifier, class prior and modality weights of the model's label ``y``.
 
+    Args:
+        modalities: the ``M`` modality names, in the model's order.
+        input_sizes: ``(M,)`` each modality's input size: ``D`` for latent
+            representations, ``d_m`` for observed features.
+        num_classes: ``C``; ``None`` builds no classifier (the fusion and the modality
+            weights still exist).
+        latent: the inputs are stacked representations ``(B, M, D)``; ``False``: the
+            concatenated standardised features ``(B, sum d_m)``.
+        mixture: the model's ``"joint"`` or ``"independent"`` mixture (for fills and
+            the ``dp`` gate).
+        fusion: ``"concat"``, ``"dp"`` or ``"experts"`` (:mod:`pyro_mm.model.fusion`).
+        hidden: hidden sizes of the classifier.
+        modality_dropout: probability of dropping each present modality in training.
+        experts_pool: ``"product"`` or ``"mean"`` (``fusion="experts"``).
+        classifier_prior_scale: ``sigma`` of the ``Normal(0, sigma)`` prior on the
+            classifier's weight matrices; ``None``: no prior.
+    """
+
+    def __init__(self, modalities: Sequence[str], input_sizes: Sequence[int],
+                 num_classes: int | None, *, latent: bool = True, mixture: str = "joint",
+                 fusion: str = "concat", hidden: Sequence[int] = (256,),
+                 modality_dropout: float = 0.0, experts_pool: str = "product",
+                 classifier_prior_scale: float | None = None):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.latent = bool(latent)
+        self.mixture = mixture
+        self.fusion_name = fusion
+        self.modality_dropout = float(modality_dropout)
+        self.classifier_prior_scale = (None if classifier_prior_scale is None
+                                       else float(classifier_prior_scale))
+        self.fusion = make_fusion(fusion)
+        self.classifier = None
+        if self.num_classes is not None:
+            self.classifier = make_classifier(fusion, list(input_sizes), tuple(hidden),
+                                              self.num_classes, concatenated=not latent,
+                                              pool=experts_pool)
+        self.register_buffer("modality_weights", torch.ones(len(self.modalities)))
+        self.register_buffer("class_frequencies", torch.zeros(self.num_classes or 0))
+
+    # ------------------------------------------------------------------ state
+    def set_modality_weights(self, weights: torch.Tensor) -> None:
+        """Replace the ``(M,)`` modality weights by ``weights`` (a new tensor, not an
+        in-place update: a step's graph may still hold the old one)."""
+        if not isinstance(weights, torch.Tensor) or weights.shape != (len(self.modalities),):
+            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(
+                weights).__name__
+            raise ValueError(f"modality_weights: expected a tensor of shape "
+                             f"({len(self.modalities)},), one per modality, got {shape}")
+        self.modality_weights = weights
+
+    def fit_class_frequencies(self, labels: np.ndarray) -> None:
+        """The class prior from training ``labels (N,)`` (``-1``: unlabelled, ignored);
+        nothing changes when no label is observed."""
+        if self.num_classes is None:
+            return
+        counts = np.bincount(labels[labels >= 0], minlength=self.num_classes)
+        if counts.sum() > 0:
+            self.class_frequencies.copy_(torch.as_tensor(counts / counts.sum()))
+
+    def log_class_prior(self) -> torch.Tensor:
+        """``(C,)``: ``log pi``, the training label frequencies (uniform before they are
+        fitted; a class never seen gets a floor, not ``-inf``)."""
+        freq = self.class_frequencies
+        # where, not an if on the sum: no host sync in the training step
+        freq = torch.where(freq.sum() > 0, freq, torch.ones_like(freq)).clamp(min=1e-6)
+        return torch.log(freq / freq.sum())
+
+    # ------------------------------------------------------------------ predictions
     def fuse(self, z: torch.Tensor, params: MixtureParams,
              mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, M, D) -> (B, M * D)`` classifier input, by the model's fusion."""
@@ -46,13 +125,13 @@ class LabelHead:
         ``fusion="experts"`` they are left out of the sum of heads instead."""
         if self.classifier is None:
             raise ValueError("this model has no classifier (num_classes=None)")
-        latent = self.representation == "latent"
         if self.fusion_name == "experts":  # absent modalities add nothing: no fill
             return self.classifier(z, self.log_class_prior(), mask, self.modality_weights)
         if mask is not None and not bool(mask.all()):
-            mixture = params.mixture(self.mixture, batch_size=z.shape[0], stacked=latent)
+            mixture = params.mixture(self.mixture, batch_size=z.shape[0],
+                                     stacked=self.latent)
             z = mixture.fill_absent(z, mask)
-        return self.classifier(self.fuse(z, params, mask) if latent else z)
+        return self.classifier(self.fuse(z, params, mask) if self.latent else z)
 
     def label_log_prob(self, z: torch.Tensor, params: MixtureParams, labels: torch.Tensor,
                        mask: torch.Tensor | None = None, drop: int | None = None
@@ -89,13 +168,44 @@ class LabelHead:
         rescue = torch.nn.functional.one_hot(rescue, mask.shape[-1]).bool()
         return torch.where(keep.any(-1, keepdim=True), keep, rescue)
 
-    def log_class_prior(self) -> torch.Tensor:
-        """``(C,)``: ``log pi``, the training label frequencies (uniform before the
-        standardisation is fitted; a class never seen gets a floor, not ``-inf``)."""
-        freq = self.class_frequencies
-        # where, not an if on the sum: no host sync in the training step
-        freq = torch.where(freq.sum() > 0, freq, torch.ones_like(freq)).clamp(min=1e-6)
-        return torch.log(freq / freq.sum())
+    # ------------------------------------------------------------------ Pyro statements
+    def classifier_prior(self) -> None:
+        """The factor ``"classifier_prior"``: ``log N(W | 0, sigma^2)`` of the classifier's
+        weight matrices (biases excluded) up to a constant, once per step (a global
+        term, outside the data plate), when ``classifier_prior_scale`` ``sigma`` is set.
+        The classifier's parameters are point estimates, so they become MAP estimates:
+        L2 regularisation of strength ``1 / (2 sigma^2)``, as scikit-learn's logistic
+        regression with ``C = sigma^2``."""
+        sigma = self.classifier_prior_scale
+        if sigma is None or self.classifier is None:
+            return
+        weights = [p for name, p in self.classifier.named_parameters()
+                   if name.endswith("weight")]
+        pyro.factor("classifier_prior",
+                    -0.5 * sum(w.pow(2).sum() for w in weights) / sigma ** 2)
+
+    def observe(self, inputs: torch.Tensor, params: MixtureParams, part: TensorBatch
+                ) -> None:
+        """The ``"y"`` site of the minibatch ``part`` (``B`` examples, inside the data
+        plate), from ``inputs`` (``(B, M, D)`` or ``(B, sum d_m)``, as for
+        :meth:`class_logits`); with ``fusion="experts"`` also the factor
+        ``"y_experts"``. Nothing without a classifier. Unlabelled rows are sampled
+        (the model's module docstring)."""
+        if self.classifier is None:
+            return
+        mask = part.masks
+        if self.fusion_name == "experts":  # nothing to drop: every head is fitted alone
+            logits = self._experts_logits(inputs, mask, part)
+        else:
+            if self.training and self.modality_dropout > 0:
+                mask = self.dropout_mask(mask)
+            logits = self.class_logits(inputs, params, mask)
+        likelihood = dist.Categorical(logits=logits)
+        if part.labels is None:  # nothing observed: an ordinary latent site
+            pyro.sample("y", likelihood.mask(False))
+            return
+        pyro.sample("y", likelihood.mask(part.label_mask),
+                    obs=fill_unobserved(part.labels, part.label_mask, likelihood))
 
     def _experts_logits(self, inputs, mask, part: TensorBatch) -> torch.Tensor:
         """``fusion="experts"`` in training: each head is fitted as a classifier of its
@@ -113,35 +223,3 @@ class LabelHead:
                         torch.where(seen, unimodal, torch.zeros_like(unimodal)).sum(-1))
         return classifier.combine(terms.detach(), self.log_class_prior(), mask,
                                   self.modality_weights)
-
-    def classifier_prior(self) -> None:
-        """The factor ``"classifier_prior"``: ``log N(W | 0, sigma^2)`` of the classifier's
-        weight matrices (biases excluded) up to a constant, once per step (a global
-        term, outside the data plate), when ``classifier_prior_scale`` ``sigma`` is set.
-        The classifier's parameters are point estimates, so they become MAP estimates:
-        L2 regularisation of strength ``1 / (2 sigma^2)``, as scikit-learn's logistic
-        regression with ``C = sigma^2``."""
-        sigma = self.classifier_prior_scale
-        if sigma is None or self.classifier is None:
-            return
-        weights = [p for name, p in self.classifier.named_parameters()
-                   if name.endswith("weight")]
-        pyro.factor("classifier_prior",
-                    -0.5 * sum(w.pow(2).sum() for w in weights) / sigma ** 2)
-
-    def _observe_labels(self, inputs, params, part: TensorBatch) -> None:
-        if self.classifier is None:
-            return
-        mask = part.masks
-        if self.fusion_name == "experts":  # nothing to drop: every head is fitted alone
-            logits = self._experts_logits(inputs, mask, part)
-        else:
-            if self.training and self.modality_dropout > 0:
-                mask = self.dropout_mask(mask)
-            logits = self.class_logits(inputs, params, mask)
-        likelihood = dist.Categorical(logits=logits)
-        if part.labels is None:  # nothing observed: an ordinary latent site
-            pyro.sample("y", likelihood.mask(False))
-            return
-        pyro.sample("y", likelihood.mask(part.label_mask),
-                    obs=fill_unobserved(part.labels, part.label_mask, likelihood))

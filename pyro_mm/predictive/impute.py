@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from ..data.container import MultimodalData, TensorBatch
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.posterior import Posterior, as_posterior
+from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.result import FitResult
@@ -194,8 +194,7 @@ def impute(result: "FitResult | Any", data: MultimodalData, num_samples: int = 1
     n = batch.size
     variables = {}
     for j, m in enumerate(model.modalities):
-        loc = getattr(model, f"feature_loc_{m}").double().cpu().numpy()
-        scale = getattr(model, f"feature_scale_{m}").double().cpu().numpy()
+        loc, scale = (s.double().cpu().numpy() for s in model.standardization.statistics(m))
         rows = raw[m]["rows"].cpu().numpy()
         dims = ("example", f"feature_{m}")
         for key in ("mean", "sd"):

@@ -18,9 +18,9 @@ import pyro.distributions as dist
 import torch
 
 from ..data.container import MultimodalData, TensorBatch
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.posterior import Posterior, as_posterior
+from ..runtime.modes import evaluation_mode
 from .metrics import adjusted_rand_index, weights_perplexity
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -5,16 +5,23 @@ A run folder holds::
     config.json      model, guide and training configuration
     metrics.json     final metrics (held-out when validation data was given)
     history.json     loss and every logged value per step, metrics per epoch
-    checkpoint.pt    model, guide and optimiser state, RNG states, epoch, step
+    checkpoint.pt    model, guide and optimiser state, RNG states, epoch, step, the
+                     fingerprint of the training data and its data.json record
+    data.json        how to rebuild the data and split (pyro-mm train), written with
+                     every checkpoint
+    .pyro-mm.lock    present while a run writes the folder (pyro_mm.runs.lock)
 
 ``checkpoint.pt`` contains only tensors, numbers, strings, lists and dicts, and is read
 with ``torch.load(weights_only=True)``: a crafted file cannot run code. Every file is
 written to a temporary name in the same folder and renamed into place, so a crash never
-leaves a half-written file.
+leaves a half-written file; a write the operating system refuses (a full disk) is a
+:class:`~pyro_mm.errors.CheckpointError` naming the file. Which run may write a folder:
+:mod:`pyro_mm.runs.folder`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -33,17 +40,30 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through ``write(handle)`` into a temporary file of the same folder,
+    then rename it into place: the old file stays whole until the new one is.
+
+    Raises:
+        CheckpointError: the operating system refused (a full disk, no permission);
+            its ``path`` attribute is the file that could not be written.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            error = CheckpointError(f"could not write {path} "
+                                    f"({exc.strerror or type(exc).__name__})")
+            error.path = path
+            raise error from exc
         raise
 
 
@@ -72,9 +92,19 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """``torch.save`` ``payload`` (plus format tags) to ``path`` atomically."""
+    """``torch.save`` ``payload`` (plus format tags) to ``path`` atomically.
+
+    Raises:
+        CheckpointError: the file could not be written (the OS error named); the
+            previous file at ``path``, if any, is intact.
+    """
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    _atomic_write(Path(path), lambda h: torch.save(payload, h))
+    # Serialised in memory first: torch.save straight into a file on a full disk fails
+    # with an opaque "unexpected pos" RuntimeError instead of the OSError it hit.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    _atomic_write(Path(path), lambda h: h.write(data))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"

@@ -17,11 +17,19 @@ import torch
 
 from ..data.container import TensorBatch
 from ..errors import CheckpointError
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
 from ..runtime.devices import resolve_device
+from ..runtime.modes import evaluation_mode
 from . import checkpoint as ckpt
+from .run_data import DATA_SPEC
+
+
+#: What a checkpoint holds besides the model, guide and history (``FitResult.state``):
+#: the optimiser and RNG states, position and early stopping a resumed fit restores, and
+#: the fingerprint and description of the training data it checks and records.
+STATE_KEYS = ("optimizer_state", "rng", "epoch", "step", "early_stop", "data_fingerprint",
+              "data_source")
 
 
 @dataclasses.dataclass
@@ -66,7 +74,17 @@ class FitResult:
     state: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
     def save(self, path: str | Path) -> Path:
-        """Write the run folder (see :mod:`pyro_mm.runs.checkpoint`); returns its path."""
+        """Write the run folder (see :mod:`pyro_mm.runs.checkpoint`); returns its path.
+
+        The checkpoint first, then the JSON files, each atomically; ``data.json`` too
+        when ``state`` has a ``data_source`` (what ``pyro-mm train`` records), so every
+        file of the folder is this run's. Take the folder's lock for a folder another
+        process could write (:func:`pyro_mm.runs.folder.open_run_folder`; :func:`fit`
+        does).
+
+        Raises:
+            CheckpointError: a file could not be written (the OS error named).
+        """
         path = Path(path)
         payload = {
             "model_config": self.model.config(),
@@ -83,6 +101,8 @@ class FitResult:
                                                "fit": self.config})
         ckpt.write_json(path / "metrics.json", self.metrics)
         ckpt.write_json(path / "history.json", self.history.to_dict())
+        if self.state.get("data_source") is not None:
+            ckpt.write_json(path / DATA_SPEC, self.state["data_source"])
         self.run_dir = path
         return path
 
@@ -133,8 +153,7 @@ def load(path: str | Path, encoders: Mapping[str, torch.nn.Module] | None = None
     run_dir = path if path.is_dir() else path.parent
     metrics_path = run_dir / "metrics.json"
     metrics = ckpt.read_json(metrics_path) if metrics_path.is_file() else {}
-    state = {k: payload[k] for k in ("optimizer_state", "rng", "epoch", "step", "early_stop")
-             if k in payload}
+    state = {k: payload[k] for k in STATE_KEYS if k in payload}
     return FitResult(model, guide, History.from_dict(payload.get("history", {})),
                      dict(payload.get("fit_config", {})), metrics, run_dir, state)
 
@@ -146,6 +165,7 @@ def resume_state(resume_from, device) -> dict[str, Any]:
         return {}
     if isinstance(resume_from, FitResult):
         state = {**resume_from.state, "history": resume_from.history,
+                 "model_config": resume_from.model.config(),
                  "model_state": resume_from.model.state_dict(),
                  "guide_state": resume_from.guide.state_dict(),
                  "guide_config": resume_from.guide.config()}

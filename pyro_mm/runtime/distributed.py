@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import inspect
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ class Group:
 
 
 _active: Group | None = None
+_log = logging.getLogger("pyro_mm")
 
 
 def launched_by_torchrun() -> bool:
@@ -152,7 +154,9 @@ def current() -> Group | None:
 @contextlib.contextmanager
 def active(group: Group | None) -> Iterator[None]:
     """Mark ``group`` as the running loop's (see :func:`current`) and turn a failed
-    collective into a :class:`DistributedError`."""
+    collective into a :class:`DistributedError` of one line (:func:`lost_rank_message`);
+    the backend's own text goes to the ``pyro_mm`` log (level INFO) and stays chained
+    as the error's ``__cause__``."""
     global _active
     previous, _active = _active, group
     try:
@@ -160,13 +164,30 @@ def active(group: Group | None) -> Iterator[None]:
     except RuntimeError as exc:
         if group is None or isinstance(exc, DistributedError) or not _is_collective(exc):
             raise
-        raise DistributedError(
-            f"rank {group.rank} of {group.world_size}: a collective operation failed "
-            f"({str(exc).splitlines()[0][:300]}). Another rank died, hung for longer "
-            f"than the process-group timeout, or ran different code; the last "
-            "checkpoint in the run folder is intact and can be resumed.") from exc
+        _log.info("rank %d of %d: the backend's error:\n%s", group.rank, group.world_size,
+                  exc)
+        raise DistributedError(lost_rank_message(group, str(exc))) from exc
     finally:
         _active = previous
+
+
+def lost_rank_message(group: Group, backend_text: str) -> str:
+    """One line for a failed collective: which rank this is, which it lost and why that
+    probably happened (read from the backend's text, which is not repeated)."""
+    others = (f"rank {1 - group.rank}" if group.world_size == 2 else
+              f"another of the {group.world_size} ranks")
+    text = backend_text.lower()
+    if "timed out" in text or "timeout" in text:
+        cause = ("did not answer within the process-group timeout (it hung, or is far "
+                 f"slower; {TIMEOUT_ENV} sets the timeout)")
+    elif any(k in text for k in ("connection closed", "connection reset", "broken pipe",
+                                 "closed by peer", "eof")):
+        cause = "closed its connection: its process probably died (killed, out of memory, "\
+                "or crashed; see its own output)"
+    else:
+        cause = "failed in a collective operation (it died, hung, or ran different code)"
+    return (f"rank {group.rank} of {group.world_size}: lost {others}, which {cause}; the "
+            "last checkpoint in the run folder is intact and can be resumed")
 
 
 def _is_collective(exc: RuntimeError) -> bool:
@@ -321,4 +342,4 @@ def check_inputs(group: Group | None, batch: "TensorBatch", **config) -> None:
 __all__ = ["DEFAULT_TIMEOUT", "Group", "active", "all_finite", "all_reduce_sum", "barrier",
            "broadcast", "broadcast_object", "check_inputs", "check_same", "current",
            "fingerprint", "gather", "init_from_env", "launched_by_torchrun",
-           "mean", "mean_each", "rank_device", "resolve", "shard", "wrap"]
+           "lost_rank_message", "mean", "mean_each", "rank_device", "resolve", "shard", "wrap"]

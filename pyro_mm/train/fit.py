@@ -40,13 +40,19 @@ the timeout) or a mismatch of data or arguments between ranks raises
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..data.container import MultimodalData
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
+from ..errors import CheckpointError
+from ..runs import checkpoint as ckpt
+from ..runs.folder import open_run_folder
 from ..runs.result import FitResult
 from ..runtime import distributed as ddp
 from .trainer import Settings, Trainer
@@ -80,6 +86,9 @@ def fit(
     distributed: bool | None = None,
     num_workers: int = 2,
     disk_order: str = "random",
+    overwrite: bool = False,
+    new_data: bool = False,
+    data_source: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``data`` by minibatch SVI.
 
@@ -104,9 +113,18 @@ def fit(
         num_particles: ELBO particles per step.
         elbo: ``"trace"`` (Trace_ELBO) or ``"meanfield"`` (TraceMeanField_ELBO,
             analytic KLs where available).
-        run_dir: write config, metrics, history and checkpoints here.
+        run_dir: write config, metrics, history and checkpoints here. The folder is
+            locked for the whole fit (a second run on it is refused, naming the process
+            that holds it; a lock left by a run that is gone is taken over), and a
+            folder that already holds a run is refused unless this fit resumes it
+            (``resume_from`` is the same folder) or ``overwrite`` is given (see
+            :mod:`pyro_mm.runs.folder` for what "holds a run" and "finished" mean).
         resume_from: a run folder or :class:`FitResult` to continue exactly where it
-            stopped (same data and arguments).
+            stopped (same data and arguments). The model (and a given guide) must have
+            the run's configuration and the data the run's fingerprint (modalities,
+            sizes, a hash of the rows): otherwise :class:`~pyro_mm.errors.CheckpointError`
+            lists the differences. A checkpoint of an earlier version without a
+            fingerprint resumes with a warning that the data cannot be checked.
         checkpoint_every: epochs between checkpoints (with ``run_dir``).
         max_recoveries: consecutive non-finite steps tolerated (each halves the step size).
         validate_args: Pyro's and torch's distribution argument checks during the SVI
@@ -133,6 +151,15 @@ def fit(
             the same examples per epoch, ordered so that a minibatch comes from a random
             window of :data:`~pyro_mm.train.trainer.CHUNK_WINDOW` chunks, shuffled within it
             (for stores much larger than memory; write the store in random order).
+        overwrite: with ``run_dir`` holding another run, delete that run's files and
+            write this one there.
+        new_data: with ``resume_from``, continue on data other than the run's on
+            purpose (the model's standardisation stays the run's); the checkpoints
+            then record the new data.
+        data_source: JSON-able description of how to rebuild ``data`` (``pyro-mm
+            train`` records its data set, views, seed and split), kept in every
+            checkpoint and written beside it as ``data.json``; a resumed fit keeps the
+            run's when not given.
 
     Returns:
         :class:`FitResult`.
@@ -150,7 +177,46 @@ def fit(
     if run_dir is not None:
         model.config()  # fails now, not after the first epoch, if it cannot be saved
     trainer = Trainer(model, settings)
-    with ddp.active(trainer.group):  # a failed collective: DistributedError
-        trainer.prepare(data, val_data, guide, resume_from)
+    with ddp.active(trainer.group), _run_folder(  # a failed collective: DistributedError
+            trainer.group, run_dir, _resumes_in(resume_from, run_dir), overwrite):
+        trainer.prepare(data, val_data, guide, resume_from, new_data=new_data,
+                        data_source=data_source)
         trainer.build_optimizer()
         return trainer.run()
+
+
+def _resumes_in(resume_from, run_dir) -> bool:
+    """Whether ``resume_from`` is the run in ``run_dir`` (which it may then write)."""
+    if resume_from is None or run_dir is None:
+        return False
+    source = resume_from.run_dir if isinstance(resume_from, FitResult) else resume_from
+    if source is None:
+        return False
+    source = Path(source)
+    if source.name == ckpt.CHECKPOINT and not source.is_dir():
+        source = source.parent
+    return source.resolve() == Path(run_dir).resolve()
+
+
+@contextlib.contextmanager
+def _run_folder(group, run_dir, resuming: bool, overwrite: bool) -> Iterator[None]:
+    """Rank 0 (or the only process) holds ``run_dir`` for the block
+    (:func:`~pyro_mm.runs.folder.open_run_folder`); a refusal is raised on every rank."""
+    if run_dir is None:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        error = None
+        if group is None or group.is_writer:
+            try:
+                stack.enter_context(open_run_folder(run_dir, resuming=resuming,
+                                                    overwrite=overwrite))
+            except CheckpointError as exc:
+                error = exc
+        message = ddp.broadcast_object(group, None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise CheckpointError(f"rank {group.rank}: rank 0 could not open the run "
+                                  f"folder: {message}")
+        yield

@@ -16,10 +16,10 @@ import torch
 from pyro import poutine
 
 from ..data.container import TensorBatch
-from ..model._pyro_module import evaluation_mode
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
 from ..predictive.predict import predict_batch
+from ..runtime.modes import evaluation_mode
 
 
 @torch.no_grad()

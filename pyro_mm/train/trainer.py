@@ -25,15 +25,17 @@ from pyro.infer import TraceMeanField_ELBO
 from ..data.container import MultimodalData, TensorBatch
 from ..data.loader import RowLoader, chunk_local
 from ..errors import CheckpointError, TrainingDivergedError
-from ..model._pyro_module import evaluation_mode, without_param_statements
+from ..model._pyro_module import without_param_statements
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.factor_protocol import sampling_weights
 from ..model.guide import MultimodalGuide
 from ..predictive.predict import evaluate
 from ..runs import checkpoint as ckpt
+from ..runs.fingerprint import check_resume, data_fingerprint
 from ..runs.result import FitResult, History, resume_state
 from ..runtime import distributed as ddp
 from ..runtime.devices import flush_denormals, resolve_device
+from ..runtime.modes import evaluation_mode
 from .elbo import TraceELBO
 from .expert_heads import experts_heads_are_separable, solve_expert_heads
 from .monitoring import EarlyStopping, validation_metrics
@@ -59,6 +61,21 @@ def _is_non_finite_parameter_error(exc: ValueError) -> bool:
     """Pyro validates distribution parameters, so a NaN inside the model surfaces as
     torch's "found invalid values" ValueError rather than as a NaN loss."""
     return "invalid values" in str(exc)
+
+
+def _load_state(module: torch.nn.Module, state: Mapping[str, Any], source, what: str
+                ) -> None:
+    """``load_state_dict``, its wall of size mismatches cut to one line (the configs
+    were compared before, so this means custom encoders built otherwise)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(
+            f"resume_from {source}: the {what}'s weights do not fit the run's "
+            f"({lines[1] if len(lines) > 1 else lines[0]}"
+            f"{f'; {len(lines) - 2} more' if len(lines) > 2 else ''}); build it "
+            "exactly as the run's") from exc
 
 
 def _snapshot(model, guide) -> dict[str, Any]:
@@ -98,9 +115,14 @@ class Trainer:
 
     # ------------------------------------------------------------- data and device
     def prepare(self, data: MultimodalData, val_data: MultimodalData | None = None,
-                guide: MultimodalGuide | None = None, resume_from=None) -> None:
-        """Restore a resumed run's model, seed, move to the device, fit the
-        standardisation, prepare the data and initialise the guide."""
+                guide: MultimodalGuide | None = None, resume_from=None, *,
+                new_data: bool = False, data_source: Mapping[str, Any] | None = None
+                ) -> None:
+        """Check and restore a resumed run's model (:func:`~pyro_mm.runs.fingerprint.
+        check_resume`: same model, guide and, unless ``new_data``, data), seed, move to
+        the device, fit the standardisation, prepare the data and initialise the guide.
+        ``data_source``: how to rebuild the data, kept in every checkpoint (a resumed
+        run keeps its own when not given)."""
         model, s = self.model, self.settings
         self.config = dict(
             num_epochs=s.num_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
@@ -109,8 +131,16 @@ class Trainer:
             num_particles=s.num_particles, elbo=s.elbo, num_examples=len(data),
             modalities=list(model.modalities))
         self.resume_state = resume = resume_state(resume_from, self.device)
+        self.fingerprint = data_fingerprint(data)
+        self.data_source = data_source if data_source is not None else resume.get(
+            "data_source")
+        source = (resume_from if not isinstance(resume_from, FitResult)
+                  else resume_from.run_dir or "the FitResult given")
         if resume:
-            model.load_state_dict(resume["model_state"])
+            check_resume(resume, source=source, model_config=model.config(),
+                         guide_config=None if guide is None else guide.config(),
+                         fingerprint=self.fingerprint, new_data=new_data)
+            _load_state(model, resume["model_state"], source, "model")
             if guide is None:
                 guide = self._resumed_guide(resume["guide_config"])
         if s.seed is not None:
@@ -118,7 +148,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(0 if s.seed is None else s.seed)
         model.to(self.device)
         model.check_data(data)
-        if not bool(model.standardized):
+        if not model.standardization.fitted:
             model.fit_standardization(data)
         # Data on disk: a StoreBatch, whose minibatches a DataLoader reads ahead.
         self.batch = model.prepare(data)
@@ -134,7 +164,7 @@ class Trainer:
         if not bool(guide.initialized):
             guide.initialize(model, self.batch, self.generator)
         if "guide_state" in resume:
-            guide.load_state_dict(resume["guide_state"])
+            _load_state(guide, resume["guide_state"], source, "guide")
         if self.group is not None:
             self._prepare_ranks(data)
 
@@ -146,7 +176,7 @@ class Trainer:
         self.config["world_size"] = group.world_size
         batch = self.batch
         if not isinstance(batch, TensorBatch):  # on disk: never read whole
-            batch = batch.summary(self.model.standardization_statistics())
+            batch = batch.summary(self.model.standardization.all_statistics())
         ddp.check_inputs(group, batch, model=self.model.config(),
                          guide=self.guide.config(), resumed=bool(self.resume_state),
                          settings={**self.config, "device": None, "run_dir": str(s.run_dir)})
@@ -338,14 +368,39 @@ class Trainer:
         self.result.state = {
             "optimizer_state": self.optimizer.state_dict(), "epoch": self.epoch + 1,
             "step": self.global_step, "early_stop": self.stopper.state(),
-            "rng": {**ckpt.rng_state(), "batches": self.generator.get_state()}}
+            "rng": {**ckpt.rng_state(), "batches": self.generator.get_state()},
+            "data_fingerprint": self.fingerprint, "data_source": self.data_source}
         if self.group is not None:  # each rank's guide noise, to resume it exactly
             self.result.state["rng"]["ranks"] = ddp.gather(self.group, torch.get_rng_state())
         s = self.settings
-        if self.writer and self.run_path is not None and (
+        if self.run_path is not None and (
                 (self.epoch + 1) % s.checkpoint_every == 0 or stop
                 or self.epoch + 1 == s.num_epochs):
-            self.result.save(self.run_path)
+            self.write_run_folder()
+
+    def write_run_folder(self) -> None:
+        """Rank 0 writes the run folder; every rank raises the same
+        :class:`CheckpointError` when it could not (naming the file, the OS error and
+        the checkpoint left intact), so none waits for a rank that stopped."""
+        error = None
+        if self.writer:
+            try:
+                self.result.save(self.run_path)
+            except CheckpointError as exc:
+                error = exc
+        message = ddp.broadcast_object(self.group, None if error is None else
+                                       f"{error}; {self._intact()}")
+        if message is not None:
+            raise CheckpointError(message if self.writer else
+                                  f"rank {self.group.rank}: rank 0 {message}") from error
+
+    def _intact(self) -> str:
+        """What a failed write left: the checkpoint on disk is read back to say so."""
+        try:
+            epoch = ckpt.load_checkpoint(self.run_path / ckpt.CHECKPOINT)["epoch"]
+        except CheckpointError:
+            return f"no checkpoint of this run is in {self.run_path}"
+        return f"the checkpoint of epoch {epoch} is intact"
 
     # ------------------------------------------------------------- the loop
     def run(self) -> FitResult:
@@ -403,7 +458,7 @@ class Trainer:
         config["best_epoch"] = self.stopper.best_epoch
         if self.val_data is not None:
             self.result.metrics = ddp.mean(self.group, evaluate(self.result, self.val_data))
-        if self.writer and self.run_path is not None:
-            self.result.save(self.run_path)
+        if self.run_path is not None:
+            self.write_run_folder()
         ddp.barrier(self.group)  # no rank returns before the run folder is complete
         return self.result
