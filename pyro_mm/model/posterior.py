@@ -363,6 +363,16 @@ def _local_of(local):
                     f"globals_) or a function, got {type(local).__name__}")
 
 
+def model_of(source) -> MultimodalDPMixture | None:
+    """The model ``source`` carries (a ``Posterior``, ``FitResult``, ``(model, ...)``
+    tuple or MCMC), without checking the rest of it; ``None`` if it carries none."""
+    if isinstance(source, tuple) and source:
+        return source[0]
+    if isinstance(source, MCMC):
+        return getattr(source.kernel, "model", None)
+    return getattr(source, "model", None)
+
+
 def as_posterior(source, model: MultimodalDPMixture | None = None, local=None) -> Posterior:
     """A :class:`Posterior` of ``source`` (module docstring lists what is accepted).
 
@@ -404,4 +414,4 @@ def as_posterior(source, model: MultimodalDPMixture | None = None, local=None) -
 
 __all__ = ["ACCEPTED", "DRAW_BLOCK", "GlobalDraw", "GuidePosterior", "POINT_DRAWS",
            "POINT_SEED", "Posterior", "SamplesPosterior", "as_posterior",
-           "global_site_shapes", "seeded", "site_log_prob"]
+           "global_site_shapes", "model_of", "seeded", "site_log_prob"]

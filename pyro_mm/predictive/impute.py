@@ -31,7 +31,7 @@ import torch
 
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
-from ..model.posterior import Posterior, as_posterior
+from ..model.posterior import Posterior, as_posterior, model_of
 from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,9 +182,12 @@ def impute(result: "FitResult | Any", data: MultimodalData, num_samples: int = 1
     """
     import xarray as xr
 
-    posterior = as_posterior(result)
-    model = posterior.model
+    # What the model cannot do is said first, before the rest of ``result`` is read.
+    model = model_of(result)
+    if not isinstance(model, MultimodalDPMixture):
+        model = as_posterior(result).model       # the TypeError naming what is accepted
     levels = _check(model, num_samples, quantiles, chunk_size)
+    posterior = as_posterior(result)
     batch = model.prepare(data)
     devices = [batch.device] if batch.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
