@@ -35,10 +35,11 @@ This module is the top of :mod:`pyro_mm.model`: it sits above the guide and belo
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyro
@@ -131,7 +132,7 @@ def _median(stacked: torch.Tensor) -> torch.Tensor:
     return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
 
 
-class Posterior:
+class Posterior(abc.ABC):
     """A posterior of ``model``'s global sites (and, for latent models, ``q(z | x)``).
 
     Attributes:
@@ -165,22 +166,22 @@ class Posterior:
                 out.append(part)
         return out
 
+    @abc.abstractmethod
     def point_estimate(self, batch: TensorBatch | None = None) -> dict[str, torch.Tensor]:
         """``site -> value`` of every global site (module docstring for the rule).
         ``batch`` is what a function guide is called with when it has to be drawn
         from (``guide(batch, None, 1.0)``); nothing else reads it."""
-        raise NotImplementedError
 
     def num_draws(self, num_samples: int | None) -> int:
         """How many draws :meth:`draws` yields for ``num_samples``."""
         return 1000 if num_samples is None else int(num_samples)
 
+    @abc.abstractmethod
     def draws(self, batch: TensorBatch, num_samples: int | None = None,
               seed: int | None = None) -> Iterator[GlobalDraw]:
         """``num_samples`` :class:`GlobalDraw` s (``None``: a guide's default of 1000,
         or every sample); ``seed`` seeds a guide's draws (the caller's random state is
         left alone; ``None``: PyTorch's current state)."""
-        raise NotImplementedError
 
     def encode(self, batch: TensorBatch, globals_: Mapping[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
