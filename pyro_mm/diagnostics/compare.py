@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.container import MultimodalData
+from ..model.posterior import as_posterior
 from .datatree import to_datatree
 from .reliability import _is_tree, loo
 
@@ -194,7 +195,8 @@ def compare(first, second, data: MultimodalData | None = None, *,
             the reference: components are matched to its chain 0, and differences are
             in its standard deviations.
         data: the data of the trees and the LOO (required unless both are trees).
-        num_samples, batch_size, seed: as in :func:`~pyro_mm.diagnostics.to_datatree`.
+        num_samples: draws of a guide (``None``: 1000); samples are used whole.
+        batch_size, seed: as in :func:`~pyro_mm.diagnostics.to_datatree`.
         names: what to call the two in the table.
 
     Returns:
@@ -207,8 +209,10 @@ def compare(first, second, data: MultimodalData | None = None, *,
             continue
         if data is None:
             raise ValueError("compare: pass the data to draw the posteriors on")
-        trees.append(to_datatree(source, data, num_samples=num_samples,
-                                 batch_size=batch_size, seed=seed, progress=False))
+        posterior = as_posterior(source)
+        trees.append(to_datatree(posterior, data, batch_size=batch_size, seed=seed,
+                                 num_samples=num_samples if posterior.has_log_q else None,
+                                 progress=False))
     reference = _loc_matrix(trees[1]["posterior"].to_dataset(), 0)
     matched, permutations = {}, {}
     for name, tree in zip(names, trees):
