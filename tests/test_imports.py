@@ -36,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 #: Inside :mod:`pyro_mm.model`, lowest first: its parts, then what combines them, then
-#: the mixture, then the guide on top.
+#: the mixture, then the guide, then any posterior (guide or samples) on top.
 MODEL_LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm.model._pyro_module", "pyro_mm.model.distributions", "pyro_mm.model.networks",
      "pyro_mm.model.sites", "pyro_mm.model.scale_floors", "pyro_mm.model.legacy_names"),
@@ -45,6 +45,7 @@ MODEL_LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm.model.arguments", "pyro_mm.model.label_head"),
     ("pyro_mm.model.dp_mixture",),
     ("pyro_mm.model.guide",),
+    ("pyro_mm.model.posterior",),
     ("pyro_mm.model",),
 ]
 

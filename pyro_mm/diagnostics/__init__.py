@@ -7,6 +7,7 @@
 * :func:`loo`, :func:`effective_components`, :func:`responsibility_ari`: PSIS-LOO of
   labels and features, the number of components in use, clusters against labels.
 * :func:`summary`: all of it in one table.
+* :func:`compare`: two posteriors of one model (SVI against NUTS), components matched.
 * :mod:`pyro_mm.diagnostics.plots`: training history, mixture weights,
   responsibilities by class, modality contributions (ARM), the PMRL singular-value
   spectrum, posterior predictive checks.
@@ -15,6 +16,7 @@ Importing this package needs neither ArviZ nor matplotlib; the functions that us
 import them when called.
 """
 
+from .compare import Comparison, compare
 from .datatree import load_datatree, save_datatree, to_datatree
 from .reliability import (ParetoK, effective_components, loo, pareto_k, pareto_k_verdict,
                           responsibility_ari)
@@ -22,9 +24,11 @@ from .sampling import MAX_PREDICTIVE_VALUES, importance_log_ratios
 from .summary import DiagnosticsSummary, summary
 
 __all__ = [
+    "Comparison",
     "DiagnosticsSummary",
     "MAX_PREDICTIVE_VALUES",
     "ParetoK",
+    "compare",
     "effective_components",
     "importance_log_ratios",
     "load_datatree",

@@ -64,7 +64,8 @@ from ..model.dp_mixture import MultimodalDPMixture
 from ..predictive.metrics import weights_perplexity
 # The drawing and the storage live in their own modules; their public names (and the
 # helpers other diagnostics use) stay importable from here.
-from .sampling import Plan, make_plan, model_and_guide, sample_draws, seeded
+from ..model.posterior import as_posterior, seeded
+from .sampling import Plan, make_plan, sample_draws
 from .storage import load_datatree, save_datatree
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -95,9 +96,9 @@ def _attrs(**extra) -> dict[str, Any]:
 
 
 def to_datatree(
-    result: "FitResult",
+    result: "FitResult | Any",
     data: MultimodalData,
-    num_samples: int = 1000,
+    num_samples: int | None = None,
     batch_size: int = 2048,
     *,
     predictive_features: bool | None = None,
@@ -109,8 +110,10 @@ def to_datatree(
     ``arviz.ess``, ``arviz.loo``, ``arviz.plot_*``).
 
     How the draws are made and what each log-likelihood means is in the module
-    docstring (:mod:`pyro_mm.diagnostics.datatree`); in short: one chain, ``draw`` =
-    independent draws from the variational posterior; ``log_likelihood`` is ``"x"``
+    docstring (:mod:`pyro_mm.diagnostics.datatree`); in short: for a guide one chain,
+    ``draw`` = independent draws from the variational posterior; for posterior samples
+    (MCMC) their chains and draws as they are, so ``arviz.rhat`` and ``arviz.ess``
+    apply; ``log_likelihood`` is ``"x"``
     (observed representation: exact ``log p(x_i | theta)``, assignments summed out), or
     ``"y"`` (``log p(y_i | z_i, theta)``) and ``"x_<m>"`` (``log p(x_im | z_i)``) for
     latent models, with ``z_i ~ q(z_i | x_i)``; densities of the original features.
@@ -152,10 +155,15 @@ def to_datatree(
     non-index coordinate ``feature_modality``) and ``<m>_feature`` 0..d_m-1.
 
     Args:
-        result: a :class:`~pyro_mm.train.fit.FitResult` (or a ``(model, guide)`` pair).
+        result: a posterior: a :class:`~pyro_mm.runs.result.FitResult`, ``(model,
+            guide[, local])`` with the library's or any Pyro guide, ``(model,
+            samples[, local])`` or a ``pyro.infer.MCMC`` (see
+            :func:`~pyro_mm.model.posterior.as_posterior`).
         data: the examples to evaluate (typically held out); its modalities must
             include the model's.
-        num_samples: draws from the variational posterior (one chain).
+        num_samples: draws from a guide (one chain; ``None``: 1000); for samples of
+            ``C`` chains, ``None`` (all of them) or a multiple of ``C`` (evenly spaced
+            draws of each chain). Samples have no ``log_q`` in ``sample_stats``.
         batch_size: examples per chunk (bounds memory on large data).
         predictive_features: keep replicated features in ``posterior_predictive``
             (``None``: only while there are at most ``MAX_PREDICTIVE_VALUES`` values,
@@ -170,19 +178,24 @@ def to_datatree(
     # xarray is imported when used, so that importing pyro_mm does not pay for it.
     import xarray as xr
 
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples: must be a positive integer, got {num_samples!r}")
+    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
+        raise ValueError(f"num_samples: must be a positive integer or None, got "
+                         f"{num_samples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected MultimodalData, got {type(data).__name__}")
-    model, guide = model_and_guide(result)
+    posterior = as_posterior(result)
+    model = posterior.model
     batch = model.prepare(data)
+    num_samples = posterior.num_draws(num_samples)
     plan = make_plan(model, batch, predictive_features, num_samples, predictive=True)
     with seeded(seed, batch.device):
-        out = sample_draws(model, guide, batch, plan, num_samples, batch_size, progress)
+        out = sample_draws(posterior, batch, plan, num_samples, batch_size, progress)
+    if not posterior.has_log_q:
+        del out["log_q"]
 
-    coords = _coords(model, plan, num_samples, batch.size)
+    coords = _coords(model, plan, num_samples, batch.size, posterior.num_chains)
     observed_data, feature_coords = _observed_data(model, plan, data, coords)
     groups = {"posterior": _posterior(model, plan, out, coords),
               "posterior_predictive": _posterior_predictive(model, plan, out, coords,
@@ -198,7 +211,8 @@ def to_datatree(
         representation=model.representation, mixture=model.mixture,
         num_components=model.num_components, num_examples=batch.size,
         num_samples=num_samples, alpha=None if model.learn_alpha else float(model.alpha),
-        global_guide=getattr(guide, "global_guide_name", None),
+        posterior=posterior.kind, num_chains=posterior.num_chains,
+        global_guide=getattr(getattr(posterior, "guide", None), "global_guide_name", None),
         log_likelihood=(
             "per example and draw; see pyro_mm.diagnostics.datatree: 'x' exact "
             "log p(x_i | theta) (observed), 'y' log p(y_i | z_i, theta) and 'x_<m>' "
@@ -208,22 +222,26 @@ def to_datatree(
 
 
 # ---------------------------------------------------------------------- the groups
-#: The leading dimensions of every drawn variable (one chain).
+#: The leading dimensions of every drawn variable.
 _SD = ("chain", "draw")
 
 
-def _draws(array) -> np.ndarray:
-    return np.asarray(array)[None]
+def _draws(array, coords: Mapping[str, Any]) -> np.ndarray:
+    """``(S, ...)`` draws, chain by chain, as ``(chain, draw, ...)``."""
+    array = np.asarray(array)
+    return array.reshape((len(coords["chain"]), len(coords["draw"])) + array.shape[1:])
 
 
 def _chain_draw(coords: Mapping[str, Any]) -> dict[str, Any]:
     return {"chain": coords["chain"], "draw": coords["draw"]}
 
 
-def _coords(model: MultimodalDPMixture, plan: Plan, S: int, n: int) -> dict[str, Any]:
-    """The coordinates shared by the groups (module docstring of :func:`to_datatree`)."""
+def _coords(model: MultimodalDPMixture, plan: Plan, S: int, n: int, chains: int = 1
+            ) -> dict[str, Any]:
+    """The coordinates shared by the groups (module docstring of :func:`to_datatree`);
+    ``S`` draws in all, ``S / chains`` per chain."""
     K, mods = model.num_components, list(model.modalities)
-    coords = {"chain": [0], "draw": np.arange(S), "component": np.arange(K),
+    coords = {"chain": np.arange(chains), "draw": np.arange(S // chains), "component": np.arange(K),
               "stick": np.arange(K - 1), "modality": np.array(mods), "example": np.arange(n)}
     if plan.latent:
         coords["latent"] = np.arange(model.latent_dim)
@@ -238,24 +256,25 @@ def _posterior(model: MultimodalDPMixture, plan: Plan, out: Mapping[str, Any],
     coords = dict(coords)
     weights = np.exp(out["log_weights"])
     post = {
-        "sticks": (_SD + ("stick",), _draws(out["sticks"])),
-        "weights": (_SD + ("component",), _draws(weights.astype(np.float32))),
-        "effective_components": (_SD, _draws(weights_perplexity(torch.as_tensor(weights)).numpy())),
+        "sticks": (_SD + ("stick",), _draws(out["sticks"], coords)),
+        "weights": (_SD + ("component",), _draws(weights.astype(np.float32), coords)),
+        "effective_components": (_SD, _draws(
+            weights_perplexity(torch.as_tensor(weights)).numpy(), coords)),
     }
     if model.learn_alpha:
-        post["alpha"] = (_SD, _draws(out["alpha"]))
+        post["alpha"] = (_SD, _draws(out["alpha"], coords))
     if model.learn_df:
-        post["component_df"] = (_SD + ("modality",), _draws(out["df"]))
+        post["component_df"] = (_SD + ("modality",), _draws(out["df"], coords))
     if plan.latent:
         for what in ("loc", "scale"):
             stacked = np.stack([out[what + "s"][m] for m in mods], axis=2)  # S K M D
             post[f"component_{what}"] = (_SD + ("component", "modality", "latent"),
-                                         _draws(stacked))
+                                         _draws(stacked, coords))
     else:
         for m in mods:
             for what in ("loc", "scale"):
                 post[f"component_{what}_{m}"] = (_SD + ("component", f"{m}_feature"),
-                                                 _draws(out[what + "s"][m]))
+                                                 _draws(out[what + "s"][m], coords))
                 coords[f"{m}_feature"] = np.arange(model.dims[m])
     posterior = _dataset(post, coords)
     posterior.attrs = _attrs()
@@ -308,13 +327,14 @@ def _posterior_predictive(model: MultimodalDPMixture, plan: Plan, out: Mapping[s
 
     pp: dict[str, Any] = {}
     if plan.pp_labels:
-        pp["y"] = (_SD + ("example",), _draws(out["pp_y"]))
+        pp["y"] = (_SD + ("example",), _draws(out["pp_y"], coords))
     if plan.pp_features:
         if plan.latent:
             for m in model.modalities:
-                pp[f"x_{m}"] = (_SD + ("example", f"{m}_feature"), _draws(out["pp_x"][m]))
+                pp[f"x_{m}"] = (_SD + ("example", f"{m}_feature"),
+                                _draws(out["pp_x"][m], coords))
         else:
-            pp["x"] = (_SD + ("example", "feature"), _draws(out["pp_x"]))
+            pp["x"] = (_SD + ("example", "feature"), _draws(out["pp_x"], coords))
     predictive = xr.Dataset(pp, coords={**_chain_draw(coords), "example": coords["example"],
                                         **(feature_coords if plan.pp_features else {})})
     predictive.attrs = _attrs()
@@ -336,7 +356,7 @@ def _log_likelihood(plan: Plan, out: Mapping[str, Any], coords: Mapping[str, Any
         else:
             dim = f"{var}_example"
             ll_coords[dim] = np.flatnonzero(mask)
-        ll[var] = (_SD + (dim,), _draws(out["ll"][var]))
+        ll[var] = (_SD + (dim,), _draws(out["ll"][var], coords))
     descriptions = {
         "x": "log p(x_i | theta): exact, component assignment summed out, original scale",
         "y": "log p(y_i | z_i, theta) with z_i ~ q(z_i | x_i)",
@@ -353,13 +373,16 @@ def _sample_stats(out: Mapping[str, Any], coords: Mapping[str, Any]) -> "xr.Data
     """The two sides of the importance ratio."""
     import xarray as xr
 
-    sample_stats = xr.Dataset(
-        {"lp": (_SD, _draws(out["lp"])), "log_q": (_SD, _draws(out["log_q"]))},
-        coords=_chain_draw(coords))
+    stats = {"lp": (_SD, _draws(out["lp"], coords))}
+    if "log_q" in out:  # posterior samples have no density q
+        stats["log_q"] = (_SD, _draws(out["log_q"], coords))
+    sample_stats = xr.Dataset(stats, coords=_chain_draw(coords))
     sample_stats["lp"].attrs["description"] = (
         "log p(theta, z, data): the model's joint log density at the draw, whole data "
         "set (standardised features; auxiliary factors included)")
-    sample_stats["log_q"].attrs["description"] = "log q(theta, z): the guide's log density"
+    if "log_q" in out:
+        sample_stats["log_q"].attrs["description"] = ("log q(theta, z): the guide's log "
+                                                      "density")
     sample_stats.attrs = _attrs()
     return sample_stats
 

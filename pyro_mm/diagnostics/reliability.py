@@ -36,7 +36,8 @@ import numpy as np
 from ..data.container import MultimodalData
 from ..predictive.metrics import adjusted_rand_index
 from ..predictive.predict import predict
-from .sampling import importance_log_ratios, model_and_guide
+from ..model.posterior import as_posterior
+from .sampling import importance_log_ratios, require_log_q
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
@@ -144,8 +145,11 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
 
     Args:
         source: a tree from :func:`~pyro_mm.diagnostics.to_datatree` (its
-            ``sample_stats`` hold ``lp`` and ``log_q``), or a fitted result with
-            ``data``, for which only the importance ratios are computed.
+            ``sample_stats`` hold ``lp`` and ``log_q``), or a posterior with a density
+            (a ``FitResult``, ``(model, guide)`` with any Pyro guide: see
+            :func:`~pyro_mm.model.posterior.as_posterior`) with ``data``, for which
+            only the importance ratios are computed. Posterior samples (MCMC) have no
+            ``log q`` and are refused with a ``TypeError``.
         data: the data set the ratio is computed on (the training data answers "did
             the fit work"; required with a result).
         num_samples, batch_size, seed, progress: as in
@@ -160,15 +164,21 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
             raise ValueError("pareto_k: the tree has no sample_stats lp/log_q; make it with "
                              "pyro_mm.diagnostics.to_datatree")
         stats = source["sample_stats"]
+        if "log_q" not in stats:
+            raise TypeError("pareto_k: the tree was made from posterior samples (e.g. "
+                            "MCMC), which have no density q and so no importance ratios; "
+                            "check them with arviz.rhat / arviz.ess instead")
         lp = np.asarray(stats["lp"]).ravel()
         log_q = np.asarray(stats["log_q"]).ravel()
         includes_locals = source.attrs.get("representation") == "latent"
     else:
         if data is None:
             raise ValueError("pareto_k: pass the data the ratios are computed on")
-        model, _ = model_and_guide(source)
+        posterior = as_posterior(source)
+        require_log_q(posterior, "pareto_k")
+        model = posterior.model
         includes_locals = model.representation == "latent"
-        lp, log_q = importance_log_ratios(source, data, num_samples, batch_size, seed,
+        lp, log_q = importance_log_ratios(posterior, data, num_samples, batch_size, seed,
                                           progress)
     log_ratios = lp - log_q
     S = log_ratios.size
@@ -271,8 +281,8 @@ def responsibility_ari(source, data: MultimodalData | None = None
     """Most responsible component against the labels.
 
     Args:
-        source: a fitted result (with ``data``: plug-in responsibilities at the
-            posterior medians, the same as :func:`pyro_mm.evaluate`), or a tree
+        source: a posterior (with ``data``: plug-in responsibilities at its point
+            estimate, the same as :func:`pyro_mm.evaluate`), or a tree
             (posterior-mean responsibilities of its ``per_example`` group against its
             observed labels).
 

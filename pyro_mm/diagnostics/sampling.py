@@ -3,18 +3,18 @@ and :func:`~pyro_mm.diagnostics.pareto_k`.
 
 How the draws are made, and what each pointwise log-likelihood means, is described in
 :mod:`pyro_mm.diagnostics.datatree`; this module makes them: a plan of what to compute
-(:func:`make_plan`), draws of the global guide (:func:`pyro_mm.predictive.draws.global_draws`) and
+(:func:`make_plan`), draws of the global posterior
+(:meth:`pyro_mm.model.posterior.Posterior.draws`: a guide's, or posterior samples) and
 the loop over draws and chunks of examples (:func:`sample_draws`), which fills preallocated
 NumPy arrays.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,40 +23,14 @@ from pyro import poutine
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.params import MixtureParams
-from ..predictive.draws import global_draws, site_log_prob
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..model.guide import MultimodalGuide
+from ..model.posterior import Posterior, as_posterior, seeded, site_log_prob
+from ..runtime.modes import evaluation_mode
 
 
 #: Default cap on the number of replicated feature values kept in
 #: ``posterior_predictive`` when ``predictive_features`` is ``None`` (about 200 MB in
 #: float32).
 MAX_PREDICTIVE_VALUES = 50_000_000
-
-
-def model_and_guide(result) -> tuple[MultimodalDPMixture, "MultimodalGuide"]:
-    if isinstance(result, tuple) and len(result) == 2:
-        return result
-    try:
-        return result.model, result.guide
-    except AttributeError:
-        raise TypeError(
-            f"result: expected a FitResult (or a (model, guide) pair), got "
-            f"{type(result).__name__}") from None
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device):
-    """Seed PyTorch's generators for the block only, leaving the caller's state as it
-    was (``seed=None``: draw from the current state)."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
 
 
 def _in_data_plate(site) -> bool:
@@ -133,9 +107,10 @@ class _Sampler:
     """The output arrays of the sampling loop (leading draw axis), filled draw by draw
     and, within a draw, chunk by chunk."""
 
-    def __init__(self, model: MultimodalDPMixture, guide: "MultimodalGuide",
-                 batch: TensorBatch, plan: Plan, num_samples: int, per_example: bool):
-        self.model, self.guide, self.batch, self.plan = model, guide, batch, plan
+    def __init__(self, posterior: Posterior, batch: TensorBatch, plan: Plan,
+                 num_samples: int, per_example: bool):
+        model = posterior.model
+        self.model, self.posterior, self.batch, self.plan = model, posterior, batch, plan
         self.per_example = per_example
         self.out = _allocate(model, batch.size, plan, num_samples, per_example)
         self.ll_index = {v: np.cumsum(mask) - 1 for v, mask in plan.ll_vars.items()}
@@ -155,7 +130,7 @@ class _Sampler:
         model, out = self.model, self.out
         out["log_q"][s] = log_q_global
         globals_ = {name: global_trace.nodes[name]["value"]
-                    for name in self.guide.global_sites}
+                    for name in self.posterior.global_sites}
         params = model.params_from_sites(globals_)
         out["sticks"][s] = params.sticks.cpu().numpy()
         out["log_weights"][s] = params.log_weights.double().cpu().numpy()
@@ -167,19 +142,22 @@ class _Sampler:
             out["scales"][m][s] = params.scales[j].cpu().numpy()
         plan = self.plan
         for first, idx in enumerate(self.batch.chunk_indices(batch_size)):
-            guide_trace = self.chunk_densities(s, global_trace, idx, first == 0)
+            guide_trace = self.chunk_densities(s, global_trace, globals_, idx, first == 0)
             if (self.per_example or plan.pp_labels or plan.pp_features
                     or "y" in plan.ll_vars):
                 self.chunk_predictions(s, params, guide_trace, idx)
 
-    def chunk_densities(self, s: int, global_trace: "poutine.Trace", idx: torch.Tensor,
-                        first: bool) -> "poutine.Trace":
-        """Replay the guide and the model on one chunk; add their log densities (global
-        terms on the ``first`` chunk only) and store the feature log-likelihoods."""
+    def chunk_densities(self, s: int, global_trace: "poutine.Trace", globals_,
+                        idx: torch.Tensor, first: bool) -> "poutine.Trace":
+        """Draw the chunk's ``z`` from the local guide (latent models), replay the model
+        on the draw; add their log densities (global terms on the ``first`` chunk only)
+        and store the feature log-likelihoods."""
         model, batch, plan, out = self.model, self.batch, self.plan, self.out
         if plan.latent:
-            guide_trace = poutine.trace(poutine.replay(self.guide, trace=global_trace)
-                                        ).get_trace(batch, idx, 1.0)
+            guide_trace = poutine.trace(self.posterior.local_guide).get_trace(
+                batch, idx, globals_)
+            for name, node in global_trace.nodes.items():
+                guide_trace.add_node(name, **node)
         else:  # the guide of an observed model is its global part
             guide_trace = global_trace
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)
@@ -286,28 +264,23 @@ def _allocate(model: MultimodalDPMixture, n: int, plan: Plan, S: int,
 
 
 @torch.no_grad()
-def sample_draws(model: MultimodalDPMixture, guide: "MultimodalGuide", batch: TensorBatch,
-            plan: Plan, num_samples: int, batch_size: int, progress: bool,
-            per_example: bool = True, draw_block: int = 256) -> dict[str, Any]:
-    """The sampling loop (module docstring of :mod:`pyro_mm.diagnostics.datatree`).
-    Returns NumPy arrays with a leading draw axis."""
+def sample_draws(posterior: Posterior, batch: TensorBatch, plan: Plan, num_samples: int,
+                 batch_size: int, progress: bool, per_example: bool = True
+                 ) -> dict[str, Any]:
+    """The sampling loop (module docstring of :mod:`pyro_mm.diagnostics.datatree`) over
+    the ``num_samples`` draws of ``posterior`` (as many as it has). Returns NumPy arrays
+    with a leading draw axis."""
     # tqdm is only the progress bar: imported when a loop starts, not with the package.
     from tqdm.auto import tqdm
 
-    sampler = _Sampler(model, guide, batch, plan, num_samples, per_example)
-    model_was_training, guide_was_training = model.training, guide.training
-    model.eval()
-    guide.eval()
-    try:
+    sampler = _Sampler(posterior, batch, plan, num_samples, per_example)
+    with evaluation_mode(*posterior.modules()):
         bar = tqdm(total=num_samples, desc="posterior draws", unit="draw",
                    disable=not progress)
-        for draw in global_draws(guide, batch, num_samples, draw_block):
+        for draw in posterior.draws(batch, num_samples):
             bar.update(1)
             sampler.draw(draw.index, draw.trace, draw.log_q, batch_size)
         bar.close()
-    finally:
-        model.train(model_was_training)
-        guide.train(guide_was_training)
     out = sampler.out
     if per_example:
         out["responsibilities"] /= num_samples
@@ -323,15 +296,28 @@ def importance_log_ratios(result, data: MultimodalData, num_samples: int = 1000,
     ``log q(theta_s, z_s)`` for draws from the guide (the ``sample_stats`` of
     :func:`to_datatree`, without the rest). Their difference is the per-draw ELBO
     integrand, the log importance ratio whose Pareto-k :func:`pyro_mm.diagnostics.pareto_k`
-    reports."""
-    model, guide = model_and_guide(result)
+    reports. ``result``: a posterior with a density (a guide, not samples: see
+    :func:`~pyro_mm.model.posterior.as_posterior`)."""
+    posterior = as_posterior(result)
+    require_log_q(posterior, "importance_log_ratios")
+    model = posterior.model
     batch = model.prepare(data)
+    num_samples = posterior.num_draws(num_samples)
     plan = make_plan(model, batch, False, num_samples, predictive=False)
     with seeded(seed, batch.device):
-        out = sample_draws(model, guide, batch, plan, num_samples, batch_size, progress,
-                      per_example=False)
+        out = sample_draws(posterior, batch, plan, num_samples, batch_size, progress,
+                           per_example=False)
     return out["lp"], out["log_q"]
 
 
+def require_log_q(posterior: Posterior, what: str) -> None:
+    """Refuse a posterior without a density ``q`` (samples) where ``log q`` is needed."""
+    if not posterior.has_log_q:
+        raise TypeError(
+            f"{what}: posterior samples (e.g. from MCMC) have no density q, so there are "
+            "no importance ratios p / q to fit a Pareto tail to; check MCMC with "
+            "arviz.rhat / arviz.ess on pyro_mm.to_datatree(samples, data) instead")
+
+
 __all__ = ["MAX_PREDICTIVE_VALUES", "Plan", "importance_log_ratios", "label_log_prob",
-           "make_plan", "model_and_guide", "sample_draws", "seeded"]
+           "make_plan", "require_log_q", "sample_draws"]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.container import MultimodalData
+from ..model.posterior import as_posterior
 from ..predictive.metrics import adjusted_rand_index
 from ..predictive.predict import predict
 from .datatree import to_datatree
@@ -49,8 +50,10 @@ class DiagnosticsSummary:
         description: model, data size and number of draws.
         training: ``steps``, ``epochs``, ``final_loss`` (negative ELBO per example,
             last epoch) and, when validation ran, ``val_loss`` / ``val_accuracy``.
-        elbo_per_example: Monte Carlo ELBO of ``data`` per example from the draws.
-        pareto_k: :class:`~pyro_mm.diagnostics.reliability.ParetoK`.
+        elbo_per_example: Monte Carlo ELBO of ``data`` per example from the draws
+            (``None`` for posterior samples, which have no density ``q``).
+        pareto_k: :class:`~pyro_mm.diagnostics.reliability.ParetoK` (``None`` for
+            posterior samples).
         loo: ``variable -> LooResult`` (labels ``"y"``, features ``"x"``/``"x_<m>"``).
         effective_components: ``mean``, ``median``, ``lower``, ``upper``, ``ci_prob``.
         ari: adjusted Rand index of the most responsible component against the labels
@@ -62,8 +65,8 @@ class DiagnosticsSummary:
 
     description: str
     training: dict[str, float]
-    elbo_per_example: float
-    pareto_k: ParetoK
+    elbo_per_example: float | None
+    pareto_k: ParetoK | None
     loo: dict[str, LooResult]
     effective_components: dict[str, float]
     ari: float | None
@@ -78,7 +81,7 @@ class DiagnosticsSummary:
             "description": self.description,
             "training": dict(self.training),
             "elbo_per_example": self.elbo_per_example,
-            "pareto_k": self.pareto_k.to_dict(),
+            "pareto_k": None if self.pareto_k is None else self.pareto_k.to_dict(),
             "loo": {k: dataclasses.asdict(v) for k, v in self.loo.items()},
             "effective_components": {k: v for k, v in self.effective_components.items()
                                      if k != "draws"},
@@ -100,18 +103,10 @@ class DiagnosticsSummary:
         if "val_loss" in t:
             training.append(("final validation loss (-ELBO / example)",
                              f"{t['val_loss']:.4g}"))
-        training.append(("ELBO / example on these data (draws)",
-                         f"{self.elbo_per_example:.4g}"))
-
-        pk = self.pareto_k
-        reliability = [
-            ("Pareto k of log p - log q",
-             "n/a" if math.isnan(pk.k) else f"{pk.k:.3f}  [{pk.label}]"),
-            ("  ratio over", "globals and every representation z" if pk.includes_locals
-             else "the global parameters"),
-            ("importance-sampling ESS", f"{pk.ess:.1f} of {pk.num_samples}"),
-            ("verdict", pk.verdict),
-        ]
+        if self.elbo_per_example is not None:
+            training.append(("ELBO / example on these data (draws)",
+                             f"{self.elbo_per_example:.4g}"))
+        reliability = self._reliability_rows()
 
         predictive = []
         for name, r in self.loo.items():
@@ -137,6 +132,21 @@ class DiagnosticsSummary:
             sections.append(("Predictive checks", predictive))
         sections.append(("Mixture", mixture))
         return sections
+
+    def _reliability_rows(self) -> list[tuple[str, str]]:
+        """The rows of "Is the posterior reliable?" (Pareto k; none for samples)."""
+        pk = self.pareto_k
+        if pk is None:
+            return [("Pareto k of log p - log q", "n/a: posterior samples have no q"),
+                    ("verdict", "check the chains with arviz.rhat and arviz.ess")]
+        return [
+            ("Pareto k of log p - log q",
+             "n/a" if math.isnan(pk.k) else f"{pk.k:.3f}  [{pk.label}]"),
+            ("  ratio over", "globals and every representation z" if pk.includes_locals
+             else "the global parameters"),
+            ("importance-sampling ESS", f"{pk.ess:.1f} of {pk.num_samples}"),
+            ("verdict", pk.verdict),
+        ]
 
     def __str__(self) -> str:
         sections = self.rows()
@@ -193,9 +203,9 @@ def _loo_results(tree) -> dict[str, LooResult]:
 
 
 def summary(
-    result: "FitResult",
+    result: "FitResult | Any",
     data: MultimodalData,
-    num_samples: int = 1000,
+    num_samples: int | None = None,
     batch_size: int = 2048,
     *,
     tree: "xr.DataTree | None" = None,
@@ -223,20 +233,25 @@ def summary(
       :func:`pyro_mm.evaluate`).
 
     Args:
-        result: a fitted :class:`~pyro_mm.train.fit.FitResult`.
+        result: a posterior: a fitted :class:`~pyro_mm.runs.result.FitResult`,
+            ``(model, guide)`` with any Pyro guide, posterior samples or a
+            ``pyro.infer.MCMC`` (:func:`~pyro_mm.model.posterior.as_posterior`);
+            samples get no Pareto k (they have no density ``q``).
         data: the data to diagnose (the training data answers "did the fit work",
             held-out data "does it generalise").
-        num_samples: posterior draws (ignored when ``tree`` is given).
+        num_samples: posterior draws (ignored when ``tree`` is given; ``None``: 1000
+            from a guide, every sample).
         batch_size: examples per chunk.
         tree: a tree already made by :func:`~pyro_mm.diagnostics.to_datatree` for
             ``result`` and ``data``.
         seed: seed for the draws (``None``: PyTorch's current random state).
         progress: tqdm progress bar while drawing.
     """
+    posterior = as_posterior(result)
     if tree is None:
-        tree = to_datatree(result, data, num_samples=num_samples, batch_size=batch_size,
+        tree = to_datatree(posterior, data, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, progress=progress)
-    model = result.model
+    model = posterior.model
     n = len(data)
     S = int(tree["posterior"].sizes["draw"]) * int(tree["posterior"].sizes["chain"])
     history = getattr(result, "history", None)
@@ -250,8 +265,8 @@ def summary(
                           ("val_accuracy", "val_accuracy")):
             if key in last:
                 training[name] = float(last[key])
-    pk = pareto_k(tree)
-    pred = predict(result, data)
+    pk = pareto_k(tree) if "log_q" in tree["sample_stats"] else None
+    pred = predict(posterior, data)
     assignments = _hard_assignments(pred["responsibilities"])
     labels = data.labels
     keep = None if labels is None else labels >= 0
@@ -271,7 +286,7 @@ def summary(
     return DiagnosticsSummary(
         description=description,
         training=training,
-        elbo_per_example=pk.elbo / n,
+        elbo_per_example=None if pk is None else pk.elbo / n,
         pareto_k=pk,
         loo=_loo_results(tree),
         effective_components=effective_components(tree),

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..model.posterior import as_posterior
+
 if TYPE_CHECKING:  # pragma: no cover
     from ..model.factor_protocol import FactorModel
     from ..model.params import MixtureParams
@@ -188,8 +190,12 @@ def modality_contributions(result, data) -> Contributions:
     the classifier was never trained to predict without a modality
     (``modality_dropout=0`` and no ARM), or if an estimate exceeds ``H(y)`` by more than
     three standard errors.
+
+    ``result``: a posterior (a ``FitResult``, ``(model, guide)``, samples, an MCMC
+    object: :func:`~pyro_mm.model.posterior.as_posterior`), read at its point estimate.
     """
-    model, guide = result.model, result.guide
+    posterior = as_posterior(result)
+    model = posterior.model
     if model.num_classes is None:
         raise ValueError("modality_contributions: the model has no classifier")
     batch = model.prepare(data)
@@ -197,7 +203,7 @@ def modality_contributions(result, data) -> Contributions:
         raise ValueError("modality_contributions: the data has no labels")
     heads = _arm_heads(model)
     with torch.no_grad():
-        loo, masks, log_q = _labelled_terms(model, guide, batch, heads)
+        loo, masks, log_q = _labelled_terms(posterior, batch, heads)
         entropy = float(label_entropy(model.class_frequencies))
         c = loo.contributions
         phi, se, counts = {}, {}, {}
@@ -218,17 +224,19 @@ def modality_contributions(result, data) -> Contributions:
                          unimodal, unimodal_se)
 
 
-def _labelled_terms(model, guide, batch, heads, chunk_size: int = 4096):
+def _labelled_terms(posterior, batch, heads, chunk_size: int = 4096):
     """The labelled examples' :class:`LeaveOneOut` (concatenated over chunks of
     ``chunk_size``, so data on disk is read a chunk at a time), their ``(L, M)`` masks
     and ARM's unimodal ``log q`` ``(L, M)`` (``None`` without ARM's heads)."""
-    params, globals_ = model.params_from_sites(guide.point_estimate()), guide.point_estimate()
+    model = posterior.model
+    globals_ = posterior.point_estimate(batch)
+    params = model.params_from_sites(globals_)
     labelled = batch.label_mask.nonzero().squeeze(-1)
     parts: list[tuple] = []
     for start in range(0, labelled.numel(), chunk_size):
         part = batch.index(labelled[start : start + chunk_size])
         if model.representation == "latent":
-            z, _ = guide.encode(part, globals_)
+            z, _ = posterior.encode(part, globals_)
         else:
             z = part.concatenated(model.modalities)
         loo = leave_one_out(model, z, params, part.labels, part.masks)

@@ -2,10 +2,10 @@
 
 For every missing (example, modality) cell, :func:`impute` describes
 ``p(x_im | present modalities of example i, training data)`` on the original feature
-scale. Each of ``S`` draws ``s`` takes the global parameters from the guide's global
-posterior and then
+scale. Each of ``S`` draws ``s`` takes the global parameters from the global posterior
+(a guide's draws, or posterior samples: :mod:`pyro_mm.model.posterior`) and then
 
-* latent models (``reconstruct=True``): ``z_i`` from the guide's ``q(z_i)``, whose
+* latent models (``reconstruct=True``): ``z_i`` from the local guide's ``q(z_i)``, whose
   missing modalities are the mixture's prediction from the present ones
   (:meth:`~pyro_mm.model.guide.MultimodalGuide.encode`), and the decoder's Gaussian
   ``N(mu_m(z_im), sd_m(z_im)^2)``;
@@ -24,16 +24,15 @@ the missing representation given the present ones, and the global posterior's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
-from ..model.guide import MultimodalGuide
+from ..model.posterior import Posterior, as_posterior, model_of
 from ..runtime.modes import evaluation_mode
-from .draws import global_draws
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.result import FitResult
@@ -41,12 +40,12 @@ if TYPE_CHECKING:  # pragma: no cover
 _BISECTION_STEPS = 30
 
 
-def _draw_gaussians(model: MultimodalDPMixture, guide: MultimodalGuide,
+def _draw_gaussians(model: MultimodalDPMixture, posterior: Posterior,
                     part: TensorBatch, globals_, params) -> list[tuple[torch.Tensor, ...]]:
     """One draw: per modality ``(loc, sd)``, each ``(B, d_m)``, of the predictive of its
     standardised features given the present modalities (module docstring)."""
     if model.representation == "latent":
-        loc, scale = guide.encode(part, globals_)
+        loc, scale = posterior.encode(part, globals_)
         z = loc + scale * torch.randn_like(scale)
         # A decoder's scale may be per feature only, (d_m,): broadcast it to (B, d_m).
         return [torch.broadcast_tensors(*model.decoders[m](z[..., j, :]))
@@ -91,27 +90,28 @@ def mixture_quantiles(locs: torch.Tensor, sds: torch.Tensor, probs: Sequence[flo
 
 
 @torch.no_grad()
-def impute_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
-                 num_samples: int = 100, quantiles: Sequence[float] = (),
+def impute_batch(posterior: Posterior, batch: TensorBatch, num_samples: int = 100, quantiles: Sequence[float] = (),
                  chunk_size: int = 512) -> dict[str, dict[str, torch.Tensor]]:
-    """:func:`impute` on a prepared batch, on the standardised scale.
+    """:func:`impute` on a prepared batch, on the standardised scale (``posterior``
+    from :func:`~pyro_mm.model.posterior.as_posterior`).
 
     Returns:
         ``modality -> {"rows": (R,) example indices where it is missing, "mean": (R,
         d_m), "sd": (R, d_m), "quantiles": (Q, R, d_m)}``.
     """
+    model = posterior.model
     mods = model.modalities
     pieces: dict[str, dict[str, list]] = {m: {"rows": [], "mean": [], "sd": [],
                                               "quantiles": []} for m in mods}
     draws = [(d.values, model.params_from_sites(d.values))
-             for d in global_draws(guide, batch, num_samples)]
-    with evaluation_mode(model, guide):
+             for d in posterior.draws(batch, num_samples)]
+    with evaluation_mode(*posterior.modules()):
         for idx in batch.chunk_indices(chunk_size):
             idx = idx[~batch.masks[idx].all(-1)]          # rows with something missing
             if idx.numel() == 0:
                 continue
             part = batch.index(idx)
-            per_draw = [_draw_gaussians(model, guide, part, *draw) for draw in draws]
+            per_draw = [_draw_gaussians(model, posterior, part, *draw) for draw in draws]
             for j, m in enumerate(mods):
                 rows = torch.nonzero(~part.masks[:, j])[:, 0]
                 if rows.numel() == 0:
@@ -153,13 +153,18 @@ def _check(model: MultimodalDPMixture, num_samples, quantiles, chunk_size) -> li
     return levels
 
 
-def impute(result: "FitResult", data: MultimodalData, num_samples: int = 100,
+def impute(result: "FitResult | Any", data: MultimodalData, num_samples: int = 100,
            quantiles: Sequence[float] | None = None, seed: int | None = 0,
            chunk_size: int = 512):
     """Posterior predictive of every missing (example, modality) cell's features.
 
     Args:
-        result: a fitted model (:func:`pyro_mm.fit` or :func:`pyro_mm.load`).
+        result: a posterior: a fitted model (:func:`pyro_mm.fit` or
+            :func:`pyro_mm.load`), or anything
+            :func:`~pyro_mm.model.posterior.as_posterior` accepts (``(model, guide)``
+            with any Pyro guide, posterior samples, a ``pyro.infer.MCMC``). Samples of
+            ``C`` chains take ``num_samples`` a multiple of ``C`` (evenly spaced draws
+            of each chain).
         data: the examples to impute; their ``masks`` say what is missing.
         num_samples: ``S``, draws of the global posterior (module docstring).
         quantiles: levels in ``(0, 1)`` to report, e.g. ``(0.05, 0.95)`` for a 90 %
@@ -177,14 +182,18 @@ def impute(result: "FitResult", data: MultimodalData, num_samples: int = 100,
     """
     import xarray as xr
 
-    model, guide = result.model, result.guide
+    # What the model cannot do is said first, before the rest of ``result`` is read.
+    model = model_of(result)
+    if not isinstance(model, MultimodalDPMixture):
+        model = as_posterior(result).model       # the TypeError naming what is accepted
     levels = _check(model, num_samples, quantiles, chunk_size)
+    posterior = as_posterior(result)
     batch = model.prepare(data)
     devices = [batch.device] if batch.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        raw = impute_batch(model, guide, batch, num_samples, levels, chunk_size)
+        raw = impute_batch(posterior, batch, num_samples, levels, chunk_size)
     n = batch.size
     variables = {}
     for j, m in enumerate(model.modalities):

@@ -11,7 +11,7 @@ over ``z`` (see :func:`log_likelihood`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro.distributions as dist
@@ -19,9 +19,8 @@ import torch
 
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
-from ..model.guide import MultimodalGuide
+from ..model.posterior import Posterior, as_posterior
 from ..runtime.modes import evaluation_mode
-from .draws import global_draws
 from .metrics import adjusted_rand_index, weights_perplexity
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,18 +28,22 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 @torch.no_grad()
-def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+def predict_batch(model: MultimodalDPMixture, guide, batch: TensorBatch,
                   chunk_size: int = 4096, num_samples: int | None = None,
                   log_probs: bool = False) -> dict[str, torch.Tensor]:
-    """:func:`predict` on an already prepared batch; returns tensors. ``log_probs``
-    (plug-in only) also returns ``"log_probs"`` ``(N, C)``, the classifier's log-softmax,
-    from which :func:`evaluate` reads the label log-likelihood without a second pass."""
-    with evaluation_mode(model, guide):
+    """:func:`predict` on an already prepared batch; returns tensors. ``guide``: the
+    model's posterior, anything :func:`~pyro_mm.model.posterior.as_posterior` accepts
+    with ``model`` (a guide, samples, an MCMC object, a :class:`Posterior`).
+    ``log_probs`` (plug-in only) also returns ``"log_probs"`` ``(N, C)``, the
+    classifier's log-softmax, from which :func:`evaluate` reads the label
+    log-likelihood without a second pass."""
+    posterior = as_posterior(guide, model=model)
+    with evaluation_mode(*posterior.modules()):
         if num_samples is None:
-            return _predict_batch(model, guide, batch, chunk_size, log_probs=log_probs)
-        draws = [_predict_batch(model, guide, batch, chunk_size,
+            return _predict_batch(posterior, batch, chunk_size, log_probs=log_probs)
+        draws = [_predict_batch(posterior, batch, chunk_size,
                                 (d.values, model.params_from_sites(d.values)))
-                 for d in global_draws(guide, batch, num_samples)]
+                 for d in posterior.draws(batch, num_samples)]
     out = {}
     for key in draws[0]:
         stacked = torch.stack([d[key] for d in draws])
@@ -50,13 +53,17 @@ def predict_batch(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Ten
     return out
 
 
-def _predict_batch(model, guide, batch, chunk_size, draw=None, log_probs=False):
-    globals_, params = draw or (guide.point_estimate(), model.params_from_sites(guide.point_estimate()))
+def _predict_batch(posterior: Posterior, batch, chunk_size, draw=None, log_probs=False):
+    model = posterior.model
+    if draw is None:
+        point = posterior.point_estimate(batch)
+        draw = point, model.params_from_sites(point)
+    globals_, params = draw
     out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
                                           "latent_mean": [], "log_probs": []}
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "latent":
-            z, _ = guide.encode(part, globals_)
+            z, _ = posterior.encode(part, globals_)
             mixture = params.mixture(model.mixture, batch_size=part.size)
             out["latent_mean"].append(z)
         else:
@@ -72,13 +79,21 @@ def _predict_batch(model, guide, batch, chunk_size, draw=None, log_probs=False):
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def predict(result: "FitResult", data: MultimodalData, chunk_size: int = 4096,
+def predict(result: "FitResult | Any", data: MultimodalData, chunk_size: int = 4096,
             num_samples: int | None = None) -> dict[str, np.ndarray]:
     """Predictions for ``data``.
 
     Args:
+        result: a posterior: a :class:`~pyro_mm.runs.result.FitResult`, ``(model,
+            guide)`` with the library's or any Pyro guide (``(model, guide, local)``
+            for a latent model with a guide of the globals only), ``(model,
+            samples)``, a ``pyro.infer.MCMC``: see
+            :func:`~pyro_mm.model.posterior.as_posterior`.
         num_samples: ``None`` (default): plug-in, the global parameters at their point
-            estimate (posterior median, or MAP). ``S``: Bayesian model averaging, the
+            estimate (posterior median, or MAP; the rule for guides without one and
+            for samples is in :mod:`pyro_mm.model.posterior`). ``S``: Bayesian model
+            averaging (with samples of ``C`` chains, ``S`` a multiple of ``C``: evenly
+            spaced draws of each chain), the
             mean over ``S`` draws of the global posterior of everything below, plus its
             standard deviation across the draws (``"probs_sd"``,
             ``"responsibilities_sd"``): how much the prediction depends on the
@@ -94,16 +109,20 @@ def predict(result: "FitResult", data: MultimodalData, chunk_size: int = 4096,
     if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
         raise ValueError(f"num_samples: must be a positive integer or None, got "
                          f"{num_samples!r}")
-    batch = result.model.prepare(data)
+    posterior = as_posterior(result)
+    batch = posterior.model.prepare(data)
     with torch.no_grad():
-        out = predict_batch(result.model, result.guide, batch, chunk_size, num_samples)
+        out = predict_batch(posterior.model, posterior, batch, chunk_size, num_samples)
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
 @torch.no_grad()
-def log_likelihood(model: MultimodalDPMixture, guide: MultimodalGuide, batch: TensorBatch,
+def log_likelihood(model: MultimodalDPMixture, guide, batch: TensorBatch,
                    num_samples: int = 32, chunk_size: int = 4096) -> torch.Tensor:
-    """Held-out log predictive density per example, ``(N,)`` nats.
+    """Held-out log predictive density per example, ``(N,)`` nats, at the posterior's
+    point estimate. ``guide``: the model's posterior, anything
+    :func:`~pyro_mm.model.posterior.as_posterior` accepts with ``model`` (the library's
+    or any Pyro guide, samples, an MCMC object, a :class:`Posterior`).
 
     * ``representation="observed"``: ``log p(x_i)`` of the original features (the
       standardisation Jacobian is included), assignments summed out exactly.
@@ -113,13 +132,15 @@ def log_likelihood(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Te
       importance sampling with ``num_samples`` draws from ``q(z | x)`` (a stochastic
       lower bound in expectation).
     """
-    with evaluation_mode(model, guide):
-        return _log_likelihood(model, guide, batch, num_samples, chunk_size)
+    posterior = as_posterior(guide, model=model)
+    with evaluation_mode(*posterior.modules()):
+        return _log_likelihood(posterior, batch, num_samples, chunk_size)
 
 
-def _log_likelihood(model, guide, batch, num_samples, chunk_size):
-    params = model.params_from_sites(guide.point_estimate())
-    globals_ = guide.point_estimate()
+def _log_likelihood(posterior: Posterior, batch, num_samples, chunk_size):
+    model = posterior.model
+    globals_ = posterior.point_estimate(batch)
+    params = model.params_from_sites(globals_)
     out = []
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "observed":
@@ -128,14 +149,14 @@ def _log_likelihood(model, guide, batch, num_samples, chunk_size):
                                      stacked=False)
             out.append(mixture.log_prob(x) + model.feature_log_jacobian(part.masks))
         elif model.classifier is not None and part.labels is not None:
-            loc, _ = guide.encode(part, globals_)
+            loc, _ = posterior.encode(part, globals_)
             scores = model.label_log_prob(loc, params, part.labels, part.masks)
             out.append(scores.masked_fill(~part.label_mask, math.nan))
         else:
             if not model.reconstruct:
                 raise ValueError("log_likelihood: a latent model without decoder or "
                                  "classifier has no likelihood to evaluate")
-            loc, scale = guide.encode(part, globals_)
+            loc, scale = posterior.encode(part, globals_)
             q = dist.Normal(loc, scale).to_event(2)
             z = q.sample((num_samples,))                                  # (S, B, M, D)
             log_w = params.mixture(model.mixture, batch_size=part.size).log_prob(z) - q.log_prob(z)
@@ -148,19 +169,20 @@ def _log_likelihood(model, guide, batch, num_samples, chunk_size):
     return torch.cat(out)
 
 
-def _evaluation_log_likelihood(model, guide, batch, pred) -> torch.Tensor:
+def _evaluation_log_likelihood(posterior: Posterior, batch, pred) -> torch.Tensor:
     """:func:`log_likelihood` of ``batch``; for a latent model with a classifier and
     labels it is ``log q(y | x)`` at the posterior means, which the prediction pass
     ``pred`` already computed (the same logits), so it is read from there."""
-    if (model.representation == "latent" and "log_probs" in pred
+    if (posterior.model.representation == "latent" and "log_probs" in pred
             and batch.labels is not None):
         scores = pred["log_probs"].gather(-1, batch.labels[:, None])[:, 0]
         return scores.masked_fill(~batch.label_mask, math.nan)
-    return log_likelihood(model, guide, batch)
+    return log_likelihood(posterior.model, posterior, batch)
 
 
-def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
-    """Held-out metrics on ``data``.
+def evaluate(result: "FitResult | Any", data: MultimodalData) -> dict[str, float]:
+    """Held-out metrics on ``data``, at the point estimate of the posterior ``result``
+    (anything :func:`~pyro_mm.model.posterior.as_posterior` accepts).
 
     Returns:
         ``accuracy`` (labelled examples, models with a classifier), ``log_likelihood``
@@ -170,10 +192,11 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
         ``effective_components`` (perplexity of the fitted weights) and
         ``num_examples``.
     """
-    model, guide = result.model, result.guide
+    posterior = as_posterior(result)
+    model = posterior.model
     batch = model.prepare(data)
     with torch.no_grad():
-        pred = predict_batch(model, guide, batch, log_probs=True)
+        pred = predict_batch(model, posterior, batch, log_probs=True)
         metrics: dict[str, float] = {"num_examples": float(batch.size)}
         labelled = None if batch.label_mask is None else batch.label_mask
         raw_labels = data.labels
@@ -181,7 +204,7 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
             hit = (pred["probs"].argmax(-1) == batch.labels)[labelled]
             metrics["accuracy"] = float(hit.float().mean())
         # Unlabelled examples have no label log-likelihood (nan): average the rest.
-        metrics["log_likelihood"] = float(_evaluation_log_likelihood(model, guide, batch,
+        metrics["log_likelihood"] = float(_evaluation_log_likelihood(posterior, batch,
                                                                      pred).nanmean())
         if raw_labels is not None and (raw_labels >= 0).any():
             resp = pred["responsibilities"]
@@ -190,6 +213,7 @@ def evaluate(result: "FitResult", data: MultimodalData) -> dict[str, float]:
             keep = raw_labels >= 0
             metrics["ari"] = adjusted_rand_index(raw_labels[keep],
                                                  resp.argmax(-1).cpu().numpy()[keep])
-        weights = model.params_from_sites(guide.point_estimate()).log_weights.exp()
+        point = posterior.point_estimate(batch)
+        weights = model.params_from_sites(point).log_weights.exp()
         metrics["effective_components"] = float(weights_perplexity(weights))
     return metrics
