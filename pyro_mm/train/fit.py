@@ -176,6 +176,8 @@ def fit(
         num_workers=num_workers, disk_order=disk_order)
     if run_dir is not None:
         model.config()  # fails now, not after the first epoch, if it cannot be saved
+    model.check_data(data)  # before the label warnings: a label out of range is an error
+    model.label_head.warn_about_labels(data.labels)
     trainer = Trainer(model, settings)
     with ddp.active(trainer.group), _run_folder(  # a failed collective: DistributedError
             trainer.group, run_dir, _resumes_in(resume_from, run_dir), overwrite):
