@@ -46,8 +46,9 @@ from ..runtime import distributed
 from ..train import fit
 from .diagnose import run_diagnose
 
-#: ``pyro-mm train --epochs`` when not given.
-EPOCHS = 30
+#: ``pyro-mm train --epochs`` when not given: ``None``, the package's schedule
+#: (``fit(num_epochs=None)``).
+EPOCHS = None
 
 
 def _defaults(function) -> dict:
@@ -399,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "from few chunks at a time (stores much larger than memory)")
     train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
     train.add_argument("--epochs", type=int, default=None,
-                       help=f"total epochs (default: {EPOCHS}, or the resumed run's)")
+                       help="total epochs (default: chosen by the package: about 4,000 steps "
+                            "whatever the data set's size, stopped early on the held-out "
+                            "ELBO, the best epoch kept; a resumed run: its own number)")
     train.add_argument("--batch-size", type=int, default=FIT["batch_size"],
                        help="examples per step (default: %(default)s)")
     train.add_argument("--lr", type=float, default=FIT["learning_rate"],

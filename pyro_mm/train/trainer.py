@@ -446,7 +446,7 @@ class Trainer:
         metrics and write the run folder."""
         model, guide, config = self.model, self.guide, self.config
         best = self.stopper.best_state
-        if best is not None and stopped_early:
+        if best is not None and (stopped_early or self.settings.restore_best):
             model.load_state_dict(best["model"])
             guide.load_state_dict(best["guide"])
         if experts_heads_are_separable(model) and isinstance(self.batch, TensorBatch):
