@@ -215,7 +215,7 @@ def fit(
     automatic = num_epochs is None
     if automatic:
         data, val_data, num_epochs, early_stopping = _automatic(
-            data, val_data, batch_size, early_stopping, seed, resume_from)
+            data, val_data, batch_size, early_stopping, seed)
     settings = Settings(
         num_epochs=num_epochs, batch_size=batch_size, learning_rate=learning_rate,
         clip_norm=clip_norm, lr_decay=lr_decay, device=device, seed=seed,
@@ -237,7 +237,7 @@ def fit(
         return trainer.run()
 
 
-def _automatic(data, val_data, batch_size, early_stopping, seed, resume_from):
+def _automatic(data, val_data, batch_size, early_stopping, seed):
     """``fit(num_epochs=None)``: ``(data, val_data, num_epochs, early_stopping)``, the
     internal validation split made when there is no ``val_data`` (see :func:`fit`)."""
     # A resumed run makes the same seeded split again (same data and seed), so its
