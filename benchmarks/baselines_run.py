@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import pyro
 
 import pyro_mm as pm
 
@@ -78,6 +79,28 @@ def from_arrays(baseline) -> FitPredict:
         return baseline(xs, xt, train.num_classes, seed)
 
     fit_predict.__doc__ = baseline.__doc__
+    return fit_predict
+
+
+#: The pyro_mm rows' name (:func:`pyro_mm_method`).
+PYRO_MM = "pyro_mm, default model, fit(num_epochs=None)"
+
+
+def pyro_mm_method(num_epochs: int | None = None, **model_options) -> FitPredict:
+    """The pyro_mm model as a method: ``MultimodalDPMixture(train.dims,
+    num_classes=train.num_classes, **model_options)`` fitted by ``pm.fit(model, train,
+    num_epochs=num_epochs)`` (``None``: the package's schedule, with its internal
+    validation split of ``train``; the test split is never shown to it), seeded with
+    ``seed``; returns the plug-in ``probs`` and the epochs run as info."""
+    def fit_predict(train, test, seed=0):
+        pyro.set_rng_seed(seed)
+        model = pm.MultimodalDPMixture(train.dims, num_classes=train.num_classes,
+                                       **model_options)
+        result = pm.fit(model, train, num_epochs=num_epochs, seed=seed, progress=False)
+        probs = pm.predict(result, test)["probs"].astype(np.float64)
+        return probs / probs.sum(1, keepdims=True), {
+            "epochs_run": result.config["epochs_run"], "best_epoch": result.config["best_epoch"]}
+
     return fit_predict
 
 
@@ -168,6 +191,14 @@ def tables(rows: Sequence[dict], reference: str = REFERENCE, by_labels: bool = F
     return text + markdown_table(head + ["method", "Δ accuracy", "Δ NLL", "Δ ECE"], paired)
 
 
+def with_pyro_mm(methods: dict[str, FitPredict], args) -> dict[str, FitPredict]:
+    """``methods`` with the pyro_mm rows added (``--pyro-mm``) or alone
+    (``--only-pyro-mm``)."""
+    if args.only_pyro_mm:
+        return {PYRO_MM: pyro_mm_method()}
+    return {**methods, PYRO_MM: pyro_mm_method()} if args.pyro_mm else methods
+
+
 def tiny_subset(data: pm.MultimodalData) -> pm.MultimodalData:
     """About 200 examples, every class kept (the smoke run's data)."""
     return data.subset(np.arange(0, len(data), max(1, len(data) // 200)))
@@ -192,6 +223,10 @@ def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--pyro-mm", action="store_true",
+                   help=f"also run {PYRO_MM!r} (pyro_mm_method)")
+    p.add_argument("--only-pyro-mm", action="store_true",
+                   help="run the pyro_mm rows alone (the baselines' are recorded already)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="record the rows of earlier runs' --out files (say, one per "
                         "data set, run side by side) instead of running")
@@ -201,7 +236,8 @@ def main(argv=None) -> None:
     seeds, levels = range(args.seeds), {k: v[1] for k, v in DATASETS.items()}
     if args.tiny:
         seeds, levels = range(1), {k: (0.0, 0.5) for k in DATASETS}
-    methods = {k: from_arrays(f) for k, f in baselines.SUPERVISED.items()}
+    methods = with_pyro_mm({k: from_arrays(f) for k, f in baselines.SUPERVISED.items()},
+                           args)
     start = time.perf_counter()
     rows, skipped = run_benchmark(methods, args.datasets, seeds, levels,
                                   subset=tiny_subset if args.tiny else None)

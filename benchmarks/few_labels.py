@@ -29,16 +29,23 @@ def main(argv=None) -> None:
                    choices=list(baselines_run.DATASETS))
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="record the rows of earlier runs' --out files instead of running")
+    p.add_argument("--pyro-mm", action="store_true",
+                   help=f"also run {baselines_run.PYRO_MM!r}")
+    p.add_argument("--only-pyro-mm", action="store_true",
+                   help="run the pyro_mm rows alone")
+    p.add_argument("--missing", nargs="+", type=float, default=list(MISSING))
+    p.add_argument("--labels-kept", nargs="+", type=float, default=None)
     args = p.parse_args(argv)
     if args.merge:
         return baselines_run.merge(args.merge, args.out, name="few_labels")
     seeds = range(1 if args.tiny else args.seeds)
-    kept = (0.1, 1.0) if args.tiny else LABELS_KEPT
-    methods = {k: baselines_run.from_arrays(f)
-               for k, f in {**baselines.SUPERVISED, **baselines.SEMI_SUPERVISED}.items()}
+    kept = args.labels_kept or ((0.1, 1.0) if args.tiny else LABELS_KEPT)
+    methods = baselines_run.with_pyro_mm(
+        {k: baselines_run.from_arrays(f)
+         for k, f in {**baselines.SUPERVISED, **baselines.SEMI_SUPERVISED}.items()}, args)
     start = time.perf_counter()
     rows, skipped = baselines_run.run_benchmark(
-        methods, args.datasets, seeds, {k: MISSING for k in args.datasets}, kept,
+        methods, args.datasets, seeds, {k: tuple(args.missing) for k in args.datasets}, kept,
         subset=baselines_run.tiny_subset if args.tiny else None)
     notes = (f"{len(seeds)} seeds. Labels kept per class: round(fraction * class size), at "
              "least 1, at random (seeded); the rest -1. Standardisation, KNNImputer, "

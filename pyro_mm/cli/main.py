@@ -46,8 +46,9 @@ from ..runtime import distributed
 from ..train import fit
 from .diagnose import run_diagnose
 
-#: ``pyro-mm train --epochs`` when not given.
-EPOCHS = 30
+#: ``pyro-mm train --epochs`` when not given: ``None``, the package's schedule
+#: (``fit(num_epochs=None)``).
+EPOCHS = None
 
 
 def _defaults(function) -> dict:
@@ -182,13 +183,23 @@ def _train_new(args, group, say) -> int:
         f"{', '.join(f'{k} ({d})' for k, d in train.dims.items())}")
     started = time.perf_counter()
     # data.json is written by fit with every checkpoint, under the folder's lock.
+    # The test split is only reported on: with the package's training length it must not
+    # choose when to stop (fit then stops on an internal split of the training rows).
     result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
-                 learning_rate=args.lr, device=args.device, val_data=test, seed=args.seed,
+                 learning_rate=args.lr, device=args.device, seed=args.seed,
+                 val_data=_monitored(args.epochs or EPOCHS, test), metrics_data=test,
                  early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet,
                  num_workers=args.num_workers, disk_order=args.disk_order,
                  overwrite=args.overwrite, data_source=_data_source(args, data))
     _report(result, time.perf_counter() - started, out, say)
     return 0
+
+
+def _monitored(num_epochs, test: MultimodalData) -> MultimodalData | None:
+    """``fit``'s ``val_data``: the test split, watched after every epoch, when the
+    number of epochs is fixed; ``None`` (an internal split stops training) when the
+    package chooses it."""
+    return test if num_epochs is not None else None
 
 
 def _data_source(args, data: MultimodalData) -> dict:
@@ -325,8 +336,10 @@ def _resume(args, say) -> int:
     model = MultimodalDPMixture.from_config(config["model"])
     say(f"pyro-mm: resuming {out} ({train!r})")
     started = time.perf_counter()
-    result = fit(model, train, num_epochs=args.epochs or fit_config["num_epochs"],
-                 device=args.device, val_data=test, run_dir=out, resume_from=out,
+    num_epochs = args.epochs or fit_config["num_epochs"]
+    result = fit(model, train, num_epochs=num_epochs, device=args.device,
+                 val_data=_monitored(num_epochs, test), metrics_data=test,
+                 run_dir=out, resume_from=out,
                  progress=not args.quiet, num_workers=args.num_workers,
                  disk_order=args.disk_order, new_data=args.new_data, data_source=source,
                  **{k: fit_config[k] for k in RESUMED})
@@ -399,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "from few chunks at a time (stores much larger than memory)")
     train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
     train.add_argument("--epochs", type=int, default=None,
-                       help=f"total epochs (default: {EPOCHS}, or the resumed run's)")
+                       help="total epochs (default: chosen by the package: about 4,000 steps "
+                            "whatever the data set's size, stopped early on the held-out "
+                            "ELBO, the best epoch kept; a resumed run: its own number)")
     train.add_argument("--batch-size", type=int, default=FIT["batch_size"],
                        help="examples per step (default: %(default)s)")
     train.add_argument("--lr", type=float, default=FIT["learning_rate"],

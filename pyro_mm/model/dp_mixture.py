@@ -366,12 +366,12 @@ class MultimodalDPMixture(UniquelyNamedModule):
                     f"modality {m!r}: has {data.dims[m]} features but the model expects "
                     f"{self.dims[m]}"
                 )
-        if (self.num_classes is not None and data.num_classes is not None
-                and data.has_labels and data.labels.max() >= self.num_classes):
+        if (self.num_classes is not None and data.has_labels
+                and data.labels.max() >= self.num_classes):
             raise DataValidationError(
-                f"labels: value {int(data.labels.max())} is out of range for a model "
-                f"with num_classes={self.num_classes}"
-            )
+                f"labels: the largest label is {int(data.labels.max())} but the model has "
+                f"num_classes={self.num_classes} (labels must lie in 0..{self.num_classes - 1}); "
+                f"build the model with num_classes={int(data.labels.max()) + 1} or more")
 
     def fit_standardization(self, data: MultimodalData) -> None:
         """Fit the feature statistics and (observed) the scale floors on (training)

@@ -19,6 +19,7 @@ come with each call.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -96,6 +97,30 @@ class LabelHead(nn.Module):
         counts = np.bincount(labels[labels >= 0], minlength=self.num_classes)
         if counts.sum() > 0:
             self.class_frequencies.copy_(torch.as_tensor(counts / counts.sum()))
+
+    def warn_about_labels(self, labels: np.ndarray | None) -> None:
+        """Warn once per problem with the training ``labels (N,)`` (``-1``: unlabelled;
+        ``None``: none at all) of a model with a classifier: no labelled example (only
+        the mixture is fitted: the classifier's term is zero on every row), or classes
+        that no labelled example has (named: the classifier can only learn them from
+        the class prior's floor)."""
+        if self.num_classes is None:
+            return
+        seen = np.zeros(0, dtype=np.int64) if labels is None else labels[labels >= 0]
+        if seen.size == 0:
+            warnings.warn(
+                f"labels: no training example is labelled, so only the mixture is fitted; "
+                f"the classifier (num_classes={self.num_classes}) stays at its "
+                f"initialisation and its predictions mean nothing", UserWarning,
+                stacklevel=3)
+            return
+        unseen = np.flatnonzero(np.bincount(seen, minlength=self.num_classes) == 0)
+        if unseen.size:
+            warnings.warn(
+                f"labels: class{'es' if unseen.size > 1 else ''} {unseen.tolist()} of "
+                f"num_classes={self.num_classes} {'have' if unseen.size > 1 else 'has'} "
+                f"no labelled training example; the classifier will rarely predict "
+                f"{'them' if unseen.size > 1 else 'it'}", UserWarning, stacklevel=3)
 
     def log_class_prior(self) -> torch.Tensor:
         """``(C,)``: ``log pi``, the training label frequencies (uniform before they are

@@ -47,3 +47,29 @@ def weights_perplexity(weights: torch.Tensor) -> torch.Tensor:
     w = weights / weights.sum(-1, keepdim=True)
     entropy = -(w * w.clamp_min(torch.finfo(w.dtype).tiny).log()).sum(-1)
     return entropy.exp()
+
+
+#: Bins of :func:`expected_calibration_error`.
+ECE_BINS = 15
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor,
+                               bins: int = ECE_BINS) -> float:
+    """Expected calibration error of class probabilities ``probs (N, C)`` against
+    ``labels (N,)``: rows binned by their top probability into ``bins`` equal-width,
+    right-closed bins ``(0, 1/bins], (1/bins, 2/bins], ...``; the sum over bins of
+    ``(rows in bin / N) * |accuracy in bin - mean top probability in bin|``. In
+    ``[0, 1]``; 0 for a calibrated predictor."""
+    if probs.dim() != 2 or labels.shape != probs.shape[:1]:
+        raise ValueError(f"expected probs (N, C) and labels (N,), got {tuple(probs.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError("expected_calibration_error: no rows to score")
+    confidence, predicted = probs.double().max(-1)
+    correct = (predicted == labels).double()
+    # right-closed, so that a confidence of exactly 1 lands in the last bin
+    which = (torch.ceil(confidence * bins).long() - 1).clamp(0, bins - 1)
+    count = torch.zeros(bins, dtype=torch.float64, device=probs.device)
+    count.index_add_(0, which, torch.ones_like(confidence))
+    gap = torch.zeros_like(count).index_add_(0, which, correct - confidence)
+    return float(gap.abs().sum() / probs.shape[0])

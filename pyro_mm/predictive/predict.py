@@ -21,7 +21,7 @@ from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.posterior import Posterior, as_posterior
 from ..runtime.modes import evaluation_mode
-from .metrics import adjusted_rand_index, weights_perplexity
+from .metrics import adjusted_rand_index, expected_calibration_error, weights_perplexity
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.result import FitResult
@@ -124,11 +124,14 @@ def log_likelihood(model: MultimodalDPMixture, guide, batch: TensorBatch,
     :func:`~pyro_mm.model.posterior.as_posterior` accepts with ``model`` (the library's
     or any Pyro guide, samples, an MCMC object, a :class:`Posterior`).
 
-    * ``representation="observed"``: ``log p(x_i)`` of the original features (the
-      standardisation Jacobian is included), assignments summed out exactly.
-    * latent, with a classifier and labels: ``log p(y_i | x_i)``; ``nan`` for an
-      unlabelled example (there is nothing to score).
-    * latent, otherwise: ``log p(x_i)`` of the original features, estimated by
+    * A model with a classifier, on labelled data (either representation):
+      ``log p(y_i | x_obs,i)``, the log-probability the prediction (:func:`predict`'s
+      ``"probs"``) gives the true label, so at most 0; ``nan`` for an unlabelled
+      example (there is nothing to score).
+    * ``representation="observed"``, otherwise: ``log p(x_obs,i)`` of the original
+      features (the standardisation Jacobian is included), assignments and missing
+      modalities summed out exactly.
+    * latent, otherwise: ``log p(x_obs,i)`` of the original features, estimated by
       importance sampling with ``num_samples`` draws from ``q(z | x)`` (a stochastic
       lower bound in expectation).
     """
@@ -143,15 +146,16 @@ def _log_likelihood(posterior: Posterior, batch, num_samples, chunk_size):
     params = model.params_from_sites(globals_)
     out = []
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
-        if model.representation == "observed":
+        if model.classifier is not None and part.labels is not None:
+            inputs = (part.concatenated(model.modalities) if model.representation == "observed"
+                      else posterior.encode(part, globals_)[0])
+            scores = model.label_log_prob(inputs, params, part.labels, part.masks)
+            out.append(scores.masked_fill(~part.label_mask, math.nan))
+        elif model.representation == "observed":
             x = part.concatenated(model.modalities)
             mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                                      stacked=False)
             out.append(mixture.log_prob(x) + model.feature_log_jacobian(part.masks))
-        elif model.classifier is not None and part.labels is not None:
-            loc, _ = posterior.encode(part, globals_)
-            scores = model.label_log_prob(loc, params, part.labels, part.masks)
-            out.append(scores.masked_fill(~part.label_mask, math.nan))
         else:
             if not model.reconstruct:
                 raise ValueError("log_likelihood: a latent model without decoder or "
@@ -170,11 +174,10 @@ def _log_likelihood(posterior: Posterior, batch, num_samples, chunk_size):
 
 
 def _evaluation_log_likelihood(posterior: Posterior, batch, pred) -> torch.Tensor:
-    """:func:`log_likelihood` of ``batch``; for a latent model with a classifier and
-    labels it is ``log q(y | x)`` at the posterior means, which the prediction pass
-    ``pred`` already computed (the same logits), so it is read from there."""
-    if (posterior.model.representation == "latent" and "log_probs" in pred
-            and batch.labels is not None):
+    """:func:`log_likelihood` of ``batch``; for a model with a classifier and labels it
+    is ``log p(y | x_obs)`` from the same logits as the prediction pass ``pred``, so it
+    is read from there."""
+    if "log_probs" in pred and batch.labels is not None:
         scores = pred["log_probs"].gather(-1, batch.labels[:, None])[:, 0]
         return scores.masked_fill(~batch.label_mask, math.nan)
     return log_likelihood(posterior.model, posterior, batch)
@@ -185,12 +188,14 @@ def evaluate(result: "FitResult | Any", data: MultimodalData) -> dict[str, float
     (anything :func:`~pyro_mm.model.posterior.as_posterior` accepts).
 
     Returns:
-        ``accuracy`` (labelled examples, models with a classifier), ``log_likelihood``
-        (mean per example, nats; over labelled examples when it is the label
-        log-likelihood; see :func:`log_likelihood`), ``ari`` (adjusted Rand
-        index of the most responsible component against the labels),
-        ``effective_components`` (perplexity of the fitted weights) and
-        ``num_examples``.
+        ``accuracy`` and ``ece`` (labelled examples, models with a classifier; ECE:
+        :func:`~pyro_mm.predictive.metrics.expected_calibration_error`, 15 equal-width
+        bins of the top probability), ``log_likelihood`` (mean per example, nats; see
+        :func:`log_likelihood`): with a classifier and labels, ``log p(y | x_obs)``
+        over the labelled examples (at most 0, for either representation); otherwise
+        ``log p(x_obs)`` of the features), ``ari`` (adjusted Rand index of the most
+        responsible component against the labels), ``effective_components``
+        (perplexity of the fitted weights) and ``num_examples``.
     """
     posterior = as_posterior(result)
     model = posterior.model
@@ -203,6 +208,8 @@ def evaluate(result: "FitResult | Any", data: MultimodalData) -> dict[str, float
         if "probs" in pred and labelled is not None and bool(labelled.any()):
             hit = (pred["probs"].argmax(-1) == batch.labels)[labelled]
             metrics["accuracy"] = float(hit.float().mean())
+            metrics["ece"] = expected_calibration_error(pred["probs"][labelled],
+                                                        batch.labels[labelled])
         # Unlabelled examples have no label log-likelihood (nan): average the rest.
         metrics["log_likelihood"] = float(_evaluation_log_likelihood(posterior, batch,
                                                                      pred).nanmean())

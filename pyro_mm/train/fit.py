@@ -41,6 +41,7 @@ the timeout) or a mismatch of data or arguments between ranks raises
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,44 @@ from ..runs.result import FitResult
 from ..runtime import distributed as ddp
 from .trainer import Settings, Trainer
 
-__all__ = ["fit"]
+__all__ = ["fit", "auto_schedule"]
+
+#: ``fit(num_epochs=None)``: the SVI steps the epoch budget aims at, whatever ``N``.
+AUTO_STEPS = 4000
+#: ... and the budget's bounds in epochs.
+AUTO_EPOCHS = (10, 2000)
+#: ... early stopping's patience, in steps (at least 5 epochs).
+AUTO_PATIENCE_STEPS = 400
+#: ... the internal validation split when no ``val_data`` is given: this fraction of
+#: the rows (stratified by label, seeded by ``seed``), at most :data:`VALIDATION_MAX`.
+VALIDATION_FRACTION = 0.1
+VALIDATION_MAX = 5000
+#: ... and the fewest rows for which it is made (below, the whole budget is run).
+VALIDATION_MIN_ROWS = 20
+
+
+def auto_schedule(num_examples: int, batch_size: int) -> tuple[int, int]:
+    """``(num_epochs, patience)`` of ``fit(num_epochs=None)`` for ``num_examples``
+    training rows in minibatches of ``batch_size``: as many epochs as
+    :data:`AUTO_STEPS` steps take (within :data:`AUTO_EPOCHS`), and a patience of
+    :data:`AUTO_PATIENCE_STEPS` steps (at least 5 epochs). With 40 rows that is 2,000
+    one-step epochs; with 100,000, 10 epochs of 782 steps."""
+    if not isinstance(batch_size, int) or batch_size < 1:  # as Settings says it
+        raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+    steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
+    low, high = AUTO_EPOCHS
+    epochs = min(high, max(low, math.ceil(AUTO_STEPS / steps_per_epoch)))
+    patience = max(5, math.ceil(AUTO_PATIENCE_STEPS / steps_per_epoch))
+    return epochs, patience
+
+
+def _validation_split(data: MultimodalData, seed: int | None
+                      ) -> tuple[MultimodalData, MultimodalData]:
+    """``(train, validation)``: :data:`VALIDATION_FRACTION` of ``data``'s rows (at most
+    :data:`VALIDATION_MAX`), stratified by label (unlabelled rows are a stratum),
+    drawn with ``seed``."""
+    fraction = min(VALIDATION_FRACTION, VALIDATION_MAX / len(data))
+    return data.split(test_fraction=fraction, seed=0 if seed is None else seed)
 
 
 def fit(
@@ -65,7 +103,7 @@ def fit(
     data: MultimodalData,
     *,
     guide: MultimodalGuide | None = None,
-    num_epochs: int = 100,
+    num_epochs: int | None = None,
     batch_size: int = 128,
     learning_rate: float = 1e-2,
     clip_norm: float = 10.0,
@@ -89,6 +127,7 @@ def fit(
     overwrite: bool = False,
     new_data: bool = False,
     data_source: Mapping[str, Any] | None = None,
+    metrics_data: MultimodalData | None = None,
 ) -> FitResult:
     """Fit ``model`` to ``data`` by minibatch SVI.
 
@@ -99,6 +138,17 @@ def fit(
         guide: defaults to ``MultimodalGuide(model)`` (amortised encoders, mean-field
             globals).
         num_epochs: total epochs (a resumed run continues up to this number).
+            ``None`` (default): the package chooses (:func:`auto_schedule`): a budget
+            of about :data:`AUTO_STEPS` SVI steps whatever the data set's size, with
+            early stopping on the held-out negative ELBO (``val_loss``) and the best
+            epoch's parameters restored. The held-out data are ``val_data`` when
+            given, else an internal split of ``data`` (:data:`VALIDATION_FRACTION` of
+            the rows, at most :data:`VALIDATION_MAX`, stratified by label, seeded by
+            ``seed``), left out of training; a data set under
+            :data:`VALIDATION_MIN_ROWS` rows is not split and runs the whole budget.
+            ``result.metrics`` are then those of the internal split, unless
+            ``metrics_data`` is given. Data a report is computed on must not also choose
+            the training length: pass it as ``metrics_data``, not ``val_data``.
         batch_size: ``B``; the data plate scales local terms by ``N / B``.
         learning_rate, clip_norm, lr_decay: :class:`ClippedAdam` settings (``lr_decay``
             multiplies the step size after every step).
@@ -109,6 +159,7 @@ def fit(
             ``pyro.set_rng_seed`` before building it for a fully repeatable run.
         early_stopping: patience in epochs on ``val_loss`` (train loss without
             ``val_data``); the best epoch's parameters are restored at the end.
+            With ``num_epochs=None`` it defaults to :func:`auto_schedule`'s.
         kl_warmup_epochs: the representation KL weight rises linearly from 0 to 1.
         num_particles: ELBO particles per step.
         elbo: ``"trace"`` (Trace_ELBO) or ``"meanfield"`` (TraceMeanField_ELBO,
@@ -156,6 +207,9 @@ def fit(
         new_data: with ``resume_from``, continue on data other than the run's on
             purpose (the model's standardisation stays the run's); the checkpoints
             then record the new data.
+        metrics_data: held-out data for ``result.metrics`` (and ``metrics.json``)
+            alone: never trained on, never used to stop (default: ``val_data``).
+            ``pyro-mm train`` passes its test split here.
         data_source: JSON-able description of how to rebuild ``data`` (``pyro-mm
             train`` records its data set, views, seed and split), kept in every
             checkpoint and written beside it as ``data.json``; a resumed fit keeps the
@@ -166,6 +220,10 @@ def fit(
     """
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected MultimodalData, got {type(data).__name__}")
+    automatic = num_epochs is None
+    if automatic:
+        data, val_data, num_epochs, early_stopping = _automatic(
+            data, val_data, batch_size, early_stopping, seed)
     settings = Settings(
         num_epochs=num_epochs, batch_size=batch_size, learning_rate=learning_rate,
         clip_norm=clip_norm, lr_decay=lr_decay, device=device, seed=seed,
@@ -173,16 +231,31 @@ def fit(
         num_particles=num_particles, elbo=elbo, run_dir=run_dir,
         checkpoint_every=checkpoint_every, max_recoveries=max_recoveries,
         validate_args=validate_args, progress=progress, distributed=distributed,
-        num_workers=num_workers, disk_order=disk_order)
+        num_workers=num_workers, disk_order=disk_order, restore_best=automatic)
     if run_dir is not None:
         model.config()  # fails now, not after the first epoch, if it cannot be saved
+    if resume_from is None:  # a resumed run's data are checked against its fingerprint
+        model.check_data(data)  # before the label warnings: a label out of range is an error
+        model.label_head.warn_about_labels(data.labels)
     trainer = Trainer(model, settings)
     with ddp.active(trainer.group), _run_folder(  # a failed collective: DistributedError
             trainer.group, run_dir, _resumes_in(resume_from, run_dir), overwrite):
         trainer.prepare(data, val_data, guide, resume_from, new_data=new_data,
+                        metrics_data=metrics_data,
                         data_source=data_source)
         trainer.build_optimizer()
         return trainer.run()
+
+
+def _automatic(data, val_data, batch_size, early_stopping, seed):
+    """``fit(num_epochs=None)``: ``(data, val_data, num_epochs, early_stopping)``, the
+    internal validation split made when there is no ``val_data`` (see :func:`fit`)."""
+    # A resumed run makes the same seeded split again (same data and seed), so its
+    # training rows keep the fingerprint it was checked against.
+    if val_data is None and len(data) >= VALIDATION_MIN_ROWS:
+        data, val_data = _validation_split(data, seed)
+    num_epochs, patience = auto_schedule(len(data), batch_size)
+    return data, val_data, num_epochs, patience if early_stopping is None else early_stopping
 
 
 def _resumes_in(resume_from, run_dir) -> bool:

@@ -53,16 +53,20 @@ def local_elbo(model: MultimodalDPMixture, guide: MultimodalGuide, batch: Tensor
 def validation_metrics(model: MultimodalDPMixture, guide: MultimodalGuide,
                        batch: TensorBatch, generator: torch.Generator | None = None,
                        max_examples: int = 20000) -> dict[str, float]:
-    """Negative ELBO per example and (with labels) plug-in accuracy on ``batch``."""
+    """Negative ELBO per example (``val_loss``) and, with labels, the plug-in accuracy
+    (``val_accuracy``) and label NLL ``-log p(y | x_obs)`` (``val_nll``, nats, mean
+    over the labelled examples) on ``batch``."""
     subsample = None
     if batch.size > max_examples:
         subsample = torch.randperm(batch.size, generator=generator)[:max_examples]
         subsample = subsample.to(batch.device)
     out = {"val_loss": -float(local_elbo(model, guide, batch, subsample).mean())}
     if model.classifier is not None and batch.labels is not None and bool(batch.label_mask.any()):
-        probs = predict_batch(model, guide, batch)["probs"]
-        hit = (probs.argmax(-1) == batch.labels)[batch.label_mask]
+        pred = predict_batch(model, guide, batch, log_probs=True)
+        hit = (pred["probs"].argmax(-1) == batch.labels)[batch.label_mask]
         out["val_accuracy"] = float(hit.float().mean())
+        picked = pred["log_probs"].gather(-1, batch.labels[:, None])[:, 0]
+        out["val_nll"] = -float(picked[batch.label_mask].mean())
     return out
 
 

@@ -35,6 +35,9 @@ class Settings:
     distributed: bool | None = None
     num_workers: int = 2
     disk_order: str = "random"
+    #: Restore the best epoch at the end even when the budget ran out before early
+    #: stopping stopped it (``fit(num_epochs=None)``).
+    restore_best: bool = False
 
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):

@@ -108,6 +108,7 @@ class Trainer:
         self.run_path = None if settings.run_dir is None else Path(settings.run_dir)
         self.guide: MultimodalGuide | None = None
         self.val_data: MultimodalData | None = None
+        self.metrics_data: MultimodalData | None = None
         self.resume_state: dict[str, Any] = {}
         self.history = History()
         self.stopper = EarlyStopping(settings.early_stopping)
@@ -116,13 +117,14 @@ class Trainer:
     # ------------------------------------------------------------- data and device
     def prepare(self, data: MultimodalData, val_data: MultimodalData | None = None,
                 guide: MultimodalGuide | None = None, resume_from=None, *,
-                new_data: bool = False, data_source: Mapping[str, Any] | None = None
-                ) -> None:
+                new_data: bool = False, data_source: Mapping[str, Any] | None = None,
+                metrics_data: MultimodalData | None = None) -> None:
         """Check and restore a resumed run's model (:func:`~pyro_mm.runs.fingerprint.
         check_resume`: same model, guide and, unless ``new_data``, data), seed, move to
         the device, fit the standardisation, prepare the data and initialise the guide.
         ``data_source``: how to rebuild the data, kept in every checkpoint (a resumed
-        run keeps its own when not given)."""
+        run keeps its own when not given). ``metrics_data``: where the final metrics are
+        computed (default: ``val_data``)."""
         model, s = self.model, self.settings
         self.config = dict(
             num_epochs=s.num_epochs, batch_size=s.batch_size, learning_rate=s.learning_rate,
@@ -158,6 +160,7 @@ class Trainer:
             if s.disk_order == "chunks":
                 self.chunk_of = torch.as_tensor(data.store_chunks())
         self.val_data = val_data
+        self.metrics_data = val_data if metrics_data is None else metrics_data
         self.val_batch = None if val_data is None else model.prepare(val_data)
         self.guide = guide = MultimodalGuide(model) if guide is None else guide
         guide.to(self.device)
@@ -446,7 +449,7 @@ class Trainer:
         metrics and write the run folder."""
         model, guide, config = self.model, self.guide, self.config
         best = self.stopper.best_state
-        if best is not None and stopped_early:
+        if best is not None and (stopped_early or self.settings.restore_best):
             model.load_state_dict(best["model"])
             guide.load_state_dict(best["guide"])
         if experts_heads_are_separable(model) and isinstance(self.batch, TensorBatch):
@@ -456,8 +459,9 @@ class Trainer:
                                 else self.start_epoch)
         config["stopped_early"] = stopped_early
         config["best_epoch"] = self.stopper.best_epoch
-        if self.val_data is not None:
-            self.result.metrics = ddp.mean(self.group, evaluate(self.result, self.val_data))
+        if self.metrics_data is not None:
+            self.result.metrics = ddp.mean(self.group,
+                                           evaluate(self.result, self.metrics_data))
         if self.run_path is not None:
             self.write_run_folder()
         ddp.barrier(self.group)  # no rank returns before the run folder is complete
