@@ -85,3 +85,26 @@ def test_explicit_epochs_keep_the_old_behaviour(tiny_data):
     assert len(result.history.epochs) == 4
     assert result.config["early_stopping"] is None
     assert result.metrics == {}
+
+
+def test_metrics_data_is_reported_on_but_never_chooses_when_to_stop(tiny_data,
+                                                                    monkeypatch):
+    """What ``pyro-mm train`` does with its test split: the schedule stops on an internal
+    split of the training rows, and ``result.metrics`` are the test split's."""
+    monkeypatch.setattr(fit_module, "AUTO_STEPS", 30)
+    monkeypatch.setattr(fit_module, "AUTO_PATIENCE_STEPS", 5)
+    train, test = tiny_data.split(0.25, seed=1)
+    runs = {}
+    for name, extra in {"plain": {}, "reported": {"metrics_data": test}}.items():
+        pyro.set_rng_seed(0)
+        model = pm.MultimodalDPMixture(tiny_data.dims, num_classes=3, latent_dim=2,
+                                       num_components=3)
+        runs[name] = pm.fit(model, train, batch_size=40, progress=False, seed=0,
+                            device="cpu", **extra)
+    plain, reported = runs["plain"], runs["reported"]
+    # the same training: stopping did not look at the test split
+    assert [r["val_loss"] for r in plain.history.epochs] == [
+        r["val_loss"] for r in reported.history.epochs]
+    assert reported.config["best_epoch"] == plain.config["best_epoch"]
+    assert reported.metrics["num_examples"] == len(test)
+    assert reported.metrics == pytest.approx(pm.evaluate(reported, test))
