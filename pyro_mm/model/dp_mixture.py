@@ -314,7 +314,12 @@ class MultimodalDPMixture(UniquelyNamedModule):
     # ------------------------------------------------------------------ configuration
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments (factors included)."""
-        return {**self._config, "factors": [factor_config(f) for f in self.factors]}
+        config = dict(self._config)
+        if self.scale_prior == "lognormal":
+            # As configs were before the prior existed (from_config's default): a run
+            # saved then and resumed now is the same model, not a changed one.
+            del config["scale_prior"], config["scale_pseudo_count"]
+        return {**config, "factors": [factor_config(f) for f in self.factors]}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MultimodalDPMixture":
