@@ -3,7 +3,8 @@
 A multimodal Dirichlet-process Gaussian mixture (:class:`MultimodalDPMixture`) with
 amortised guides (:class:`MultimodalGuide`), auxiliary multimodal factors
 (:mod:`pyro_mm.factors`), SVI training (:func:`fit`) and held-out evaluation
-(:func:`predict`, :func:`evaluate`), imputation of missing modalities (:func:`impute`), posterior diagnostics (:func:`to_datatree`,
+(:func:`predict`, :func:`evaluate`), imputation of missing modalities (:func:`impute`), clustering
+(:func:`cluster`), posterior diagnostics (:func:`to_datatree`,
 :func:`summary`, :mod:`pyro_mm.diagnostics`).
 
 Importing the package needs only torch, pyro-ppl, numpy and xarray (the latter only
@@ -19,6 +20,7 @@ from .errors import (CheckpointError, DataValidationError, DistributedError,
 from .factors import modality_contributions
 from .model.dp_mixture import MixtureParams, MultimodalDPMixture
 from .model.guide import MultimodalGuide
+from .predictive.cluster import Clustering, cluster
 from .predictive.impute import impute
 from .predictive.predict import evaluate, log_likelihood, predict
 from .runs import FitResult, History, load
@@ -27,6 +29,7 @@ from .train import fit
 
 __all__ = [
     "CheckpointError",
+    "Clustering",
     "DataValidationError",
     "DistributedError",
     "FitResult",
@@ -37,6 +40,7 @@ __all__ = [
     "MultimodalGuide",
     "TensorBatch",
     "TrainingDivergedError",
+    "cluster",
     "datasets",
     "diagnostics",
     "evaluate",

@@ -20,8 +20,8 @@ from pyro_mm.errors import DataValidationError
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["classification", "missing", "baselines_run", "few_labels",
-                                  "arm", "dpgmm", "overhead", "throughput", "scale",
-                                  "lockstep", "gpu", "store_checksums"])
+                                  "arm", "dpgmm", "clustering", "overhead", "throughput",
+                                  "scale", "lockstep", "gpu", "store_checksums"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     module = importlib.import_module(f"benchmarks.{name}")
     out = tmp_path / f"{name}.json"

@@ -227,7 +227,8 @@ def test_perturbed_constant_features_cost_little_with_the_floor(constant_feature
     within 1 nat of the median and is no worse than scikit-learn's
     BayesianGaussianMixture."""
     train, test, sklearn_mean = constant_features
-    ll, metrics = _held_out(train, test, component=component)
+    ll, metrics = _held_out(train, test, component=component, scale_prior="lognormal",
+                            scale_floor=0.05, resolution_floor=False)
     assert abs(ll.mean() - np.median(ll)) <= 1.0
     assert ll.mean() >= sklearn_mean
     assert metrics["ari"] >= 0.95
@@ -237,7 +238,8 @@ def test_without_the_floor_the_same_data_collapses(constant_features):
     """The previous behaviour (no floor) on the same data: near-zero scales, and a mean
     held-out log-likelihood well below scikit-learn's (what the floor fixes)."""
     train, test, sklearn_mean = constant_features
-    ll, _ = _held_out(train, test, scale_floor=0.0, resolution_floor=False)
+    ll, _ = _held_out(train, test, scale_prior="lognormal", scale_floor=0.0,
+                      resolution_floor=False)
     assert ll.mean() < sklearn_mean - 5.0
 
 

@@ -96,7 +96,8 @@ def test_latent_floors_are_fixed_and_not_refitted(tiny_data):
 def test_no_buffer_of_the_parts_is_left_on_the_model():
     own = {name for name, _ in _model().named_buffers(recurse=False)}
     assert own == {"alpha", "alpha_prior", "prior_loc_scale", "prior_log_scale",
-                   "prior_scale_spread", "component_df", "df_prior"}
+                   "prior_scale_spread", "component_df", "df_prior",
+                   "variance_prior"}
 
 
 def _flat(state):

@@ -424,8 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--component", choices=["normal", "studentt"],
                        default=MODEL["component"],
                        help="the mixture's component family (studentt: heavy tails)")
-    train.add_argument("--resolution-floor", action="store_true",
-                       help="floor component scales at the features' recording resolution")
+    train.add_argument("--resolution-floor", action=argparse.BooleanOptionalAction,
+                       default=MODEL["resolution_floor"],
+                       help="add the features' recording resolution to the component "
+                            "variances (default: for data in memory)")
     train.add_argument("--latent-dim", type=int, default=MODEL["latent_dim"],
                        help="size of each modality's representation (default: %(default)s)")
     train.add_argument("--mixture", choices=["joint", "independent"],

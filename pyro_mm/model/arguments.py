@@ -13,7 +13,8 @@ from .fusion import POOLS
 def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                     representation, reconstruct, fusion, factors, alpha, modality_dropout,
                     prior_loc_scale, prior_scale, prior_scale_spread, scale_floor,
-                    component, df, classifier_prior_scale=None,
+                    component, df, classifier_prior_scale=None, scale_prior="inverse_gamma",
+                    scale_pseudo_count=2.0,
                     experts_pool="product") -> None:
     """Raise ``ValueError`` for the first argument the model cannot be built with (see
     the model's docstring for their meaning; ``reconstruct`` already resolved)."""
@@ -49,6 +50,13 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
             raise ValueError(f"{arg}: must be positive, got {value!r}")
     if not (isinstance(scale_floor, (int, float)) and scale_floor >= 0):
         raise ValueError(f"scale_floor: must be a number >= 0, got {scale_floor!r}")
+    if scale_prior not in ("inverse_gamma", "lognormal"):
+        raise ValueError("scale_prior: expected 'inverse_gamma' or 'lognormal', got "
+                         f"{scale_prior!r}")
+    if not (isinstance(scale_pseudo_count, (int, float)) and not isinstance(
+            scale_pseudo_count, bool) and scale_pseudo_count > 0):
+        raise ValueError(f"scale_pseudo_count: must be a positive number, got "
+                         f"{scale_pseudo_count!r}")
     if component not in ("normal", "studentt"):
         raise ValueError(f"component: expected 'normal' or 'studentt', got {component!r}")
     if df != "learned" and not (isinstance(df, (int, float)) and df > 0):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
+from torch.distributions.transforms import PowerTransform
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -115,6 +117,29 @@ def studentt_component_log_density(
                 - 0.5 * torch.log(df * math.pi))
     return (d * log_norm - scales.log().sum(-1)
             - 0.5 * (df + 1.0) * torch.log1p(z2 / df).sum(-1))
+
+
+def inverse_gamma_scale_prior(pseudo_count: torch.Tensor, spread: torch.Tensor
+                              ) -> TorchDistribution:
+    """The distribution of a component scale ``sigma`` whose variance has the conjugate
+    prior ``sigma^2 ~ InverseGamma(nu0 / 2, nu0 s^2 / 2)``: ``nu0`` pseudo-observations
+    of variance ``s^2`` (the scaled inverse-chi-squared of Gelman et al., BDA 3.2).
+
+    With ``n`` members whose squared deviations sum to ``S``, the posterior mode of
+    ``sigma`` (the MAP of this site) is ``sigma^2 = (nu0 s^2 + S) / (nu0 + n + 1)``: a
+    large component keeps its own spread ``S / n``; one with few members is pulled to
+    ``s^2``, and its density at ``sigma -> 0`` vanishes (``exp(-nu0 s^2 / 2 sigma^2)``).
+
+    Args:
+        pseudo_count: ``nu0 > 0``, scalar tensor.
+        spread: ``s^2 > 0``, scalar tensor (or broadcastable to the site's shape).
+
+    Returns:
+        a distribution on ``(0, inf)`` with the batch shape of ``spread``.
+    """
+    variance = dist.InverseGamma(0.5 * pseudo_count, 0.5 * pseudo_count * spread)
+    return dist.TransformedDistribution(variance, [PowerTransform(
+        torch.tensor(0.5, dtype=variance.rate.dtype, device=variance.rate.device))])
 
 
 def effective_scale(scale: torch.Tensor, floor: torch.Tensor | float | None

@@ -6,12 +6,14 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     v_k              ~ Beta(1, alpha),  k = 1..K-1                    site "sticks"
     pi               = stick_breaking(v)     (all mass kept)
     mu_mk            ~ Normal(0, s0^2 I)                              site "component_loc_<m>"
-    sigma_mk         ~ LogNormal(log s1, t1) per dimension            site "component_scale_<m>"
+    sigma_mk^2       ~ InverseGamma(nu0 / 2, nu0 s_m^2 / 2) per dimension  site "component_scale_<m>"
+                       (scale_prior="lognormal": sigma_mk ~ LogNormal(log s1, t1))
     nu_m             ~ Gamma(2, 0.1)  if component="studentt", df="learned"  site "component_df_<m>"
     W                ~ Normal(0, sigma_W^2)  classifier weights, if classifier_prior_scale
                                                         factor "classifier_prior"
     for i in plate("data", N, subsample=...):
         z_i          ~ MultimodalMixture(pi, mu, sqrt(sigma^2 + f_m^2))  (B, M, D)  site "z"
+                       (f_m: the recording resolution, observed features only)
         x_im         ~ Normal(decoder_m(z_im), scale_m)  if reconstruct   site "x_<m>"
         y_i          ~ Categorical(logits=classifier(fuse(fill(z_i))))      site "y"
                        (fusion "experts": the product of the present modalities'
@@ -33,13 +35,32 @@ Decisions not fixed by the design:
   model's part ``standardization`` (:mod:`pyro_mm.model.standardization`); every
   likelihood is on that scale, and :meth:`MultimodalDPMixture.feature_log_jacobian`
   converts to the original scale.
-* **Scale floor.** A component's scale is ``sqrt(sigma_mk^2 + f_m^2)``, never the bare
-  ``sigma_mk``, so a feature that is constant among a component's training members
-  cannot make a held-out example cost millions of nats: ``f = scale_floor`` (0.05)
-  training standard deviations for observed features, ``scale_floor * s1`` for latent
-  ones; why, and what it costs, in :mod:`pyro_mm.model.scale_floors`. ``scale_floor=0`` is the
-  previous behaviour. :class:`~pyro_mm.model.params.MixtureParams` applies it where it builds
-  the mixture, so every consumer uses the same scale.
+* **Component variances: a conjugate prior** (``scale_prior="inverse_gamma"``, the
+  default). ``sigma_mk^2 ~ InverseGamma(nu0 / 2, nu0 s_m^2 / 2)``: ``nu0``
+  (``scale_pseudo_count``) pseudo-observations of the data's own spread ``s_m^2`` (1 on
+  the standardised scale of observed features; ``s1^2`` for latent representations).
+  The posterior mode is ``sigma^2 = (nu0 s^2 + S_mk) / (nu0 + n_k + 1)`` (``n_k``
+  members, ``S_mk`` their squared deviations): a large component follows its own spread,
+  one with few members is held near the data's, and no component can shrink a feature
+  to zero because its members happen to agree there (a pixel that is always 0 in a
+  class), which made a held-out example one pixel step away cost hundreds of nats and
+  made the density depend on the split and get worse with training. ``nu0 = 2``
+  (:data:`SCALE_PSEUDO_COUNT`) was chosen by held-out log-likelihood over random splits
+  of several data sets (``benchmarks/dpgmm.py``, ``benchmarks/RESULTS.md``): smaller
+  values let one split's members decide, larger ones blur clusters on data with many
+  features (scikit-learn's ``nu0 = d`` is why it collapses to one component on mfeat's
+  649 features).
+* **Recording resolution.** Observed features recorded in steps of ``q`` (integer
+  pixels, counts) add ``q^2 / 12`` (uniform dequantisation) to every component
+  variance: a component's scale is ``sqrt(sigma_mk^2 + f_m^2)`` with ``f_m = q / sqrt(12)``
+  (``resolution_floor``; default: on for data in memory,
+  :mod:`pyro_mm.model.scale_floors`), so a value one step from every training value of
+  a component costs at most ~6 nats there. ``scale_floor`` adds a fixed floor (a
+  fraction of the training standard deviation, or of ``s1`` for latent
+  representations) in quadrature; 0 by default. A config saved before the prior existed
+  rebuilds with ``scale_prior="lognormal"`` and its floors, i.e. as it was fitted.
+  :class:`~pyro_mm.model.params.MixtureParams` applies the floor where it builds the
+  mixture, so every consumer uses the same scale.
 * **Student-t components** (``component="studentt"``): each component is a product of
   univariate Student-t densities (same locs and effective scales) with ``nu_m`` degrees
   of freedom per modality, fixed or learned (site ``component_df_<m>``, prior
@@ -93,6 +114,7 @@ from ..data.container import MultimodalData, TensorBatch
 from ..errors import DataValidationError
 from ._pyro_module import UniquelyNamedModule
 from .arguments import check_arguments
+from .distributions import inverse_gamma_scale_prior
 from .factor_protocol import AuxiliaryFactor, FactorContext, factor_config, make_factor
 from .label_head import LabelHead
 from .legacy_names import flat_names_into
@@ -101,6 +123,10 @@ from .params import DF_PRIOR, MixtureParams
 from .scale_floors import keep_missing_floors
 from .sites import fill_unobserved, unbatched
 from .standardization import Standardization
+
+#: Default ``nu0`` of the inverse-gamma prior on the component variances (module
+#: docstring; measured in ``benchmarks/RESULTS.md``).
+SCALE_PSEUDO_COUNT = 2.0
 
 #: Default probability of modality dropout for the classifier (see the module
 #: docstring; measured in ``benchmarks/RESULTS.md``).
@@ -135,13 +161,21 @@ class MultimodalDPMixture(UniquelyNamedModule):
             (``Gamma(*alpha_prior)`` prior).
         alpha_prior: ``(a0, b0)``, shape and rate of the Gamma prior.
         prior_loc_scale: ``s0``, prior scale of the component means.
-        prior_scale: ``s1``, prior median of the component scales.
-        prior_scale_spread: ``t1``, log-scale spread of the component scales.
-        scale_floor: floor of the component scales as a fraction of each feature's
-            training standard deviation (observed) or of ``s1`` (latent); see the
-            module docstring. ``0`` (with ``resolution_floor=False``) disables it.
-        resolution_floor: also floor observed features at their recording resolution
-            (``q / sqrt(12)``, added in quadrature).
+        prior_scale: ``s1``: the latent representations' spread ``s`` of the
+            inverse-gamma prior; with ``scale_prior="lognormal"``, the prior median of
+            the component scales.
+        prior_scale_spread: ``t1``, log-scale spread of the component scales
+            (``scale_prior="lognormal"`` only).
+        scale_prior: ``"inverse_gamma"`` (the conjugate prior on the variances, module
+            docstring) or ``"lognormal"`` (the prior of configs saved before it).
+        scale_pseudo_count: ``nu0 > 0``, the inverse-gamma prior's pseudo-count.
+        scale_floor: a fixed floor of the component scales as a fraction of each
+            feature's training standard deviation (observed) or of ``s1`` (latent),
+            added in quadrature; 0 by default (the prior makes it unnecessary).
+        resolution_floor: add each observed feature's recording resolution
+            ``q^2 / 12`` to the component variances. ``None`` (default): for data in
+            memory; data on disk (streamed statistics, no distinct values) skip it with
+            a warning. ``True`` refuses data on disk.
         component: ``"normal"`` (Gaussian components) or ``"studentt"``.
         df: Student-t degrees of freedom: a positive number (fixed, every modality) or
             ``"learned"`` (one per modality, site ``component_df_<m>``).
@@ -174,8 +208,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_loc_scale: float = 3.0,
         prior_scale: float = 1.0,
         prior_scale_spread: float = 1.0,
-        scale_floor: float = 0.05,
-        resolution_floor: bool = False,
+        scale_prior: str = "inverse_gamma",
+        scale_pseudo_count: float = SCALE_PSEUDO_COUNT,
+        scale_floor: float = 0.0,
+        resolution_floor: bool | None = None,
         component: str = "normal",
         df: float | str = "learned",
         hidden: Sequence[int] = (256,),
@@ -194,6 +230,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
             modality_dropout=modality_dropout, prior_loc_scale=prior_loc_scale,
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
             scale_floor=scale_floor, component=component, df=df,
+            scale_prior=scale_prior, scale_pseudo_count=scale_pseudo_count,
             classifier_prior_scale=classifier_prior_scale, experts_pool=experts_pool)
 
         self.modalities = tuple(str(m) for m in dims)
@@ -207,8 +244,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
         self.learn_alpha = alpha == "learned"
         self.component = component
         self.learn_df = component == "studentt" and df == "learned"
+        self.scale_prior = scale_prior
         self.scale_floor = float(scale_floor)
-        self.resolution_floor = bool(resolution_floor)
+        self.resolution_floor = None if resolution_floor is None else bool(resolution_floor)
         self.hidden = tuple(int(h) for h in hidden)
         self._config = dict(
             dims=self.dims, num_classes=self.num_classes, latent_dim=self.latent_dim,
@@ -216,6 +254,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
             representation=representation, reconstruct=self.reconstruct, fusion=fusion,
             alpha=alpha, alpha_prior=list(alpha_prior), prior_loc_scale=prior_loc_scale,
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
+            scale_prior=scale_prior, scale_pseudo_count=float(scale_pseudo_count),
             scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
             component=component, df=df, hidden=list(self.hidden),
             modality_dropout=float(modality_dropout),
@@ -226,6 +265,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
 
         self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
                                prior_scale_spread, df)
+        self._register_variance_prior(scale_pseudo_count, prior_scale, representation)
         latent = representation == "latent"
         self.standardization = Standardization(
             self.dims, scale_floor=self.scale_floor, resolution_floor=self.resolution_floor,
@@ -264,10 +304,22 @@ class MultimodalDPMixture(UniquelyNamedModule):
             flat_names_into(("standardization", "label_head")), with_module=True)
         self._register_load_state_dict_pre_hook(keep_missing_floors, with_module=True)
 
+    def _register_variance_prior(self, pseudo_count, prior_scale, representation) -> None:
+        """``(nu0, s^2)`` of the inverse-gamma prior. Not persistent: they follow from
+        the config, so states saved before the prior existed load unchanged."""
+        spread = 1.0 if representation == "observed" else float(prior_scale) ** 2
+        self.register_buffer("variance_prior", torch.tensor(
+            [float(pseudo_count), spread]), persistent=False)
+
     # ------------------------------------------------------------------ configuration
     def config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments (factors included)."""
-        return {**self._config, "factors": [factor_config(f) for f in self.factors]}
+        config = dict(self._config)
+        if self.scale_prior == "lognormal":
+            # As configs were before the prior existed (from_config's default): a run
+            # saved then and resumed now is the same model, not a changed one.
+            del config["scale_prior"], config["scale_pseudo_count"]
+        return {**config, "factors": [factor_config(f) for f in self.factors]}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "MultimodalDPMixture":
@@ -276,8 +328,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
         factors = [make_factor(spec) for spec in config.pop("factors", [])]
         config["alpha_prior"] = tuple(config["alpha_prior"])
         config["hidden"] = tuple(config["hidden"])
-        # Saved before the scale floor existed: keep the behaviour it was fitted with.
+        # Saved before the scale floor (or the variance prior) existed: keep the
+        # behaviour it was fitted with.
         config.setdefault("scale_floor", 0.0)
+        config.setdefault("scale_prior", "lognormal")
         config.setdefault("resolution_floor", False)
         dims = config.pop("dims")
         return cls(dims, factors=factors, **config)
@@ -467,14 +521,21 @@ class MultimodalDPMixture(UniquelyNamedModule):
                 dist.Normal(torch.zeros_like(self.prior_loc_scale), self.prior_loc_scale)
                 .expand([K, size]).to_event(2)), 2)
             values[f"component_scale_{m}"] = unbatched(pyro.sample(
-                f"component_scale_{m}",
-                dist.LogNormal(self.prior_log_scale, self.prior_scale_spread)
+                f"component_scale_{m}", self.scale_prior_distribution()
                 .expand([K, size]).to_event(2)), 2)
         if self.learn_df:
             for m in self.modalities:
                 values[f"component_df_{m}"] = unbatched(
                     pyro.sample(f"component_df_{m}", dist.Gamma(*self.df_prior)), 0)
         return self.params_from_sites(values)
+
+    def scale_prior_distribution(self) -> dist.TorchDistribution:
+        """The prior of one component scale ``sigma_mk`` (batch shape ``()``): the
+        inverse-gamma on ``sigma^2`` (:func:`~pyro_mm.model.distributions.inverse_gamma_scale_prior`)
+        or, for ``scale_prior="lognormal"``, ``LogNormal(log s1, t1)``."""
+        if self.scale_prior == "lognormal":
+            return dist.LogNormal(self.prior_log_scale, self.prior_scale_spread)
+        return inverse_gamma_scale_prior(self.variance_prior[0], self.variance_prior[1])
 
     def record(self, name: str, value: torch.Tensor) -> None:
         """Keep a detached scalar for the training history (read by the trainer)."""

@@ -1,25 +1,16 @@
-"""Scale floors of the mixture components: fitted from the training data, and kept when
-a state saved before they existed is loaded.
+"""Scale floors of the mixture components: the recording resolution (and an optional
+fixed floor) fitted from the training data, and kept when a state saved before they
+existed is loaded.
 
-A component's scale is ``sqrt(sigma^2 + f^2)``, never the bare ``sigma``. Without the
-floor, a feature that is constant among a component's training members (a pixel that is
-always 0, a dead unit) drives ``sigma`` to ~0, and a held-out example that differs
-slightly there costs millions of nats. Equivalently, the effective scale's prior puts no
-mass below ``f``.
-
-* Observed features: ``f = scale_floor`` (default 0.05) training standard deviations,
-  in quadrature with the recording resolution ``q / sqrt(12)`` if
-  ``resolution_floor=True`` (``q``: the smallest gap between distinct training values;
-  ``q / sqrt(12)`` is the spread of uniform dequantisation). Latent representations:
-  ``f = scale_floor * s1`` (the prior median of the scales).
-* Effect: a held-out deviation ``delta`` costs at most ``delta^2 / (2 f^2)`` nats per
-  feature, and a component gains at most ``-log f`` per feature from a constant one;
-  clusters wider than ``f`` fit as before (``sigma`` absorbs the floor; on the
-  synthetic DP benchmark held-out log-likelihood moves by < 0.01 nats).
-* Cost: where held-out values repeat training values exactly (integer pixels), the
-  floor gives up density peaks the unfloored fit earns (load_digits: -67.8 vs -42.9
-  nats per example; scikit-learn -77.0). The resolution term is off by default for the
-  same reason, more so (load_digits, floor 0.1: -108 with it, -82 without).
+A component's scale is ``sqrt(sigma^2 + f^2)``. Since the inverse-gamma prior on
+``sigma^2`` (:mod:`pyro_mm.model.dp_mixture`) keeps components from collapsing, the
+default floor is only the recording resolution of observed features, ``q / sqrt(12)``
+(``q``: the smallest gap between distinct training values; ``q^2 / 12`` is the variance
+of uniform dequantisation), so a held-out value one step from every training value of a
+component costs a few nats, not hundreds. ``scale_floor`` adds a fixed floor in
+quadrature (a fraction of the training standard deviation; of ``s1`` for latent
+representations): the previous default (0.05, with the lognormal prior) is what a
+config saved before the prior rebuilds with.
 """
 
 from __future__ import annotations

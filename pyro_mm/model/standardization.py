@@ -12,6 +12,7 @@ never reads a buffer by name.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,7 +36,8 @@ class Standardization(nn.Module):
             training standard deviation (observed features, refitted by :meth:`fit`) or,
             with ``latent_dim``, of ``prior_scale`` (fixed here).
         resolution_floor: observed features only: also floor at the recording resolution
-            (:func:`~pyro_mm.model.scale_floors.feature_floor`).
+            (:func:`~pyro_mm.model.scale_floors.feature_floor`). ``None``: for data in
+            memory; data on disk skip it (with a warning), ``True`` refuses them.
         latent_dim: ``D`` for a mixture on latent representations (floors of size ``D``,
             never refitted); ``None``: the mixture sits on the features (floors of size
             ``d_m``).
@@ -43,13 +45,13 @@ class Standardization(nn.Module):
     """
 
     def __init__(self, dims: Mapping[str, int], *, scale_floor: float,
-                 resolution_floor: bool = False, latent_dim: int | None = None,
+                 resolution_floor: bool | None = False, latent_dim: int | None = None,
                  prior_scale: float = 1.0):
         super().__init__()
         self.modalities = tuple(dims)
         self.observed = latent_dim is None
         self.scale_floor = float(scale_floor)
-        self.resolution_floor = bool(resolution_floor)
+        self.resolution_floor = None if resolution_floor is None else bool(resolution_floor)
         self.register_buffer("standardized", torch.tensor(False))
         for m, d in dims.items():
             self.register_buffer(f"feature_loc_{m}", torch.zeros(d))
@@ -76,7 +78,7 @@ class Standardization(nn.Module):
         of rows at a time (:func:`pyro_mm.data.stats.feature_moments`); its statistics
         equal the in-memory ones to float64 rounding. The recording-resolution floor
         needs every distinct value of a feature, so it is refused for such data, before
-        anything is written.
+        anything is written (``resolution_floor=None``: skipped, with a warning).
         """
         if data.on_disk:
             self._fit_streamed(data)
@@ -91,6 +93,11 @@ class Standardization(nn.Module):
             self._set_statistics(m, x.mean(0), x.std(0), x)
 
     def _fit_streamed(self, data: MultimodalData) -> None:
+        if self.observed and self.resolution_floor is None:
+            warnings.warn(
+                "resolution_floor: the data are on disk (streamed statistics), so the "
+                "recording resolution is not added to the component variances; pass "
+                "resolution_floor=False to say so, or fit on data in memory", stacklevel=3)
         if self.observed and self.resolution_floor:
             raise DataValidationError(
                 "resolution_floor=True: needs every distinct training value of each "
@@ -99,17 +106,21 @@ class Standardization(nn.Module):
         moments = feature_moments(data.select(self.modalities))
         for m in self.modalities:
             _, loc, variance = moments[m]
-            self._set_statistics(m, loc, np.sqrt(variance), None)
+            self._set_statistics(m, loc, np.sqrt(variance), None, resolution=False)
 
-    def _set_statistics(self, m: str, loc: np.ndarray, scale: np.ndarray, x) -> None:
+    def _set_statistics(self, m: str, loc: np.ndarray, scale: np.ndarray, x,
+                        resolution: bool | None = None) -> None:
         """Buffers of modality ``m`` from its mean and standard deviation ``(d,)``
-        (``x``: its observed rows, only read by the resolution floor)."""
+        (``x``: its observed rows, only read by the resolution floor; ``resolution``:
+        whether to apply it, default as configured)."""
+        if resolution is None:
+            resolution = self.resolution_floor is not False
         scale = scale.copy()
         scale[~(scale > 1e-8 * np.maximum(1.0, np.abs(loc)))] = 1.0
         getattr(self, f"feature_loc_{m}").copy_(torch.as_tensor(loc))
         getattr(self, f"feature_scale_{m}").copy_(torch.as_tensor(scale))
         if self.observed:
-            floor = feature_floor(x, scale, self.scale_floor, self.resolution_floor)
+            floor = feature_floor(x, scale, self.scale_floor, resolution)
             getattr(self, f"component_scale_floor_{m}").copy_(torch.as_tensor(floor))
 
     # ------------------------------------------------------------------ what it holds
