@@ -2,7 +2,6 @@
 stand-in that exposes only the protocol's members, ARM, PMRL and the contribution
 estimates work, and ARM's write of the fusion weights reaches the model."""
 
-from types import SimpleNamespace
 
 import pyro
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 import pyro_mm as pm
 from pyro_mm.factors import ARM, PMRL
-from pyro_mm.factors.contributions import modality_contributions
 from pyro_mm.model.factor_protocol import FactorContext, FactorModel, sampling_weights
 
 MEMBERS = FactorModel.__protocol_attrs__
@@ -77,7 +75,7 @@ def test_factors_run_inside_the_model_through_the_protocol_alone(trained, tiny_d
     assert model.modality_weights.shape == (2,)
 
 
-def test_sampling_weights_and_contributions_use_the_protocol_alone(trained, tiny_data):
+def test_sampling_weights_use_the_protocol_alone(trained, tiny_data):
     model, guide = trained.model, trained.guide
     batch = model.prepare(tiny_data)
     model.train()
@@ -85,10 +83,9 @@ def test_sampling_weights_and_contributions_use_the_protocol_alone(trained, tiny
     assert weights.shape == (len(tiny_data),) and torch.isclose(weights.sum(),
                                                                 torch.tensor(1.0))
     assert model.training  # the mode is restored
-    seen = modality_contributions(SimpleNamespace(model=OnlyTheProtocol(model), guide=guide),
-                                  tiny_data)
-    plain = modality_contributions(trained, tiny_data)
-    assert seen.to_dict() == plain.to_dict()
+    # pm.modality_contributions is a user's entry point: it takes a posterior
+    # (pyro_mm.model.posterior.as_posterior), which needs the model itself, so it is not
+    # run on the stand-in.
 
 
 def test_the_stand_in_refuses_what_the_protocol_lacks(tiny_data):
