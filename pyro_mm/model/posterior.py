@@ -315,7 +315,7 @@ class SamplesPosterior(Posterior):
                 raise DataValidationError(f"samples[{site!r}]: holds NaN or inf")
             value = value[None] if lead == 1 else value
             chains.add(tuple(value.shape[:2]))
-            self.samples[site] = value.to(torch.get_default_dtype())
+            self.samples[site] = value.to(model.alpha.dtype)  # the model's dtype
         if len(chains) != 1:
             raise DataValidationError(f"samples: the sites disagree on (chain, draw): "
                                       f"{sorted(chains)}")
