@@ -41,6 +41,7 @@ from ._pyro_module import UniquelyNamedModule
 from .dp_mixture import MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
 from .params import MixtureParams
+from .sites import draw_values
 
 
 def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -260,13 +261,18 @@ class MultimodalGuide(UniquelyNamedModule):
     def encode(self, batch: TensorBatch, globals_: Mapping[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``(loc, scale)`` of ``z``, each ``(B, M, D)``, missing modalities
-        filled in from the present ones through the mixture (module docstring)."""
+        filled in from the present ones through the mixture (module docstring).
+
+        ``globals_`` may carry draw dims ``L`` (``site -> (*L, *event)``, or a
+        vectorised guide's ``(P, 1, *event)``): with a modality missing the result is
+        then ``(*L, B, M, D)``, one fill per draw (all present: ``(B, M, D)``, the
+        same for every draw)."""
         loc, scale = self.encode_present(batch)
         mask = batch.masks
         if bool(mask.all()):
             return loc, scale
         params = MixtureParams.from_sites(
-            self.modalities, globals_, floors=list(self.scale_floors),
+            self.modalities, draw_values(globals_), floors=list(self.scale_floors),
             component=self.component,
             df=None if self.fixed_df is None else [self.fixed_df] * len(self.modalities))
         mixture = params.mixture(self.mixture, batch_size=loc.shape[0])
