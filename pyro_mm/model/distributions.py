@@ -6,6 +6,13 @@ away from a component costs ``~ (nu + 1) log r`` nats per feature instead of ``r
 
 Shapes: ``K`` components, ``M`` modalities, ``d_m`` features of modality ``m`` (all equal
 to the latent size ``D`` when the mixture sits on representations), ``B`` examples.
+
+**Draw dimensions.** Every parameter may carry leading draw dimensions ``L`` (``S``
+draws of the global posterior evaluated in one pass, ``Predictive(parallel=True)``,
+``vectorize_particles=True``): weights ``(*L, K)``, locs and scales ``(*L, K, d_m)``,
+degrees of freedom ``(*L,)``. Values are ``(B, ...)`` or ``(*L, B, ...)`` and every
+result gains the ``L`` dims in front, e.g. ``log_prob`` is ``(*L, B)``. Without draw
+dimensions the shapes are the ones documented below.
 """
 
 from __future__ import annotations
@@ -55,18 +62,18 @@ def gaussian_component_log_density(
 
     Args:
         value: ``(..., B, d)``.
-        locs, scales: ``(K, d)``.
+        locs, scales: ``(..., K, d)`` (leading draw dims broadcast against value's).
 
     Returns:
-        ``(B, K)``.
+        ``(..., B, K)``.
     """
     precision = scales.pow(-2)
     quadratic = (
-        value.pow(2) @ precision.T
-        - 2.0 * value @ (locs * precision).T
-        + (locs.pow(2) * precision).sum(-1)
+        value.pow(2) @ precision.transpose(-1, -2)
+        - 2.0 * value @ (locs * precision).transpose(-1, -2)
+        + (locs.pow(2) * precision).sum(-1).unsqueeze(-2)
     )
-    log_norm = scales.log().sum(-1) + 0.5 * value.shape[-1] * _LOG_2PI
+    log_norm = scales.log().sum(-1).unsqueeze(-2) + 0.5 * value.shape[-1] * _LOG_2PI
     return -0.5 * quadratic.clamp_min(0.0) - log_norm
 
 
@@ -77,11 +84,11 @@ def stacked_gaussian_component_log_density(
     (batched matrix products instead of a Python loop over the modalities).
 
     Args:
-        value: ``(B, M, d)``.
-        locs, scales: ``(M, K, d)``.
+        value: ``(..., B, M, d)``.
+        locs, scales: ``(..., M, K, d)``.
 
     Returns:
-        ``(B, M, K)``.
+        ``(..., B, M, K)``.
     """
     precision = scales.pow(-2)                                          # (M, K, d)
     v = value.transpose(-3, -2)                                         # (M, B, d)
@@ -105,18 +112,21 @@ def studentt_component_log_density(
 
     Args:
         value: ``(..., B, d)``.
-        locs, scales: ``(K, d)``.
-        df: degrees of freedom, a scalar tensor (shared by the modality's features).
+        locs, scales: ``(..., K, d)``.
+        df: degrees of freedom, ``(...)`` (one per draw; shared by the modality's
+            features).
 
     Returns:
         ``(..., B, K)``.
     """
-    z2 = ((value.unsqueeze(-2) - locs) / scales).pow(2)                 # (..., B, K, d)
+    z2 = ((value.unsqueeze(-2) - locs.unsqueeze(-3))
+          / scales.unsqueeze(-3)).pow(2)                                # (..., B, K, d)
     d = value.shape[-1]
+    df = torch.as_tensor(df, dtype=value.dtype, device=value.device)[..., None, None]
     log_norm = (torch.lgamma(0.5 * (df + 1.0)) - torch.lgamma(0.5 * df)
-                - 0.5 * torch.log(df * math.pi))
-    return (d * log_norm - scales.log().sum(-1)
-            - 0.5 * (df + 1.0) * torch.log1p(z2 / df).sum(-1))
+                - 0.5 * torch.log(df * math.pi))                        # (..., 1, 1)
+    return (d * log_norm - scales.log().sum(-1).unsqueeze(-2)
+            - 0.5 * (df + 1.0) * torch.log1p(z2 / df.unsqueeze(-1)).sum(-1))
 
 
 def inverse_gamma_scale_prior(pseudo_count: torch.Tensor, spread: torch.Tensor
@@ -167,7 +177,8 @@ class MultimodalMixture(TorchDistribution):
     degrees of freedom.
 
     Args:
-        log_weights: ``(K,)`` log mixture weights.
+        log_weights: ``(K,)`` log mixture weights (``(*L, K)`` with draw dims: the
+            module docstring).
         locs, scales: one ``(K, d_m)`` tensor per modality (the scales used as given:
             any floor is applied by the caller, see
             :meth:`pyro_mm.model.dp_mixture.MixtureParams.mixture`).
@@ -230,7 +241,13 @@ class MultimodalMixture(TorchDistribution):
             torch.Size([len(self.locs), self.sizes[0]]) if stacked
             else torch.Size([sum(self.sizes)])
         )
-        super().__init__(torch.Size([batch_size]), event_shape, validate_args=False)
+        draws = log_weights.shape[:-1]  # the draw dims L, left of the data plate
+        super().__init__(draws + torch.Size([batch_size]), event_shape, validate_args=False)
+
+    @property
+    def _weights(self) -> torch.Tensor:
+        """``(*L, 1, K)``: the log weights aligned with ``(*L, B, K)``."""
+        return self.log_weights.unsqueeze(-2)
 
     def split(self, value: torch.Tensor) -> list[torch.Tensor]:
         """Per-modality views ``[(B, d_m)]`` of a value of this distribution."""
@@ -270,7 +287,7 @@ class MultimodalMixture(TorchDistribution):
         """``(B, M)``: each modality's own mixture log-density
         ``logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]`` (the prominence
         used by the ``dp`` fusion gate); ``-inf`` where masked out."""
-        per = torch.logsumexp(self.log_weights + self._unmasked(value), dim=-1)
+        per = torch.logsumexp(self._weights.unsqueeze(-2) + self._unmasked(value), dim=-1)
         if self.mask is not None:
             per = per.masked_fill(~self.mask, -math.inf)
         return per
@@ -281,7 +298,7 @@ class MultimodalMixture(TorchDistribution):
                      in zip(self.split(value), self.locs, self.scales, self.df)]
         elif self.stacked and len(self.locs) > 1:
             return stacked_gaussian_component_log_density(
-                value, torch.stack(self.locs), torch.stack(self.scales))
+                value, torch.stack(self.locs, -3), torch.stack(self.scales, -3))
         else:
             parts = [gaussian_component_log_density(x, loc, scale)
                      for x, loc, scale in zip(self.split(value), self.locs, self.scales)]
@@ -296,14 +313,14 @@ class MultimodalMixture(TorchDistribution):
             return [s.pow(2) for s in self.scales]
         factors = [torch.where(df > 2.0, df / (df - 2.0).clamp_min(1e-6),
                                torch.full_like(df, max_factor)).clamp_max(max_factor)
-                   for df in self.df]
+                   [..., None, None] for df in self.df]
         return [s.pow(2) * f for s, f in zip(self.scales, factors)]
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         lp = self.component_log_density(value)
         if self.mixture == "joint":
-            return torch.logsumexp(self.log_weights + lp.sum(-2), dim=-1)
-        per = torch.logsumexp(self.log_weights + lp, dim=-1)
+            return torch.logsumexp(self._weights + lp.sum(-2), dim=-1)
+        per = torch.logsumexp(self._weights.unsqueeze(-2) + lp, dim=-1)
         if self.mask is not None:
             per = torch.where(self.mask, per, per.new_zeros(()))
         return per.sum(-1)
@@ -315,8 +332,8 @@ class MultimodalMixture(TorchDistribution):
         """
         lp = self.component_log_density(value)
         if self.mixture == "joint":
-            return torch.softmax(self.log_weights + lp.sum(-2), dim=-1)
-        return torch.softmax(self.log_weights + lp, dim=-1)
+            return torch.softmax(self._weights + lp.sum(-2), dim=-1)
+        return torch.softmax(self._weights.unsqueeze(-2) + lp, dim=-1)
 
     def conditional_moments(self, value: torch.Tensor, present: torch.Tensor,
                             detach: bool = False
@@ -342,9 +359,10 @@ class MultimodalMixture(TorchDistribution):
         """
         if self.mixture == "joint":
             lp = self._masked(self._unmasked(value, detach), present)
-            resp = torch.softmax(self.log_weights + lp.sum(-2), dim=-1)       # (B, K)
+            resp = torch.softmax(self._weights + lp.sum(-2), dim=-1)          # (B, K)
         else:
-            resp = self.log_weights.exp().expand(present.shape[0], -1)
+            weights = self._weights.exp()
+            resp = weights.expand(*weights.shape[:-2], present.shape[0], -1)
         means, variances = [], []
         for loc, var in zip(self.locs, self.component_variances()):
             mean = resp @ loc
@@ -366,6 +384,34 @@ class MultimodalMixture(TorchDistribution):
         return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)
 
     def sample(self, sample_shape=torch.Size()):
+        if self.log_weights.dim() == 1:
+            return self._sample_one_draw(sample_shape)
+        num_modalities = len(self.locs)
+        logits = self._weights.expand(*self.batch_shape, -1)          # (*L, B, K)
+        if self.mixture == "joint":
+            comp = torch.distributions.Categorical(logits=logits).sample(sample_shape)
+            comps = [comp] * num_modalities
+        else:
+            logits = logits.unsqueeze(-2).expand(*self.batch_shape, num_modalities, -1)
+            comps = torch.distributions.Categorical(logits=logits).sample(
+                sample_shape).unbind(-1)
+        with torch.no_grad():
+            # A one-hot product picks each example's component, draw dims or not.
+            picks = [torch.nn.functional.one_hot(c, self.log_weights.shape[-1])
+                     .to(self.log_weights.dtype) for c in comps]
+            locs = [p @ loc for p, loc in zip(picks, self.locs)]
+            scales = [p @ scale for p, scale in zip(picks, self.scales)]
+            if self.component == "studentt":
+                noise = [torch.distributions.StudentT(
+                    df[..., None, None].expand(loc.shape)).sample()
+                    for loc, df in zip(locs, self.df)]
+            else:
+                noise = [torch.randn_like(loc) for loc in locs]
+            parts = [loc + scale * e for loc, scale, e in zip(locs, scales, noise)]
+        return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)
+
+    def _sample_one_draw(self, sample_shape=torch.Size()):
+        """:meth:`sample` without draw dims (the random stream of earlier versions)."""
         shape = torch.Size(sample_shape) + self.batch_shape
         num_modalities = len(self.locs)
         if self.mixture == "joint":

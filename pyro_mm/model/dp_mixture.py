@@ -510,10 +510,13 @@ class MultimodalDPMixture(UniquelyNamedModule):
         values = {}
         alpha = self.alpha
         if self.learn_alpha:
-            alpha = values["alpha"] = unbatched(pyro.sample(
-                "alpha", dist.Gamma(self.alpha_prior[0], self.alpha_prior[1])), 0)
+            # The sticks' prior takes alpha as sampled (with any draw and plate dims),
+            # so a batch of draws gives a batch of priors, one per draw.
+            alpha = pyro.sample("alpha", dist.Gamma(self.alpha_prior[0], self.alpha_prior[1]))
+            values["alpha"] = unbatched(alpha, 0)
+        concentration = alpha.unsqueeze(-1).expand(*alpha.shape, K - 1)
         values["sticks"] = unbatched(pyro.sample(
-            "sticks", dist.Beta(torch.ones_like(alpha).expand(K - 1), alpha.expand(K - 1))
+            "sticks", dist.Beta(torch.ones_like(concentration), concentration)
             .to_event(1)), 1)
         for m, size in self.site_sizes.items():
             values[f"component_loc_{m}"] = unbatched(pyro.sample(

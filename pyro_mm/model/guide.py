@@ -25,6 +25,7 @@ spread.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import pyro
@@ -40,6 +41,7 @@ from ._pyro_module import UniquelyNamedModule
 from .dp_mixture import MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
 from .params import MixtureParams
+from .sites import draw_values
 
 
 def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -131,6 +133,24 @@ class MultimodalGuide(UniquelyNamedModule):
                     enc = GaussianEncoder(enc, model.latent_dim)
                 self.encoders[m] = enc
         self.register_buffer("initialized", torch.tensor(False))
+        self._follow_dtype(model, encoders)
+        self._encoders_ready = False
+
+    def _follow_dtype(self, model: MultimodalDPMixture, custom: Mapping[str, nn.Module]
+                      ) -> None:
+        """Build the guide in the model's dtype (``model.double()`` gives a float64
+        guide). A custom encoder is the caller's module: it is not converted behind
+        their back, and one of another dtype is refused here rather than failing
+        inside the first matrix product."""
+        dtype = model.alpha.dtype
+        for m, enc in custom.items():
+            wrong = {p.dtype for p in enc.parameters()
+                     if p.is_floating_point() and p.dtype != dtype}
+            if wrong:
+                raise TypeError(
+                    f"encoders[{m!r}]: has {sorted(map(str, wrong))} parameters but the "
+                    f"model is {dtype}; convert it (encoder.to({dtype})) or the model")
+        self.to(dtype=dtype)
 
     def config(self) -> dict:
         return dict(self._config)
@@ -139,7 +159,7 @@ class MultimodalGuide(UniquelyNamedModule):
     def _init_loc(self, site):
         value = self._init_values.get(site["name"])
         if value is not None:
-            return value.to(site["fn"].sample().device)
+            return torch.as_tensor(value).to(site["fn"].sample())  # its device and dtype
         if site["name"].startswith("component_loc_"):
             return init_to_sample(site)
         return init_to_median(site)
@@ -214,24 +234,45 @@ class MultimodalGuide(UniquelyNamedModule):
 
         Rows of a missing modality hold meaningless values here; :meth:`encode`
         replaces them.
+
+        The encoders are registered with Pyro here (``pyro.module``, through the
+        guide's Pyro context), not only in :meth:`forward`: a custom guide of the
+        global sites that calls :meth:`encode` then trains them under ``SVI``.
+        Before the lazily sized heads exist (the first call, :meth:`materialize`)
+        nothing is registered: an uninitialised parameter cannot enter the store.
         """
         locs, scales = [], []
-        for m in self.modalities:
-            loc, scale = self.encoders[m](batch.features[m])
-            locs.append(loc)
-            scales.append(scale)
+        with self._registering():
+            for m in self.modalities:
+                loc, scale = self.encoders[m](batch.features[m])
+                locs.append(loc)
+                scales.append(scale)
         return torch.stack(locs, -2), torch.stack(scales, -2)
+
+    def _registering(self):
+        """The guide's Pyro context once every encoder parameter is materialised
+        (reading ``self.encoders`` inside it issues the ``pyro.module`` statement), a
+        null context before."""
+        if not self._encoders_ready:
+            self._encoders_ready = not any(nn.parameter.is_lazy(p)
+                                           for p in self.encoders.parameters())
+        return self._pyro_context if self._encoders_ready else contextlib.nullcontext()
 
     def encode(self, batch: TensorBatch, globals_: Mapping[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``(loc, scale)`` of ``z``, each ``(B, M, D)``, missing modalities
-        filled in from the present ones through the mixture (module docstring)."""
+        filled in from the present ones through the mixture (module docstring).
+
+        ``globals_`` may carry draw dims ``L`` (``site -> (*L, *event)``, or a
+        vectorised guide's ``(P, 1, *event)``): with a modality missing the result is
+        then ``(*L, B, M, D)``, one fill per draw (all present: ``(B, M, D)``, the
+        same for every draw)."""
         loc, scale = self.encode_present(batch)
         mask = batch.masks
         if bool(mask.all()):
             return loc, scale
         params = MixtureParams.from_sites(
-            self.modalities, globals_, floors=list(self.scale_floors),
+            self.modalities, draw_values(globals_), floors=list(self.scale_floors),
             component=self.component,
             df=None if self.fixed_df is None else [self.fixed_df] * len(self.modalities))
         mixture = params.mixture(self.mixture, batch_size=loc.shape[0])

@@ -56,6 +56,10 @@ from .guide import MultimodalGuide
 
 #: Global draws of the library's guide made in one vectorised pass.
 DRAW_BLOCK = 256
+#: Memory budget of one batched pass over draws, in tensor elements (2**24: 64 MiB of
+#: float32 per intermediate): :func:`draws_per_pass` sizes the blocks of draws that
+#: ``predict``, ``impute`` and the diagnostics evaluate at once from it.
+DRAW_BUDGET = 2 ** 24
 #: Draws whose per-site median is the point estimate of a guide that has none.
 POINT_DRAWS = 101
 #: Seed of those draws.
@@ -83,6 +87,36 @@ class GlobalDraw:
     values: dict[str, torch.Tensor]
     log_q: float
     trace: poutine.Trace
+
+
+@dataclasses.dataclass
+class DrawBlock:
+    """Draws ``start .. start + size - 1`` of the global posterior, stacked.
+
+    Attributes:
+        start: index of the first draw.
+        values: ``site -> (size, *event)``.
+        log_q: ``(size,)`` float64, as :attr:`GlobalDraw.log_q` (NaN for samples).
+    """
+
+    start: int
+    values: dict[str, torch.Tensor]
+    log_q: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.log_q.shape[0])
+
+
+def draws_per_pass(model: MultimodalDPMixture, examples: int,
+                   budget: int = DRAW_BUDGET) -> int:
+    """How many draws to evaluate at once on ``examples`` examples so that the largest
+    per-example intermediates (components, representations, hidden layers, features,
+    of every modality) stay within ``budget`` elements."""
+    M, K = len(model.modalities), model.num_components
+    widest = max([*model.hidden, *model.dims.values(), model.latent_dim, 1])
+    per_draw = examples * (M * (K + model.latent_dim + widest) + (model.num_classes or 0))
+    return max(1, budget // max(1, per_draw))
 
 
 def site_log_prob(site: dict[str, Any]) -> torch.Tensor:
@@ -183,6 +217,36 @@ class Posterior(abc.ABC):
         or every sample); ``seed`` seeds a guide's draws (the caller's random state is
         left alone; ``None``: PyTorch's current state)."""
 
+    def draw_blocks(self, batch: TensorBatch, num_samples: int | None = None,
+                    seed: int | None = None, block: int = DRAW_BLOCK
+                    ) -> Iterator[DrawBlock]:
+        """The draws of :meth:`draws` (the same values, in order, for the same seed),
+        ``block`` at a time as :class:`DrawBlock` s, for consumers that evaluate a
+        batch of draws in one pass."""
+        chunk: list[GlobalDraw] = []
+        for draw in self.draws(batch, num_samples, seed):
+            chunk.append(draw)
+            if len(chunk) == block:
+                yield _stack(chunk, self.global_sites)
+                chunk = []
+        if chunk:
+            yield _stack(chunk, self.global_sites)
+
+    def encode_draws(self, batch: TensorBatch, values: Mapping[str, torch.Tensor],
+                     size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` for ``size`` draws at once (``values``: ``site -> (size,
+        *event)``): ``(loc, scale)``, each ``(size, B, M, D)``. The library's guide
+        encodes them in one pass; any other local guide is called once per draw, as
+        nothing is known about the shapes it takes."""
+        if isinstance(self.local, MultimodalGuide):
+            loc, scale = self.encode(batch, values)
+        else:
+            pairs = [self.encode(batch, {k: v[i] for k, v in values.items()})
+                     for i in range(size)]
+            loc, scale = (torch.stack(p) for p in zip(*pairs))
+        shape = (size,) + loc.shape[-3:]
+        return loc.expand(shape), scale.expand(shape)
+
     def encode(self, batch: TensorBatch, globals_: Mapping[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """``q(z | x)`` of a latent model: ``(loc, scale)``, each ``(B, M, D)``."""
@@ -241,11 +305,25 @@ class GuidePosterior(Posterior):
             else:
                 yield from self._sequential(batch, num_samples)
 
+    def draw_blocks(self, batch, num_samples=None, seed=None, block=DRAW_BLOCK):
+        if not isinstance(self.guide, MultimodalGuide):
+            yield from super().draw_blocks(batch, num_samples, seed, block)
+            return
+        num_samples = 1000 if num_samples is None else num_samples
+        with seeded(seed, self.model.device):
+            for start, size, sites, log_q in self._guide_blocks(batch, num_samples):
+                values = {name: _leading(site["value"], size, self.shapes[name])
+                          for name, site in sites if name in self.shapes}
+                yield DrawBlock(start, self._check_values(values, "guide"), log_q)
+
     @torch.no_grad()
-    def _vectorised(self, batch, num_samples: int, block: int = DRAW_BLOCK):
+    def _guide_blocks(self, batch, num_samples: int, block: int = DRAW_BLOCK):
         """The library's global guide, ``block`` draws at a time in one outer plate
         (``"_pyro_mm_draws"``, the rightmost batch dim); ``poutine.block`` keeps the
-        draws out of any trace the caller is running."""
+        draws out of any trace the caller is running. Yields ``(start, size, sites,
+        log_q)``. :meth:`draws` and :meth:`draw_blocks` both read these blocks of
+        ``DRAW_BLOCK`` (whatever block the caller asks for), so one seed gives the
+        same draws either way."""
         for start in range(0, num_samples, block):
             size = min(block, num_samples - start)
             with poutine.block(), pyro.plate("_pyro_mm_draws", size, dim=-1):
@@ -253,6 +331,12 @@ class GuidePosterior(Posterior):
             sites = [(name, site) for name, site in trace.nodes.items()
                      if site["type"] == "sample" and not site["is_observed"]]
             log_q = sum(site_log_prob(site).double().expand(size) for _, site in sites)
+            yield start, size, sites, log_q
+
+    @torch.no_grad()
+    def _vectorised(self, batch, num_samples: int):
+        """:meth:`_guide_blocks` split into :class:`GlobalDraw` s."""
+        for start, size, sites, log_q in self._guide_blocks(batch, num_samples):
             for i in range(size):
                 draw = poutine.Trace()
                 for name, site in sites:
@@ -315,7 +399,7 @@ class SamplesPosterior(Posterior):
                 raise DataValidationError(f"samples[{site!r}]: holds NaN or inf")
             value = value[None] if lead == 1 else value
             chains.add(tuple(value.shape[:2]))
-            self.samples[site] = value.to(torch.get_default_dtype())
+            self.samples[site] = value.to(model.alpha.dtype)  # the model's dtype
         if len(chains) != 1:
             raise DataValidationError(f"samples: the sites disagree on (chain, draw): "
                                       f"{sorted(chains)}")
@@ -351,6 +435,20 @@ class SamplesPosterior(Posterior):
                 fn = dist.Delta(values[site], event_dim=values[site].dim())
                 draw.add_node(site, **_trace_node(site, values[site], fn))
             yield GlobalDraw(s, values, math.nan, draw)
+
+
+def _leading(value: torch.Tensor, size: int, shape: torch.Size) -> torch.Tensor:
+    """``(size, *shape)`` from a site of a vectorised guide (a site not drawn per draw,
+    e.g. an ``AutoDelta`` constant, is expanded)."""
+    if value.dim() > len(shape) and value.shape[0] == size:
+        return value.reshape((size,) + tuple(shape))
+    return value.reshape(shape).expand((size,) + tuple(shape))
+
+
+def _stack(draws: list[GlobalDraw], sites) -> DrawBlock:
+    values = {s: torch.stack([d.values[s] for d in draws]) for s in sites}
+    log_q = torch.tensor([d.log_q for d in draws], dtype=torch.float64)
+    return DrawBlock(draws[0].index, values, log_q)
 
 
 def _is_samples(obj) -> bool:
@@ -413,6 +511,6 @@ def as_posterior(source, model: MultimodalDPMixture | None = None, local=None) -
     raise TypeError(f"posterior: expected {ACCEPTED}, got {type(source).__name__}")
 
 
-__all__ = ["ACCEPTED", "DRAW_BLOCK", "GlobalDraw", "GuidePosterior", "POINT_DRAWS",
+__all__ = ["ACCEPTED", "DRAW_BLOCK", "DRAW_BUDGET", "DrawBlock", "GlobalDraw", "GuidePosterior", "POINT_DRAWS",
            "POINT_SEED", "Posterior", "SamplesPosterior", "as_posterior",
-           "global_site_shapes", "model_of", "seeded", "site_log_prob"]
+           "draws_per_pass", "global_site_shapes", "model_of", "seeded", "site_log_prob"]

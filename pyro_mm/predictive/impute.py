@@ -31,7 +31,7 @@ import torch
 
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
-from ..model.posterior import Posterior, as_posterior, model_of
+from ..model.posterior import Posterior, as_posterior, draws_per_pass, model_of
 from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,29 +40,40 @@ if TYPE_CHECKING:  # pragma: no cover
 _BISECTION_STEPS = 30
 
 
-def _draw_gaussians(model: MultimodalDPMixture, posterior: Posterior,
-                    part: TensorBatch, globals_, params) -> list[tuple[torch.Tensor, ...]]:
-    """One draw: per modality ``(loc, sd)``, each ``(B, d_m)``, of the predictive of its
+def _draw_gaussians(model: MultimodalDPMixture, posterior: Posterior, part: TensorBatch,
+                    values, params, size: int) -> list[tuple[torch.Tensor, ...]]:
+    """``size`` draws in one pass (``values``: ``site -> (size, *event)``): per
+    modality ``(loc, sd)``, each ``(size, B, d_m)``, of the predictive of its
     standardised features given the present modalities (module docstring)."""
     if model.representation == "latent":
-        loc, scale = posterior.encode(part, globals_)
+        loc, scale = posterior.encode_draws(part, values, size)
         z = loc + scale * torch.randn_like(scale)
-        # A decoder's scale may be per feature only, (d_m,): broadcast it to (B, d_m).
+        # A decoder's scale may be per feature only, (d_m,): broadcast it to (S, B, d_m).
         return [torch.broadcast_tensors(*model.decoders[m](z[..., j, :]))
                 for j, m in enumerate(model.modalities)]
     x = part.concatenated(model.modalities)
     mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                              stacked=False)
-    resp = mixture.responsibilities(x)        # (B, K) joint; (B, M, K) independent
+    resp = mixture.responsibilities(x)    # (S, B, K) joint; (S, B, M, K) independent
     if model.mixture == "joint":
         # One component per example for all its modalities, as the model generates.
-        comps = [torch.multinomial(resp, 1)[:, 0]] * len(model.modalities)
+        comps = [_categorical(resp)] * len(model.modalities)
     else:  # a missing modality's row is pi: its component says nothing about others'
-        comps = [torch.multinomial(resp[:, j], 1)[:, 0] for j in range(resp.shape[1])]
+        comps = list(_categorical(resp).unbind(-1))
     # The components' own spreads: floored scales, and for Student-t components the
     # moment-matched Gaussian (same variance), as the guide's fill-in does.
     sds = [var.sqrt() for var in mixture.component_variances()]
-    return [(locs[k], sd[k]) for k, locs, sd in zip(comps, params.locs, sds)]
+    return [(_pick(locs, k), _pick(sd, k)) for k, locs, sd in zip(comps, params.locs, sds)]
+
+
+def _categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One category per row of ``probs (..., K)``: ``(...)``."""
+    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+
+
+def _pick(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table (S, K, d)`` at ``index (S, B)``: ``(S, B, d)``."""
+    return table.gather(-2, index.unsqueeze(-1).expand(*index.shape, table.shape[-1]))
 
 
 def mixture_quantiles(locs: torch.Tensor, sds: torch.Tensor, probs: Sequence[float]
@@ -103,21 +114,23 @@ def impute_batch(posterior: Posterior, batch: TensorBatch, num_samples: int = 10
     mods = model.modalities
     pieces: dict[str, dict[str, list]] = {m: {"rows": [], "mean": [], "sd": [],
                                               "quantiles": []} for m in mods}
-    draws = [(d.values, model.params_from_sites(d.values))
-             for d in posterior.draws(batch, num_samples)]
+    blocks = [(b.values, model.params_from_sites(b.values), b.size)
+              for b in posterior.draw_blocks(batch, num_samples)]
+    per_pass = draws_per_pass(model, min(chunk_size, batch.size))
     with evaluation_mode(*posterior.modules()):
         for idx in batch.chunk_indices(chunk_size):
             idx = idx[~batch.masks[idx].all(-1)]          # rows with something missing
             if idx.numel() == 0:
                 continue
             part = batch.index(idx)
-            per_draw = [_draw_gaussians(model, posterior, part, *draw) for draw in draws]
+            per_block = [_draw_gaussians(model, posterior, part, *piece)
+                         for block in blocks for piece in _split(model, block, per_pass)]
             for j, m in enumerate(mods):
                 rows = torch.nonzero(~part.masks[:, j])[:, 0]
                 if rows.numel() == 0:
                     continue
-                locs = torch.stack([d[j][0][rows] for d in per_draw])   # (S, R, d)
-                sds = torch.stack([d[j][1][rows] for d in per_draw])
+                locs = torch.cat([d[j][0][:, rows] for d in per_block])   # (S, R, d)
+                sds = torch.cat([d[j][1][:, rows] for d in per_block])
                 mean = locs.mean(0)
                 variance = sds.pow(2).mean(0) + locs.var(0, correction=0)
                 piece = pieces[m]
@@ -137,6 +150,17 @@ def impute_batch(posterior: Posterior, batch: TensorBatch, num_samples: int = 10
                           else torch.zeros(len(quantiles), 0, d)),
         }
     return out
+
+
+def _split(model: MultimodalDPMixture, block, per_pass: int):
+    """``block`` (values, params, size) in pieces of at most ``per_pass`` draws."""
+    values, params, size = block
+    if size <= per_pass:
+        yield block
+        return
+    for start in range(0, size, per_pass):
+        piece = {k: v[start:start + per_pass] for k, v in values.items()}
+        yield piece, model.params_from_sites(piece), min(per_pass, size - start)
 
 
 def _check(model: MultimodalDPMixture, num_samples, quantiles, chunk_size) -> list[float]:
@@ -171,7 +195,10 @@ def impute(result: "FitResult | Any", data: MultimodalData, num_samples: int = 1
             interval; ``None``: none.
         seed: seeds the draws (PyTorch's global generator is left as it was);
             ``None``: use and advance the global generator.
-        chunk_size: examples processed at once (memory ``~ S * chunk_size * d_m``).
+        chunk_size: examples processed at once; the draws are evaluated in batched
+            passes of at most :func:`~pyro_mm.model.posterior.draws_per_pass` draws
+            (memory ``~ DRAW_BUDGET`` elements per intermediate), so memory is bounded
+            whatever ``num_samples``.
 
     Returns:
         ``xarray.Dataset`` on the original feature scale with, per modality ``m``,

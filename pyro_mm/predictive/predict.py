@@ -19,7 +19,7 @@ import torch
 
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
-from ..model.posterior import Posterior, as_posterior
+from ..model.posterior import Posterior, as_posterior, draws_per_pass
 from ..runtime.modes import evaluation_mode
 from .metrics import adjusted_rand_index, expected_calibration_error, weights_perplexity
 
@@ -41,42 +41,72 @@ def predict_batch(model: MultimodalDPMixture, guide, batch: TensorBatch,
     with evaluation_mode(*posterior.modules()):
         if num_samples is None:
             return _predict_batch(posterior, batch, chunk_size, log_probs=log_probs)
-        draws = [_predict_batch(posterior, batch, chunk_size,
-                                (d.values, model.params_from_sites(d.values)))
-                 for d in posterior.draws(batch, num_samples)]
+        draws = _predict_draws(posterior, batch, chunk_size, num_samples)
     out = {}
-    for key in draws[0]:
-        stacked = torch.stack([d[key] for d in draws])
+    for key, stacked in draws.items():
         out[key] = stacked.mean(0)
         if key != "latent_mean":
             out[f"{key}_sd"] = stacked.std(0, correction=0)
     return out
 
 
+def _predict_draws(posterior: Posterior, batch, chunk_size, num_samples
+                   ) -> dict[str, torch.Tensor]:
+    """``key -> (S, N, ...)``: every draw's prediction, the draws evaluated a block
+    at a time in one batched pass (blocks sized by
+    :func:`~pyro_mm.model.posterior.draws_per_pass` on ``chunk_size`` examples)."""
+    model = posterior.model
+    block = draws_per_pass(model, min(chunk_size, batch.size))
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for drawn in posterior.draw_blocks(batch, num_samples):
+        for start in range(0, drawn.size, block):
+            values = {k: v[start:start + block] for k, v in drawn.values.items()}
+            size = min(block, drawn.size - start)
+            draw = (values, model.params_from_sites(values), size)
+            for key, value in _predict_batch(posterior, batch, chunk_size, draw).items():
+                pieces.setdefault(key, []).append(value)
+    return {key: torch.cat(value) for key, value in pieces.items()}
+
+
 def _predict_batch(posterior: Posterior, batch, chunk_size, draw=None, log_probs=False):
+    """The prediction of one draw (``draw=(values, params)``; ``None``: the point
+    estimate), each output ``(N, ...)``, or of ``size`` draws in one pass
+    (``draw=(values, params, size)``, values ``(size, *event)``), each ``(size, N,
+    ...)`` (examples ``chunk_size`` at a time: the second axis)."""
     model = posterior.model
     if draw is None:
         point = posterior.point_estimate(batch)
         draw = point, model.params_from_sites(point)
-    globals_, params = draw
+    globals_, params, size = draw if len(draw) == 3 else (*draw, None)
+    axis = 0 if size is None else 1
+
+    def lead(t: torch.Tensor, core: int) -> torch.Tensor:
+        # A draw-independent output (e.g. z with every modality present) for each draw
+        return t if size is None else t.expand((size,) + t.shape[t.dim() - core:])
+
     out: dict[str, list[torch.Tensor]] = {"responsibilities": [], "probs": [],
                                           "latent_mean": [], "log_probs": []}
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
         if model.representation == "latent":
-            z, _ = posterior.encode(part, globals_)
+            if size is None:
+                z, _ = posterior.encode(part, globals_)
+            else:
+                z, _ = posterior.encode_draws(part, globals_, size)
             mixture = params.mixture(model.mixture, batch_size=part.size)
             out["latent_mean"].append(z)
         else:
             z = part.concatenated(model.modalities)
             mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                                      stacked=False)
-        out["responsibilities"].append(mixture.responsibilities(z))
+        resp = mixture.responsibilities(z)
+        out["responsibilities"].append(lead(resp, 3 if model.mixture == "independent"
+                                            else 2))
         if model.classifier is not None:
-            logits = model.class_logits(z, params, part.masks)
+            logits = lead(model.class_logits(z, params, part.masks), 2)
             out["probs"].append(torch.softmax(logits, -1))
             if log_probs:
                 out["log_probs"].append(torch.log_softmax(logits, -1))
-    return {k: torch.cat(v) for k, v in out.items() if v}
+    return {k: torch.cat(v, axis) for k, v in out.items() if v}
 
 
 def predict(result: "FitResult | Any", data: MultimodalData, chunk_size: int = 4096,

@@ -1,0 +1,209 @@
+"""Batched global draws (the model, the guide, predict / impute / log_likelihood and the
+diagnostics take a leading sample dimension), encoders registered on every path that
+runs them, and the model's dtype followed end to end (issue 26, items 1, 3 and 4)."""
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+import pyro_mm as pm
+
+torch.set_num_threads(1)
+
+
+def _data(n=40, seed=0, missing_rate=0.25):
+    return pm.datasets.make_synthetic(num_examples=n, num_clusters=2, dims={"a": 3, "b": 2},
+                                      missing_rate=missing_rate, seed=seed)
+
+
+def _latent(data, **kwargs):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
+                                   hidden=(8,), **kwargs)
+    model.fit_standardization(data)
+    return model
+
+
+# ---------------------------------------------------------------- encoders registered
+def test_a_custom_global_guide_trains_the_librarys_encoders():
+    data = _data()
+    model = _latent(data)
+    batch = model.prepare(data)
+    library = pm.MultimodalGuide(model)
+    library.initialize(model, batch)
+    global_guide = AutoNormal(poutine.block(model, expose=list(library.global_sites)))
+
+    def guide(batch, subsample=None, kl_weight=1.0):
+        globals_ = global_guide(batch, subsample, kl_weight)
+        with pyro.plate("data", batch.size, subsample=subsample) as idx:
+            loc, scale = library.encode(batch.index(idx), globals_)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+
+    before = {k: v.detach().clone() for k, v in library.encoders.state_dict().items()}
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    for _ in range(3):
+        svi.step(batch)
+    after = library.encoders.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert sorted(moved) == sorted(before), f"frozen encoder weights: {set(before) - set(moved)}"
+    names = set(pyro.get_param_store().keys())
+    assert any("encoders" in n for n in names)
+
+
+# ---------------------------------------------------------------- dtype
+@pytest.mark.parametrize("representation", ["latent", "observed"])
+def test_a_double_model_fits_predicts_imputes_and_is_diagnosed_in_double(representation):
+    data = _data(missing_rate=0.25 if representation == "latent" else 0.0)
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
+                                   hidden=(8,), representation=representation).double()
+    result = pm.fit(model, data, num_epochs=2, batch_size=20, device="cpu", progress=False)
+    assert all(p.dtype == torch.float64 for p in result.guide.parameters())
+    assert all(v.dtype == torch.float64 for v in result.guide.point_estimate().values())
+    pred = pm.predict(result, data, num_samples=3)
+    assert pred["probs"].dtype == np.float64 and np.isfinite(pred["probs"]).all()
+    assert np.isfinite(pm.evaluate(result, data)["log_likelihood"])
+    if representation == "latent":
+        imputed = pm.impute(result, data, num_samples=3)
+        assert np.isfinite(imputed["a_mean"].values[imputed["a_missing"].values]).all()
+    tree = pm.to_datatree(result, data, num_samples=3, progress=False, seed=0)
+    assert tree["posterior"].sizes["draw"] == 3
+
+
+def test_a_custom_encoder_of_another_dtype_is_refused_by_name():
+    data = _data()
+    model = _latent(data).double()
+    with pytest.raises(TypeError, match=r"encoders\['a'\].*float32.*float64"):
+        pm.MultimodalGuide(model, encoders={"a": torch.nn.Linear(3, 4)})
+    guide = pm.MultimodalGuide(model, encoders={"a": torch.nn.Linear(3, 4).double()})
+    assert guide.encoders["a"].backbone.weight.dtype == torch.float64
+
+
+# ---------------------------------------------------------------- batched draws
+CASES = [("latent", {}), ("observed", {}),
+         ("latent", dict(alpha="learned", component="studentt", mixture="independent")),
+         ("latent", dict(fusion="dp"))]
+
+
+def _fitted(representation, kwargs, missing_rate=0.25):
+    data = _data(missing_rate=missing_rate)
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
+                                   hidden=(8,), representation=representation, **kwargs)
+    result = pm.fit(model, data, num_epochs=1, batch_size=20, device="cpu", progress=False)
+    return data, model, result
+
+
+@pytest.mark.parametrize("representation,kwargs", CASES)
+def test_parallel_predictive_and_vectorised_particles_run_on_batched_draws(representation,
+                                                                          kwargs):
+    from pyro.infer import Predictive
+    data, model, result = _fitted(representation, kwargs)
+    batch = model.prepare(data)
+    out = Predictive(model, guide=result.guide, num_samples=5, parallel=True)(batch)
+    assert out["sticks"].shape == (5, 1, 2) and out["y"].shape == (5, data.num_examples)
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    loss = elbo.differentiable_loss(model, result.guide, batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+@pytest.mark.parametrize("representation,kwargs", CASES)
+def test_the_model_scores_a_batch_of_draws_as_each_draw_alone(representation, kwargs):
+    """The log densities of a trace of the model conditioned on S draws at once are,
+    draw for draw, those of the model conditioned on each draw alone."""
+    data, model, result = _fitted(representation, kwargs)
+    batch = model.prepare(data)
+    posterior = pm.model.posterior.as_posterior(result)
+    block = next(posterior.draw_blocks(batch, 3, seed=0))
+    z = None
+    if representation == "latent":  # one z for every draw, so only the globals differ
+        z = result.guide.encode(batch, posterior.point_estimate())[0]
+
+    def scores(values):
+        data_ = {**values, **({} if z is None else {"z": z})}
+        trace = poutine.trace(poutine.condition(model, data=data_)).get_trace(batch)
+        trace.compute_log_prob()
+        return {n: s["log_prob"] for n, s in trace.nodes.items()
+                if s["type"] == "sample" and n in ("x", "z", "y", "sticks")}
+
+    batched = scores({k: v[:, None] for k, v in block.values.items()})  # (S, 1, ...)
+    for s in range(block.size):
+        alone = scores({k: v[s] for k, v in block.values.items()})
+        for name, value in alone.items():
+            torch.testing.assert_close(batched[name][s].reshape(value.shape), value,
+                                       rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("representation,kwargs",
+                         CASES + [("latent", dict(fusion="experts")),
+                                  ("observed", dict(mixture="independent"))])
+def test_predict_with_draws_agrees_draw_for_draw_with_one_draw_at_a_time(representation,
+                                                                          kwargs):
+    from pyro_mm.predictive.predict import _predict_batch, predict_batch
+    data, model, result = _fitted(representation, kwargs)
+    batch = model.prepare(data)
+    posterior = pm.model.posterior.as_posterior(result)
+    torch.manual_seed(5)
+    batched = predict_batch(model, posterior, batch, chunk_size=16, num_samples=7)
+    torch.manual_seed(5)
+    alone = [_predict_batch(posterior, batch, 16, (d.values, model.params_from_sites(d.values)))
+             for d in posterior.draws(batch, 7)]
+    for key in alone[0]:
+        stacked = torch.stack([d[key] for d in alone])
+        torch.testing.assert_close(batched[key], stacked.mean(0))
+        if key != "latent_mean":
+            torch.testing.assert_close(batched[f"{key}_sd"], stacked.std(0, correction=0))
+
+
+def test_draw_blocks_are_the_draws_and_a_small_budget_splits_them(monkeypatch):
+    from pyro_mm.model import posterior as post_module
+    from pyro_mm.predictive.predict import predict_batch
+    data, model, result = _fitted("observed", {}, missing_rate=0.0)
+    batch = model.prepare(data)
+    posterior = post_module.as_posterior(result)
+    draws = list(posterior.draws(batch, 5, seed=3))
+    blocks = list(posterior.draw_blocks(batch, 5, seed=3))
+    for name in posterior.global_sites:
+        torch.testing.assert_close(torch.cat([b.values[name] for b in blocks]),
+                                   torch.stack([d.values[name] for d in draws]))
+    torch.manual_seed(2)
+    whole = predict_batch(model, posterior, batch, num_samples=5)
+    predict_module = __import__("importlib").import_module("pyro_mm.predictive.predict")
+    monkeypatch.setattr(predict_module, "draws_per_pass", lambda *a: 2)
+    torch.manual_seed(2)
+    split = predict_batch(model, posterior, batch, num_samples=5)
+    for key in whole:
+        torch.testing.assert_close(split[key], whole[key])
+
+
+@pytest.mark.parametrize("representation", ["latent", "observed"])
+def test_impute_in_one_pass_agrees_with_one_draw_at_a_time(representation, monkeypatch):
+    """Same draws and the same random numbers fed both ways: a budget of one draw
+    per pass is the one-at-a-time loop."""
+    impute_module = __import__("importlib").import_module("pyro_mm.predictive.impute")
+    data, model, result = _fitted(representation, {})
+    masked = data.mask_at_random(0.3, seed=1)
+    torch.manual_seed(4)
+    batched = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
+    monkeypatch.setattr(impute_module, "draws_per_pass", lambda *a: 1)
+    calls = []
+    original = impute_module._draw_gaussians
+    monkeypatch.setattr(impute_module, "_draw_gaussians",
+                        lambda *a: calls.append(a[-1]) or original(*a))
+    torch.manual_seed(4)
+    alone = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
+    assert set(calls) == {1}
+    for name in batched.data_vars:
+        a, b = batched[name].values, alone[name].values
+        assert a.shape == b.shape
+        if a.dtype != bool:
+            seen = np.isfinite(a)
+            assert seen.any() and (seen == np.isfinite(b)).all()
+            assert np.isfinite(b[seen]).all()
