@@ -42,7 +42,10 @@ def concatenated(data: pm.MultimodalData) -> np.ndarray:
 
 
 def ours(data, seed, epochs):
-    model = pm.MultimodalDPMixture(data.dims, num_components=TRUNCATION)
+    # the conjugate prior of the component variances, as recorded (the latent default is
+    # the lognormal prior)
+    model = pm.MultimodalDPMixture(data.dims, num_components=TRUNCATION,
+                                   scale_prior="inverse_gamma")
     result = pm.fit(model, data, num_epochs=epochs, batch_size=128, seed=seed,
                     device="cpu", progress=False)
     out = pm.cluster(result, data)

@@ -15,10 +15,8 @@ Monte Carlo precision, as its noise is drawn in another order).
 from __future__ import annotations
 
 import importlib
-import json
 import statistics
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -27,10 +25,9 @@ import pyro_mm as pm
 from pyro_mm.model.posterior import as_posterior
 from pyro_mm.predictive.predict import _predict_batch, predict_batch
 
-from .common import parser
+from .common import markdown_table, parser, write_results
 
 impute_module = importlib.import_module("pyro_mm.predictive.impute")
-OUT = Path(__file__).parent / "results" / "draws.json"
 
 
 def _predict_one_at_a_time(model, posterior, batch, num_samples):
@@ -99,15 +96,28 @@ def main(argv=None):
             t, _ = _timed(lambda: impute_module.impute_batch(posterior, mbatch, num_samples))
             times["impute_after"].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    payload = {"num_samples": num_samples, "test_examples": batch.size,
-               "repeats": args.repeats, "seconds": times, "median_seconds": med,
-               "predict_speedup": med["predict_before"] / med["predict_after"],
-               "impute_speedup": med["impute_before"] / med["impute_after"],
-               "omp_num_threads": torch.get_num_threads(), "tiny": args.tiny}
-    print(json.dumps(payload, indent=1))
-    if not args.tiny:
-        OUT.write_text(json.dumps(payload, indent=1) + "\n")
+    rows = [{"path": path, "before_s": med[f"{path}_before"], "after_s": med[f"{path}_after"],
+             "speedup": med[f"{path}_before"] / med[f"{path}_after"]}
+            for path in ("predict", "impute")]
+    table = markdown_table(
+        ["path", "one draw at a time (s)", "batched (s)", "speed-up"],
+        [[f"{r['path']}(num_samples={num_samples})", f"{r['before_s']:.3f}",
+          f"{r['after_s']:.3f}", f"{r['speedup']:.1f}x"] for r in rows])
+    write_results("draws", {
+        "title": "Batched global draws against one draw at a time (mfeat test split)",
+        "rows": rows, "num_samples": num_samples, "test_examples": batch.size,
+        "repeats": args.repeats, "seconds": times, "notes": NOTES}, table, out=args.out,
+        record=not args.tiny)
 
+
+NOTES = ("mfeat's test split (400 examples, six views; imputation with 30 % of the cells "
+         "masked at random), the default latent model trained 5 epochs, 100 global draws, "
+         "one thread. 'One draw at a time' is the previous algorithm run in the same "
+         "process (every draw evaluated alone), 'batched' the library's pass over blocks "
+         "of draws; the two interleaved, medians of the repeats. Predictions agree draw "
+         "for draw. What remains is work every draw needs: imputation decodes every "
+         "missing row once per draw, prediction runs the classifier on each draw's "
+         "filled representations.")
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ from pyro_mm.errors import DataValidationError
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["classification", "missing", "baselines_run", "few_labels",
                                   "arm", "dpgmm", "clustering", "overhead", "throughput",
-                                  "scale", "lockstep", "gpu", "store_checksums"])
+                                  "draws", "scale", "lockstep", "gpu", "store_checksums"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     module = importlib.import_module(f"benchmarks.{name}")
     out = tmp_path / f"{name}.json"

@@ -47,7 +47,7 @@ def test_the_variance_prior_mode_matches_the_closed_form(nu0):
 
 def test_latent_prior_is_centred_on_the_prior_scale():
     model = pm.MultimodalDPMixture({"a": 3}, latent_dim=2, prior_scale=0.5,
-                                   scale_pseudo_count=2.0)
+                                   scale_prior="inverse_gamma", scale_pseudo_count=2.0)
     assert _map_variance(model, torch.zeros(1)) == pytest.approx(0.25 * 2 / 4, rel=1e-3)
 
 
@@ -94,8 +94,10 @@ def _clusters(seed=0, missing=0.0):
 @pytest.mark.parametrize("representation", ["observed", "latent"])
 def test_cluster_finds_the_clusters_without_being_told_k(representation):
     data = _clusters()
+    # the conjugate prior for both (latent models default to the lognormal one)
     model = pm.MultimodalDPMixture(data.dims, representation=representation,
-                                   latent_dim=3, num_components=10)
+                                   latent_dim=3, num_components=10,
+                                   scale_prior="inverse_gamma")
     result = pm.fit(model, data, num_epochs=40, batch_size=100, device="cpu",
                     progress=False, learning_rate=0.02)
     out = pm.cluster(result, data.mask_at_random(0.3, seed=1))

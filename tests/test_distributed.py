@@ -43,8 +43,10 @@ def _model(data, **kwargs):
     """Deterministic unless ``kwargs`` say otherwise: the observed representation and a
     MAP global guide have no noise, so both runs see the same loss."""
     pyro.set_rng_seed(0)
+    # resolution_floor=False: a store's streamed statistics cannot give it, and these
+    # runs compare training from a store with training in memory.
     options = dict(latent_dim=2, num_components=4, hidden=(8,),
-                   representation="observed", modality_dropout=0.0)
+                   representation="observed", modality_dropout=0.0, resolution_floor=False)
     options.update(kwargs)
     return pm.MultimodalDPMixture(data.dims, num_classes=data.num_classes, **options)
 

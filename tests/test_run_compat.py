@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch
 
 import pyro_mm as pm
 from pyro_mm.cli import main

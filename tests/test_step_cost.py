@@ -34,7 +34,10 @@ REFERENCE = {
                  24.386011, 23.399882],
 }
 VARIANTS = {"default": {}, "arm": {"arm": True}, "dp": {"fusion": "dp"},
-            "observed": {"representation": "observed"}, "studentt": {"component": "studentt"}}
+            # the prior the recorded trajectory was fitted with (observed features now
+            # default to the inverse-gamma prior of the component variances)
+            "observed": {"representation": "observed", "scale_prior": "lognormal",
+                         "scale_floor": 0.05, "resolution_floor": False}, "studentt": {"component": "studentt"}}
 
 
 def _data():

@@ -61,10 +61,10 @@ import torch
 from .._version import __version__
 from ..data.container import MultimodalData
 from ..model.dp_mixture import MultimodalDPMixture
-from ..predictive.metrics import weights_perplexity
 # The drawing and the storage live in their own modules; their public names (and the
 # helpers other diagnostics use) stay importable from here.
 from ..model.posterior import as_posterior, seeded
+from ..predictive.metrics import weights_perplexity
 from .sampling import Plan, make_plan, sample_draws
 from .storage import load_datatree, save_datatree
 

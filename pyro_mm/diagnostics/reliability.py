@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.container import MultimodalData
+from ..model.posterior import as_posterior
 from ..predictive.metrics import adjusted_rand_index
 from ..predictive.predict import predict
-from ..model.posterior import as_posterior
 from .sampling import importance_log_ratios, require_log_q
 
 if TYPE_CHECKING:  # pragma: no cover

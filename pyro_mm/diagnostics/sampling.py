@@ -26,7 +26,6 @@ from ..model.params import MixtureParams
 from ..model.posterior import Posterior, as_posterior, seeded, site_log_prob
 from ..runtime.modes import evaluation_mode
 
-
 #: Default cap on the number of replicated feature values kept in
 #: ``posterior_predictive`` when ``predictive_features`` is ``None`` (about 200 MB in
 #: float32).

@@ -36,7 +36,8 @@ Decisions not fixed by the design:
   likelihood is on that scale, and :meth:`MultimodalDPMixture.feature_log_jacobian`
   converts to the original scale.
 * **Component variances: a conjugate prior** (``scale_prior="inverse_gamma"``, the
-  default). ``sigma_mk^2 ~ InverseGamma(nu0 / 2, nu0 s_m^2 / 2)``: ``nu0``
+  default for observed features; latent representations keep ``"lognormal"`` with a
+  floor of 0.05 ``s1``). ``sigma_mk^2 ~ InverseGamma(nu0 / 2, nu0 s_m^2 / 2)``: ``nu0``
   (``scale_pseudo_count``) pseudo-observations of the data's own spread ``s_m^2`` (1 on
   the standardised scale of observed features; ``s1^2`` for latent representations).
   The posterior mode is ``sigma^2 = (nu0 s^2 + S_mk) / (nu0 + n_k + 1)`` (``n_k``
@@ -127,6 +128,8 @@ from .standardization import Standardization
 #: Default ``nu0`` of the inverse-gamma prior on the component variances (module
 #: docstring; measured in ``benchmarks/RESULTS.md``).
 SCALE_PSEUDO_COUNT = 2.0
+#: ``scale_floor`` with ``scale_prior="lognormal"`` (the latent default), in units of ``s1``.
+LATENT_SCALE_FLOOR = 0.05
 
 #: Default probability of modality dropout for the classifier (see the module
 #: docstring; measured in ``benchmarks/RESULTS.md``).
@@ -167,11 +170,16 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_scale_spread: ``t1``, log-scale spread of the component scales
             (``scale_prior="lognormal"`` only).
         scale_prior: ``"inverse_gamma"`` (the conjugate prior on the variances, module
-            docstring) or ``"lognormal"`` (the prior of configs saved before it).
+            docstring) or ``"lognormal"``. ``None`` (default): ``"inverse_gamma"`` for
+            observed features, where it was measured to win (``benchmarks/dpgmm.py``);
+            ``"lognormal"`` (with ``scale_floor`` 0.05) for latent representations, whose
+            scale the encoders set and where it was not measured for prediction (the
+            clustering benchmark passes ``"inverse_gamma"``).
         scale_pseudo_count: ``nu0 > 0``, the inverse-gamma prior's pseudo-count.
         scale_floor: a fixed floor of the component scales as a fraction of each
             feature's training standard deviation (observed) or of ``s1`` (latent),
-            added in quadrature; 0 by default (the prior makes it unnecessary).
+            added in quadrature. ``None`` (default): 0 with the inverse-gamma prior
+            (which makes it unnecessary), :data:`LATENT_SCALE_FLOOR` with the lognormal.
         resolution_floor: add each observed feature's recording resolution
             ``q^2 / 12`` to the component variances. ``None`` (default): for data in
             memory; data on disk (streamed statistics, no distinct values) skip it with
@@ -208,9 +216,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
         prior_loc_scale: float = 3.0,
         prior_scale: float = 1.0,
         prior_scale_spread: float = 1.0,
-        scale_prior: str = "inverse_gamma",
+        scale_prior: str | None = None,
         scale_pseudo_count: float = SCALE_PSEUDO_COUNT,
-        scale_floor: float = 0.0,
+        scale_floor: float | None = None,
         resolution_floor: bool | None = None,
         component: str = "normal",
         df: float | str = "learned",
@@ -223,6 +231,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
         super().__init__("pyro_mm_model")
         if reconstruct is None:
             reconstruct = representation == "latent"
+        if scale_prior is None:  # what was measured to win for each (module docstring)
+            scale_prior = "inverse_gamma" if representation == "observed" else "lognormal"
+        if scale_floor is None:
+            scale_floor = 0.0 if scale_prior == "inverse_gamma" else LATENT_SCALE_FLOOR
         check_arguments(
             dims=dims, num_classes=num_classes, latent_dim=latent_dim,
             num_components=num_components, mixture=mixture, representation=representation,
