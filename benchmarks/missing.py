@@ -34,6 +34,7 @@ import torch
 
 import pyro_mm as pm
 
+from .baselines import standardise
 from .common import markdown_table, parser, train_mlp, write_results
 
 FRACTIONS = (0.0, 0.3, 0.5, 0.7)
@@ -53,18 +54,10 @@ def training_stats(train):
 
 def arrays(train, test):
     """Standardised ``(N, sum d)`` features with NaN where hidden, for train and test,
-    plus the ``(N, M)`` masks and the column slices of each view."""
-    out, slices, start = {"train": [], "test": []}, [], 0
-    for m, (loc, scale) in training_stats(train).items():
-        x = train.features[m]
-        for name, data in (("train", train), ("test", test)):
-            z = (data.features[m] - loc) / scale
-            z[~data.masks[m]] = np.nan
-            out[name].append(z)
-        slices.append(slice(start, start + x.shape[1]))
-        start += x.shape[1]
-    masks = [np.stack(list(d.masks.values()), 1) for d in (train, test)]
-    return np.hstack(out["train"]), np.hstack(out["test"]), masks, slices
+    plus the ``(N, M)`` masks and the column slices of each view
+    (:func:`benchmarks.baselines.standardise`)."""
+    tr, te = standardise(train, test)
+    return tr.x, te.x, [tr.masks, te.masks], list(tr.slices)
 
 
 def _with_indicators(x, mask):
