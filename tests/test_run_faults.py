@@ -207,6 +207,21 @@ def test_resume_with_another_model_lists_the_differences(tmp_path, tiny_data):
     assert _snapshot(run) == before
 
 
+def test_resume_with_other_settings_warns_naming_them(tmp_path, tiny_data):
+    run = tmp_path / "run"
+    _fit(_model(tiny_data), tiny_data, run_dir=run)
+    with pytest.warns(UserWarning, match="not an exact resume") as caught:
+        _fit(_model(tiny_data), tiny_data, run_dir=run, resume_from=run, num_epochs=2,
+             batch_size=32, learning_rate=0.05)
+    message = " ".join(str(w.message) for w in caught)
+    assert "batch_size: the run's 64, given 32" in message
+    assert "learning_rate: the run's 0.01, given 0.05" in message
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*exact resume")
+        _fit(_model(tiny_data), tiny_data, run_dir=run, resume_from=run, num_epochs=3,
+             batch_size=32, learning_rate=0.05)      # the run's settings now
+
+
 def test_cli_resume_with_other_data_or_options_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *CLI, "--out", str(run)]) == 0
@@ -287,6 +302,21 @@ def test_cli_full_disk_message(tmp_path, monkeypatch, capsys):
     assert err[-1] == (f"pyro-mm: error: could not write {run / 'checkpoint.pt'} (No "
                        f"space left on device); no checkpoint of this run is in {run}")
     assert not run.exists()  # nothing was written: no folder either
+
+
+def test_a_failed_write_of_data_json_leaves_a_run_that_evaluates_and_resumes(
+        tmp_path, monkeypatch, capsys):
+    """The split is read from the checkpoint, so a write that failed after it (at
+    ``data.json``) cannot leave a run that names no data, or another run's."""
+    run = tmp_path / "run"
+    _failing_fsync(monkeypatch, after=4)  # checkpoint, config, metrics, history
+    assert main(["train", *CLI, "--out", str(run)]) == 2
+    assert "could not write" in capsys.readouterr().err
+    assert not (run / "data.json").exists() and (run / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    assert main(["evaluate", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert ckpt.load_checkpoint(run)["epoch"] == 2 and (run / "data.json").exists()
 
 
 @pytest.fixture

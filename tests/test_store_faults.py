@@ -57,6 +57,18 @@ def test_a_deleted_chunk_is_found_on_opening_and_when_read(data, tmp_path):
         store.subset(np.arange(250, 400)).read_rows([0, 120])
 
 
+def test_a_deleted_mask_or_label_chunk_is_found_on_opening(data, tmp_path):
+    """Masks equal to their fill (every row observed) and labels are written all the
+    same, so deleting them is damage, never "every row observed" or "no label"."""
+    for key in ("masks/image", "labels"):
+        path = _write(data, tmp_path / f"{key.replace('/', '_')}.zarr")
+        assert MultimodalData.open_zarr(path).masks["image"].all()
+        (path / key / "c" / "0").unlink()
+        with pytest.raises(DataValidationError,
+                           match=rf"{key} \(rows 0-399, file {key}/c/0\) is missing"):
+            MultimodalData.open_zarr(path)
+
+
 def test_a_garbage_chunk_names_modality_chunk_and_rows(data, tmp_path):
     for checksums, problem in ((False, "cannot be decoded"), (True, "fails its checksum")):
         path = _write(data, tmp_path / f"s{checksums}.zarr", checksums=checksums)

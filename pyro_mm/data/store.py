@@ -12,7 +12,7 @@ Layout of a store (a Zarr v3 group, one directory)::
 Features are never read whole: :class:`StoreArrays` reads the rows asked for. Masks
 and labels, ``(N,)`` each, are read into memory when the store is opened.
 
-A store cannot pass off damage as data (layout version 2):
+A store cannot pass off damage as data (layout version 3):
 
 * every feature chunk is written, with a NaN fill value: a chunk file missing is found
   when the store is opened, and one deleted later reads as NaN, which the reader
@@ -20,11 +20,15 @@ A store cannot pass off damage as data (layout version 2):
 * each chunk ends with its CRC32C (``checksums``, the default), checked on every read;
   a chunk that fails it, or fails to decode, is an error naming the modality, the
   chunk and its rows (in the store's own numbering);
+* the masks' and labels' chunk files are written whatever they hold: one missing is
+  found when the store is opened, never read as "every row observed" or "no label";
 * ``complete`` is written last, just before the store is renamed into place: a store
   without it was not finished.
 
-Stores of version 1 (zero fill value, chunks equal to it not written, no checksums, no
-marker) still open and read as before, without those checks.
+Stores of version 2 (masks and labels equal to their fill value not written) open
+without the check of those files; stores of version 1 (zero fill value, chunks equal to
+it not written, no checksums, no marker) open and read as before, without any of these
+checks.
 
 :class:`StoreWriter` writes a store chunk by chunk (so a store can be larger than
 memory) into a temporary directory beside the target and renames it into place on
@@ -47,7 +51,7 @@ from ..errors import DataValidationError
 
 #: The ``format`` attribute of a store written here, and its layout version.
 STORE_FORMAT = "pyro_mm.multimodal"
-STORE_VERSION = 2
+STORE_VERSION = 3
 #: Rows per chunk unless told otherwise: ~4 MB for 1000 float32 features.
 DEFAULT_CHUNK_ROWS = 1024
 
@@ -223,7 +227,8 @@ def open_store(path: str | Path) -> dict[str, Any]:
     """Open a store: ``features`` (a :class:`StoreArrays`), ``masks`` (``name -> (N,)``
     bool), ``labels`` (``(N,)`` or ``None``), ``num_classes``, ``metadata`` and
     ``num_examples``. Reads no feature chunk, but checks that every chunk file is there
-    (stores of layout version 2; version 1 stores open as before).
+    (the feature chunks from layout version 2, the masks' and labels' from version 3;
+    version 1 stores open as before).
 
     Raises:
         DataValidationError: naming what is wrong: not a store written by pyro_mm, a
@@ -246,10 +251,10 @@ def open_store(path: str | Path) -> dict[str, Any]:
     dims, masks = {}, {}
     for m in modalities:
         dims[m] = _check_feature_array(path, group, m, n)
-        masks[m] = _read_small(path, group, f"masks/{m}", n, "b")
+        masks[m] = _read_small(path, group, f"masks/{m}", n, "b", version >= 3)
     labels = None
     if "labels" in group:
-        labels = _read_small(path, group, "labels", n, "i")
+        labels = _read_small(path, group, "labels", n, "i", version >= 3)
     features = StoreArrays(path, dims, n, checked=version >= 2)
     for m in modalities:
         features.check_chunks(m)
@@ -285,10 +290,10 @@ def _check_attributes(path: Path, attrs: Mapping[str, Any]) -> int:
             f"data store {str(path)!r}: not written by pyro_mm (attribute format="
             f"{attrs.get('format')!r}, expected {STORE_FORMAT!r})")
     version = attrs.get("version")
-    if version not in (1, STORE_VERSION):
+    if version not in (1, 2, STORE_VERSION):
         raise DataValidationError(
             f"data store {str(path)!r}: layout version {version!r}, this pyro_mm reads "
-            f"versions 1 and {STORE_VERSION} (a newer pyro_mm wrote it?)")
+            f"versions 1 to {STORE_VERSION} (a newer pyro_mm wrote it?)")
     if version >= 2 and attrs.get("complete") is not True:
         raise DataValidationError(
             f"data store {str(path)!r}: incomplete: its writing was interrupted before "
@@ -313,7 +318,11 @@ def _check_feature_array(path: Path, group, name: str, n: int) -> int:
     return int(array.shape[1])
 
 
-def _read_small(path: Path, group, key: str, n: int, kind: str) -> np.ndarray:
+def _read_small(path: Path, group, key: str, n: int, kind: str,
+                check_chunk: bool) -> np.ndarray:
+    """A mask or the labels, ``(n,)``, one chunk. ``check_chunk`` (stores of layout
+    version 3, which write that chunk whatever it holds): its file must exist, else
+    zarr would read the fill value (every row observed, every label missing)."""
     if key not in group:
         raise DataValidationError(f"data store {str(path)!r}: {key} is missing")
     array = group[key]
@@ -322,6 +331,11 @@ def _read_small(path: Path, group, key: str, n: int, kind: str) -> np.ndarray:
         raise DataValidationError(
             f"data store {str(path)!r}: {key} has shape {array.shape} and dtype "
             f"{array.dtype}, expected ({n},) {expected}")
+    chunk = f"{key}/{array.metadata.encode_chunk_key((0,))}"
+    if check_chunk and n > 0 and not (path / chunk).is_file():
+        raise DataValidationError(
+            f"data store {str(path)!r}: {key} (rows 0-{n - 1}, file {chunk}) is missing "
+            "(deleted or never written); write the store again")
     return np.asarray(array[...])
 
 
@@ -371,6 +385,7 @@ class StoreWriter:
         self.temp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
         self.overwrite, self.compress, self.checksums = overwrite, compress, checksums
         self.group = None
+        self.arrays: dict[str, Any] = {}
         self._written: list[tuple[int, int]] = []   # row ranges written, for the gaps
 
     def __enter__(self) -> "StoreWriter":
@@ -382,18 +397,28 @@ class StoreWriter:
             "num_classes": None if self.num_classes is None else int(self.num_classes),
             "metadata": self.metadata, "checksums": "crc32c" if self.checksums else None})
         rows = min(self.chunk_rows, max(n, 1))
+        # Written through the arrays made here: ``write_empty_chunks`` is a setting of
+        # the array object, not of the store, and an array reopened by name forgets it.
+        empty = {"write_empty_chunks": True}
+        self.arrays = arrays = {}
         for m, d in self.dims.items():
             # A NaN fill value and every chunk written (even one equal to the fill):
             # an absent chunk is then damage, found on opening, and never read as data.
-            group.create_array(f"features/{m}", shape=(n, d), chunks=(rows, d),
-                               dtype="float32", fill_value=np.nan,
-                               compressors=self._codecs(),
-                               config={"write_empty_chunks": True})
-            group.create_array(f"masks/{m}", shape=(n,), chunks=(max(n, 1),), dtype="bool",
-                               fill_value=True)
+            arrays[f"features/{m}"] = group.create_array(
+                f"features/{m}", shape=(n, d), chunks=(rows, d), dtype="float32",
+                fill_value=np.nan, compressors=self._codecs(), config=empty)
+            # Written whole now, even when equal to the fill (every row observed): a
+            # deleted mask or label chunk is then damage found on opening, not "all
+            # observed" or "all unlabelled".
+            arrays[f"masks/{m}"] = group.create_array(
+                f"masks/{m}", shape=(n,), chunks=(max(n, 1),), dtype="bool",
+                fill_value=True, config=empty)
+            arrays[f"masks/{m}"][:] = np.ones(n, dtype=bool)
         if self.labels:
-            group.create_array("labels", shape=(n,), chunks=(max(n, 1),), dtype="int64",
-                               fill_value=-1)
+            arrays["labels"] = group.create_array(
+                "labels", shape=(n,), chunks=(max(n, 1),), dtype="int64", fill_value=-1,
+                config=empty)
+            arrays["labels"][:] = np.full(n, -1, dtype=np.int64)
         return self
 
     def _codecs(self) -> list:
@@ -416,14 +441,14 @@ class StoreWriter:
             if x.ndim != 2 or x.shape[1] != self.dims[m]:
                 raise DataValidationError(
                     f"modality {m!r}: expected (B, {self.dims[m]}), got {x.shape}")
-            self.group[f"features/{m}"][start : start + len(x)] = x
+            self.arrays[f"features/{m}"][start : start + len(x)] = x
             self._written.append((int(start), min(int(start) + len(x), self.num_examples)))
         for m, o in (masks or {}).items():
             o = np.asarray(o, dtype=bool)
-            self.group[f"masks/{m}"][start : start + len(o)] = o
+            self.arrays[f"masks/{m}"][start : start + len(o)] = o
         if labels is not None:
             labels = np.asarray(labels, dtype=np.int64)
-            self.group["labels"][start : start + len(labels)] = labels
+            self.arrays["labels"][start : start + len(labels)] = labels
 
     def _zero_unwritten(self) -> None:
         """Zeros in the rows never written (else they would hold the NaN fill)."""
@@ -432,7 +457,7 @@ class StoreWriter:
             for gap in range(done, start, self.chunk_rows):
                 stop_gap = min(gap + self.chunk_rows, start)
                 for m, d in self.dims.items():
-                    self.group[f"features/{m}"][gap:stop_gap] = np.zeros(
+                    self.arrays[f"features/{m}"][gap:stop_gap] = np.zeros(
                         (stop_gap - gap, d), dtype=np.float32)
             done = max(done, stop)
 

@@ -114,4 +114,28 @@ def check_resume(state: Mapping[str, Any], *, source, model_config: Mapping[str,
             "--new-data) to continue on other data on purpose")
 
 
-__all__ = ["check_resume", "config_differences", "data_differences", "data_fingerprint"]
+#: The settings of ``fit`` that shape the optimisation a resumed run continues: one that
+#: differs from the run's makes the continuation other than the run it resumes.
+OPTIMISATION_SETTINGS = ("batch_size", "learning_rate", "clip_norm", "lr_decay",
+                         "kl_warmup_epochs", "num_particles", "elbo", "seed")
+
+
+def warn_of_other_settings(state: Mapping[str, Any], settings: Mapping[str, Any], *,
+                           source) -> list[str]:
+    """Warn, naming each, of the optimisation settings (:data:`OPTIMISATION_SETTINGS`)
+    that differ between the resumed run ``state`` and this fit's ``settings``: allowed
+    (a lower learning rate to fine-tune is a fair wish) but no longer an exact resume.
+    Returns the differences (``[]``: none)."""
+    recorded = state.get("fit_config") or {}
+    keys = [k for k in OPTIMISATION_SETTINGS if k in recorded and k in settings]
+    differ = config_differences({k: recorded[k] for k in keys},
+                                {k: settings[k] for k in keys})
+    if differ:
+        warnings.warn(f"resume_from {source}: continuing with other settings than the "
+                      "run's, so this is not an exact resume: " + "; ".join(differ),
+                      UserWarning, stacklevel=4)
+    return differ
+
+
+__all__ = ["OPTIMISATION_SETTINGS", "check_resume", "config_differences",
+           "data_differences", "data_fingerprint", "warn_of_other_settings"]

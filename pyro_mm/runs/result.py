@@ -167,7 +167,8 @@ def resume_state(resume_from, device) -> dict[str, Any]:
                  "model_config": resume_from.model.config(),
                  "model_state": resume_from.model.state_dict(),
                  "guide_state": resume_from.guide.state_dict(),
-                 "guide_config": resume_from.guide.config()}
+                 "guide_config": resume_from.guide.config(),
+                 "fit_config": resume_from.config}
     else:
         payload = ckpt.load_checkpoint(resume_from, map_location=device)
         state = {**payload, "history": History.from_dict(payload["history"])}

@@ -1,5 +1,8 @@
 """Which data a run folder was trained on: the data set named on the command line and
-the held-out split that ``pyro-mm train`` records in the run folder's ``data.json``.
+the held-out split that ``pyro-mm train`` records in every checkpoint, and beside it,
+for people to read, in the run folder's ``data.json``. The checkpoint's record is the
+one read: a write that failed between the checkpoint and ``data.json`` cannot pair
+one run's weights with another run's split.
 
 Both ``pyro-mm evaluate`` and ``pyro-mm diagnose`` (:mod:`pyro_mm.cli.diagnose`)
 rebuild that split from here; the rest of the run folder is :mod:`pyro_mm.runs.checkpoint`.
@@ -13,7 +16,7 @@ from types import SimpleNamespace
 from .. import datasets
 from ..data.container import MultimodalData
 from ..errors import CheckpointError
-from .checkpoint import read_json
+from .checkpoint import CHECKPOINT, load_checkpoint, read_json
 
 #: The ``data.json`` file of a run folder.
 DATA_SPEC = "data.json"
@@ -34,15 +37,28 @@ def load_dataset(spec) -> MultimodalData:
     return data.select(spec.views) if spec.views else data
 
 
+def data_source(run_dir: str | Path) -> dict | None:
+    """How a run's data are rebuilt (``data``, ``dataset``, ``views``, ``seed``,
+    ``test_fraction``): the record in its checkpoint, else its ``data.json`` (a run
+    folder of an earlier version), else ``None`` (trained in Python on data of its
+    own)."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).is_file():
+        recorded = load_checkpoint(run_dir / CHECKPOINT).get("data_source")
+        if recorded is not None:
+            return dict(recorded)
+    spec_path = run_dir / DATA_SPEC
+    return read_json(spec_path) if spec_path.is_file() else None
+
+
 def run_splits(run_dir: str | Path) -> tuple[MultimodalData, MultimodalData]:
-    """The training and held-out splits a run was trained on, rebuilt from the
-    ``data.json`` that ``pyro-mm train`` writes into its run folder."""
-    spec_path = Path(run_dir) / DATA_SPEC
-    if not spec_path.is_file():
+    """The training and held-out splits a run was trained on, rebuilt from the record
+    :func:`data_source` reads."""
+    spec = data_source(run_dir)
+    if spec is None:
         raise CheckpointError(
-            f"{spec_path}: not found (the run was not trained by `pyro-mm train`); "
-            "pass the data with --data FILE")
-    spec = read_json(spec_path)
+            f"{Path(run_dir) / DATA_SPEC}: not found, and the checkpoint records no data "
+            "(the run was not trained by `pyro-mm train`); pass the data with --data FILE")
     data = load_dataset(SimpleNamespace(**spec))
     return data.split(test_fraction=spec["test_fraction"], seed=spec["seed"],
                       stratify=data.labels is not None)
@@ -53,4 +69,4 @@ def held_out_data(run_dir: str | Path) -> MultimodalData:
     return run_splits(run_dir)[1]
 
 
-__all__ = ["DATA_SPEC", "held_out_data", "load_dataset", "run_splits"]
+__all__ = ["DATA_SPEC", "data_source", "held_out_data", "load_dataset", "run_splits"]
