@@ -13,13 +13,15 @@ when used); ArviZ and matplotlib are imported by the diagnostics that need them.
 
 from . import datasets, diagnostics, factors
 from ._version import __version__
-from .data.container import MultimodalData, TensorBatch
+from .data.batch import TensorBatch
+from .data.container import MultimodalData
 from .diagnostics import summary, to_datatree
 from .errors import (CheckpointError, DataValidationError, DistributedError,
                      TrainingDivergedError)
 from .factors import modality_contributions
-from .model.dp_mixture import MixtureParams, MultimodalDPMixture
+from .model.dp_mixture import MultimodalDPMixture
 from .model.guide import MultimodalGuide
+from .model.params import MixtureParams
 from .predictive.cluster import Clustering, cluster
 from .predictive.impute import impute
 from .predictive.predict import evaluate, log_likelihood, predict

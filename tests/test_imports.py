@@ -1,5 +1,5 @@
-"""The package's imports point one way (DESIGN.md section 7): no cycles, and no module
-importing a layer above its own.
+"""The package's imports point one way (the layer order of README.md's "Layout"
+section): no cycles, and no module importing a layer above its own.
 
 The graph is read from the source with ``ast``: every ``import`` and ``from ... import``
 of a ``pyro_mm`` module, at the top of a file or inside a function, absolute or
@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "pyro_mm"
 
-#: The layers, lowest first: the package's subpackages (DESIGN.md section 7, README
-#: "Layout"). A module may import its own layer or any layer below, never above.
+#: The layers, lowest first: the package's subpackages, in the order of README.md's
+#: "Layout" section. A module may import its own layer or any layer below, never above.
 LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm.errors", "pyro_mm._version"),
     ("pyro_mm.data*",),
@@ -169,6 +169,18 @@ def test_an_upward_import_behind_type_checking_fails(tmp_path):
         (package / path).write_text("")
     (package / "data" / "d.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..model.m import X\n")
+    graph = import_graph(package)
+    assert _upward("pyro_mm.data.d", graph, LAYERS) == ["pyro_mm.model", "pyro_mm.model.m"]
+
+
+def test_an_upward_import_inside_a_function_fails(tmp_path):
+    package = tmp_path / "pyro_mm"
+    (package / "data").mkdir(parents=True)
+    (package / "model").mkdir()
+    for path in ("__init__.py", "data/__init__.py", "model/__init__.py", "model/m.py"):
+        (package / path).write_text("")
+    (package / "data" / "d.py").write_text(
+        "def later():\n    from pyro_mm.model import m\n    return m\n")
     graph = import_graph(package)
     assert _upward("pyro_mm.data.d", graph, LAYERS) == ["pyro_mm.model", "pyro_mm.model.m"]
 

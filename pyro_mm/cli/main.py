@@ -41,15 +41,10 @@ from ..predictive.impute import impute
 from ..predictive.predict import evaluate
 from ..runs import load
 from ..runs.checkpoint import read_json
-from ..runs.run_data import DATA_SPEC, held_out_data, load_dataset, run_splits
+from ..runs.run_data import data_source, held_out_data, load_dataset, run_splits
 from ..runtime import distributed
 from ..train import fit
 from .diagnose import run_diagnose
-
-#: ``pyro-mm train --epochs`` when not given: ``None``, the package's schedule
-#: (``fit(num_epochs=None)``).
-EPOCHS = None
-
 
 def _defaults(function) -> dict:
     """``argument -> default`` of ``function``'s signature: the command line's defaults
@@ -60,6 +55,8 @@ def _defaults(function) -> dict:
 
 MODEL = _defaults(MultimodalDPMixture.__init__)
 FIT = _defaults(fit)
+SPLIT = _defaults(MultimodalData.split)
+LOAD = _defaults(load)
 IMPUTE = _defaults(impute)
 DIAGNOSE = _defaults(run_diagnose)
 
@@ -185,9 +182,10 @@ def _train_new(args, group, say) -> int:
     # data.json is written by fit with every checkpoint, under the folder's lock.
     # The test split is only reported on: with the package's training length it must not
     # choose when to stop (fit then stops on an internal split of the training rows).
-    result = fit(model, train, num_epochs=args.epochs or EPOCHS, batch_size=args.batch_size,
+    num_epochs = args.epochs or FIT["num_epochs"]
+    result = fit(model, train, num_epochs=num_epochs, batch_size=args.batch_size,
                  learning_rate=args.lr, device=args.device, seed=args.seed,
-                 val_data=_monitored(args.epochs or EPOCHS, test), metrics_data=test,
+                 val_data=_monitored(num_epochs, test), metrics_data=test,
                  early_stopping=args.early_stopping, run_dir=out, progress=not args.quiet,
                  num_workers=args.num_workers, disk_order=args.disk_order,
                  overwrite=args.overwrite, data_source=_data_source(args, data))
@@ -295,8 +293,7 @@ def _resumed_data(args, given: dict, out: Path):
     """The training and held-out splits a resumed run continues on and the
     ``data.json`` it records: the run's own, or those the data options name (which
     fit then compares with the run's fingerprint, unless ``--new-data``)."""
-    spec_path = out / DATA_SPEC
-    spec = read_json(spec_path) if spec_path.is_file() else None
+    spec = data_source(out)
     named = {k: given[k] for k in DATA_OPTIONS if k in given}
     if not named:
         if args.new_data:
@@ -411,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="minibatches of a Zarr store: uniform draws as in memory, or "
                             "from few chunks at a time (stores much larger than memory)")
     train.add_argument("--views", nargs="+", help="modalities to use (default: all)")
-    train.add_argument("--epochs", type=int, default=None,
+    train.add_argument("--epochs", type=int, default=FIT["num_epochs"],
                        help="total epochs (default: chosen by the package: about 4,000 steps "
                             "whatever the data set's size, stopped early on the held-out "
                             "ELBO, the best epoch kept; a resumed run: its own number)")
@@ -455,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--factor", action="append", default=[], metavar="KIND[:K=V,...]",
                        help="auxiliary factor, repeatable: pmrl, arm, "
                             "e.g. --factor arm:weight=0.1 --factor pmrl")
-    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--test-fraction", type=float, default=SPLIT["test_fraction"],
+                       help="share of the examples held out as the test split "
+                            "(default: %(default)s)")
     train.add_argument("--early-stopping", type=int, default=FIT["early_stopping"],
                        metavar="PATIENCE")
     train.add_argument("--device", default=FIT["device"], help="auto, cpu or cuda")
@@ -484,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--data", help=".npz or .nc file with the same modalities "
                                    "(default: the run's own held-out split)")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default=LOAD["device"],
+                    help="where to load the run: auto, cpu or cuda (default: %(default)s)")
     ev.add_argument("--contributions", action="store_true",
                     help="per-modality contributions phi_m (nats), as ARM measures them")
     ev.add_argument("--json", action="store_true", help="also print metrics as JSON")
@@ -500,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="global posterior draws (default: %(default)s)")
     imp.add_argument("--quantiles", type=float, nargs="*", default=[0.05, 0.95],
                      help="quantile levels (default: 0.05 0.95, a 90%% interval)")
-    imp.add_argument("--device", default="cpu")
+    imp.add_argument("--device", default=LOAD["device"],
+                     help="where to load the run: auto, cpu or cuda (default: %(default)s)")
     imp.add_argument("--seed", type=int, default=IMPUTE["seed"])
     imp.set_defaults(func=_impute)
 
@@ -514,7 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--plots", metavar="DIR", help="write the figures here as PNG")
     diag.add_argument("--num-samples", type=int, default=DIAGNOSE["num_samples"],
                       help="posterior draws (default: %(default)s)")
-    diag.add_argument("--device", default="cpu")
+    diag.add_argument("--device", default=DIAGNOSE["device"],
+                      help="where to load the run: auto, cpu or cuda (default: %(default)s)")
     diag.add_argument("--seed", type=int, default=DIAGNOSE["seed"])
     diag.add_argument("--quiet", action="store_true", help="no progress bar")
     diag.set_defaults(func=_diagnose)

@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataValidationError
-from .container import MultimodalData, TensorBatch
+from .batch import TensorBatch
+from .container import MultimodalData
 
 
 def chunk_local(order: torch.Tensor, chunk_of: torch.Tensor, window: int,

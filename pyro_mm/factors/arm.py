@@ -54,7 +54,7 @@ from ..runtime.distributed import all_reduce_sum, current
 from .contributions import LeaveOneOut, label_entropy, leave_one_out, unimodal_bounds
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.container import TensorBatch
+    from ..data.batch import TensorBatch
     from ..model.params import MixtureParams
 
 #: Default weight of the unimodal reinforcement term (see the measurements in

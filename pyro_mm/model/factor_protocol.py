@@ -7,7 +7,9 @@ This module sits in the model's layer, below the mixture:
 the factors see the model only as a :class:`FactorModel`, the :class:`typing.Protocol`
 of what they use of it, so neither side imports the other's class.
 :mod:`pyro_mm.factors` (a layer above) registers the built-in kinds in :data:`FACTORS`
-and re-exports every name defined here.
+and re-exports :class:`AuxiliaryFactor`, :class:`FactorContext`, :data:`FACTORS`,
+:func:`factor_config` and :func:`make_factor`; :class:`FactorModel` and
+:func:`sampling_weights` are imported from this module.
 
 The convention shared by every multimodal loss:
 
@@ -38,8 +40,8 @@ from torch import nn
 from ..runtime.modes import evaluation_mode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.batch import StoreBatch
-    from ..data.container import MultimodalData, TensorBatch
+    from ..data.batch import StoreBatch, TensorBatch
+    from ..data.container import MultimodalData
     from .params import MixtureParams
 
 

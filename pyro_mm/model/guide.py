@@ -36,11 +36,10 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_median, init_to_sample
 from torch import nn
 
-from ..data.container import TensorBatch
+from ..data.batch import TensorBatch
 from ._pyro_module import UniquelyNamedModule
 from .dp_mixture import MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
-from .params import MixtureParams
 from .sites import draw_values
 
 
@@ -109,13 +108,10 @@ class MultimodalGuide(UniquelyNamedModule):
             global_names.add("alpha")
         if model.learn_df:
             global_names |= {f"component_df_{m}" for m in model.modalities}
-        # What encode() needs to build the model's components without holding the model:
-        # latent floors are fixed by the model's config, so they are not saved state.
-        self.component = model.component
-        self.fixed_df = (float(model.component_df)
-                         if model.component == "studentt" and not model.learn_df else None)
-        self.register_buffer("scale_floors", torch.stack(model.scale_floors())
-                             if self.latent else torch.zeros(0), persistent=False)
+        # encode() builds the model's components (floors, kind, df) through
+        # model.params_from_sites. Held in a tuple, as Pyro's autoguides hold theirs, so
+        # it is not registered: its parameters and buffers stay out of the guide's state.
+        self._model = (model,)
         self.global_sites = tuple(sorted(global_names))
         blocked = poutine.block(model, expose=list(global_names))
         if global_guide == "meanfield":
@@ -271,10 +267,7 @@ class MultimodalGuide(UniquelyNamedModule):
         mask = batch.masks
         if bool(mask.all()):
             return loc, scale
-        params = MixtureParams.from_sites(
-            self.modalities, draw_values(globals_), floors=list(self.scale_floors),
-            component=self.component,
-            df=None if self.fixed_df is None else [self.fixed_df] * len(self.modalities))
+        params = self._model[0].params_from_sites(draw_values(globals_))
         mixture = params.mixture(self.mixture, batch_size=loc.shape[0])
         means, variances = mixture.conditional_moments(loc.detach(), mask)
         fill_loc = torch.stack(means, -2)

@@ -28,7 +28,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..data.container import TensorBatch
+from ..data.batch import TensorBatch
 from .fusion import make_classifier, make_fusion
 from .params import MixtureParams
 from .sites import fill_unobserved

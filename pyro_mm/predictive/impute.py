@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..data.container import MultimodalData, TensorBatch
+from ..data.batch import TensorBatch
+from ..data.container import MultimodalData
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.posterior import Posterior, as_posterior, draws_per_pass, model_of
 from ..runtime.modes import evaluation_mode
+from .predict import draw_passes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runs.result import FitResult
@@ -124,7 +126,8 @@ def impute_batch(posterior: Posterior, batch: TensorBatch, num_samples: int = 10
                 continue
             part = batch.index(idx)
             per_block = [_draw_gaussians(model, posterior, part, *piece)
-                         for block in blocks for piece in _split(model, block, per_pass)]
+                         for values, params, size in blocks
+                         for piece in draw_passes(model, values, size, per_pass, params)]
             for j, m in enumerate(mods):
                 rows = torch.nonzero(~part.masks[:, j])[:, 0]
                 if rows.numel() == 0:
@@ -150,17 +153,6 @@ def impute_batch(posterior: Posterior, batch: TensorBatch, num_samples: int = 10
                           else torch.zeros(len(quantiles), 0, d)),
         }
     return out
-
-
-def _split(model: MultimodalDPMixture, block, per_pass: int):
-    """``block`` (values, params, size) in pieces of at most ``per_pass`` draws."""
-    values, params, size = block
-    if size <= per_pass:
-        yield block
-        return
-    for start in range(0, size, per_pass):
-        piece = {k: v[start:start + per_pass] for k, v in values.items()}
-        yield piece, model.params_from_sites(piece), min(per_pass, size - start)
 
 
 def _check(model: MultimodalDPMixture, num_samples, quantiles, chunk_size) -> list[float]:

@@ -11,14 +11,17 @@ over ``z`` (see :func:`log_likelihood`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro.distributions as dist
 import torch
 
-from ..data.container import MultimodalData, TensorBatch
+from ..data.batch import TensorBatch
+from ..data.container import MultimodalData
 from ..model.dp_mixture import MultimodalDPMixture
+from ..model.params import MixtureParams
 from ..model.posterior import Posterior, as_posterior, draws_per_pass
 from ..runtime.modes import evaluation_mode
 from .metrics import adjusted_rand_index, expected_calibration_error, weights_perplexity
@@ -59,13 +62,26 @@ def _predict_draws(posterior: Posterior, batch, chunk_size, num_samples
     block = draws_per_pass(model, min(chunk_size, batch.size))
     pieces: dict[str, list[torch.Tensor]] = {}
     for drawn in posterior.draw_blocks(batch, num_samples):
-        for start in range(0, drawn.size, block):
-            values = {k: v[start:start + block] for k, v in drawn.values.items()}
-            size = min(block, drawn.size - start)
-            draw = (values, model.params_from_sites(values), size)
+        for draw in draw_passes(model, drawn.values, drawn.size, block):
             for key, value in _predict_batch(posterior, batch, chunk_size, draw).items():
                 pieces.setdefault(key, []).append(value)
     return {key: torch.cat(value) for key, value in pieces.items()}
+
+
+def draw_passes(model: MultimodalDPMixture, values: Mapping[str, torch.Tensor], size: int,
+                per_pass: int, params: MixtureParams | None = None
+                ) -> Iterator[tuple[Mapping[str, torch.Tensor], MixtureParams, int]]:
+    """``size`` draws (``values``: ``site -> (size, *event)``, e.g. a
+    :class:`~pyro_mm.model.posterior.DrawBlock`'s) in passes of at most ``per_pass``
+    draws (:func:`~pyro_mm.model.posterior.draws_per_pass`): ``(values, params,
+    size)`` each, ``params`` from the model's ``params_from_sites``. ``params``: those
+    of all ``size`` draws if already built, reused when they fit in one pass."""
+    if size <= per_pass:
+        yield values, model.params_from_sites(values) if params is None else params, size
+        return
+    for start in range(0, size, per_pass):
+        piece = {k: v[start:start + per_pass] for k, v in values.items()}
+        yield piece, model.params_from_sites(piece), min(per_pass, size - start)
 
 
 def _predict_batch(posterior: Posterior, batch, chunk_size, draw=None, log_probs=False):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..data.container import TensorBatch
+from ..data.batch import TensorBatch
 from ..errors import CheckpointError
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide

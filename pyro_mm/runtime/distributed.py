@@ -31,7 +31,7 @@ import torch.distributed as dist
 from ..errors import DistributedError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.container import TensorBatch
+    from ..data.batch import TensorBatch
 
 #: Seconds a collective waits for the other ranks before failing (environment variable
 #: ``PYRO_MM_DIST_TIMEOUT`` overrides it). Short, so a rank that died or hung surfaces as

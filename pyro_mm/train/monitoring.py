@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pyro import poutine
 
-from ..data.container import TensorBatch
+from ..data.batch import TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
 from ..predictive.predict import predict_batch

@@ -22,7 +22,8 @@ import pyro
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from ..data.container import MultimodalData, TensorBatch
+from ..data.batch import TensorBatch
+from ..data.container import MultimodalData
 from ..data.loader import RowLoader, chunk_local
 from ..errors import CheckpointError, TrainingDivergedError
 from ..model._pyro_module import without_param_statements
@@ -31,7 +32,7 @@ from ..model.factor_protocol import sampling_weights
 from ..model.guide import MultimodalGuide
 from ..predictive.predict import evaluate
 from ..runs import checkpoint as ckpt
-from ..runs.fingerprint import check_resume, data_fingerprint
+from ..runs.fingerprint import check_resume, data_fingerprint, warn_of_other_settings
 from ..runs.result import FitResult, History, resume_state
 from ..runtime import distributed as ddp
 from ..runtime.devices import flush_denormals, resolve_device
@@ -142,6 +143,7 @@ class Trainer:
             check_resume(resume, source=source, model_config=model.config(),
                          guide_config=None if guide is None else guide.config(),
                          fingerprint=self.fingerprint, new_data=new_data)
+            warn_of_other_settings(resume, self.config, source=source)
             _load_state(model, resume["model_state"], source, "model")
             if guide is None:
                 guide = self._resumed_guide(resume["guide_config"])
@@ -453,7 +455,7 @@ class Trainer:
             model.load_state_dict(best["model"])
             guide.load_state_dict(best["guide"])
         if experts_heads_are_separable(model) and isinstance(self.batch, TensorBatch):
-            solve_expert_heads(model, self.batch)  # on disk: SVI's heads (experts_solve)
+            solve_expert_heads(model, self.batch)  # on disk: SVI's heads (expert_heads)
         num_epochs = self.settings.num_epochs
         config["epochs_run"] = (self.epoch + 1 if num_epochs > self.start_epoch
                                 else self.start_epoch)
