@@ -2,6 +2,8 @@
 diagnostics take a leading sample dimension), encoders registered on every path that
 runs them, and the model's dtype followed end to end (issue 26, items 1, 3 and 4)."""
 
+import warnings
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -12,6 +14,8 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_mm as pm
+from pyro_mm.data.container import TensorBatch
+from pyro_mm.errors import DataValidationError
 
 torch.set_num_threads(1)
 
@@ -69,11 +73,62 @@ def test_a_double_model_fits_predicts_imputes_and_is_diagnosed_in_double(represe
     pred = pm.predict(result, data, num_samples=3)
     assert pred["probs"].dtype == np.float64 and np.isfinite(pred["probs"]).all()
     assert np.isfinite(pm.evaluate(result, data)["log_likelihood"])
-    if representation == "latent":
-        imputed = pm.impute(result, data, num_samples=3)
-        assert np.isfinite(imputed["a_mean"].values[imputed["a_missing"].values]).all()
+    # the observed model imputes from its components: hide cells of its complete data
+    masked = data if representation == "latent" else data.mask_at_random(0.3, seed=1)
+    imputed = pm.impute(result, masked, num_samples=3, quantiles=(0.1, 0.9))
+    for m in ("a", "b"):
+        hidden = imputed[f"{m}_missing"].values
+        assert hidden.any()
+        for key in ("mean", "sd", "quantiles"):
+            assert np.isfinite(imputed[f"{m}_{key}"].values[..., hidden, :]).all()
+    from pyro_mm.predictive.impute import impute_batch
+    raw = impute_batch(pm.model.posterior.as_posterior(result), model.prepare(masked), 3,
+                       (0.5,))
+    assert all(v.dtype == torch.float64 for part in raw.values() for k, v in part.items()
+               if k != "rows")
     tree = pm.to_datatree(result, data, num_samples=3, progress=False, seed=0)
     assert tree["posterior"].sizes["draw"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few draws: PSIS warns about its k
+        report = pm.summary(result, data, tree=tree)
+        k = pm.diagnostics.pareto_k(result, data, num_samples=25, progress=False)
+    assert "Mixture" in str(report) and report.pareto_k is not None
+    assert k.num_samples == 25 and not np.isnan(k.k) and np.isfinite(k.elbo)
+    assert np.isfinite(np.asarray(k.log_ratios)).all()
+
+
+@pytest.mark.parametrize("representation", ["latent", "observed"])
+def test_a_batch_of_another_dtype_is_refused_by_the_model_naming_both(representation):
+    data = _data()
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
+                                   hidden=(8,), representation=representation)
+    model.fit_standardization(data)
+    single = model.prepare(data)                       # float32
+    model.double()
+    with pytest.raises(DataValidationError,
+                       match=r"torch\.float32 but the model is torch\.float64.*"
+                             r"model\.prepare\(data\).*model\.to\(torch\.float32\)"):
+        poutine.trace(model).get_trace(single)
+    poutine.trace(model).get_trace(model.prepare(data))  # prepare converts: accepted
+    model.float()
+    double = model.prepare(data)
+    double = TensorBatch({m: x.double() for m, x in double.features.items()}, double.masks,
+                         double.labels, double.label_mask)  # built by hand, not prepared
+    with pytest.raises(DataValidationError, match=r"torch\.float64 but the model is "
+                                                  r"torch\.float32"):
+        poutine.trace(model).get_trace(double, torch.arange(8))
+    if representation == "observed":  # an autoguide traces the model first: the same error
+        pyro.clear_param_store()
+        svi = SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+        with pytest.raises(DataValidationError, match="float64 but the model is"):
+            svi.step(double)
+    else:  # the library's guide runs its encoders before the model: the same error
+        guide = pm.MultimodalGuide(model)
+        guide.initialize(model, model.prepare(data))
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
+        with pytest.raises(DataValidationError, match="float64 but the model is"):
+            svi.step(double)
 
 
 def test_a_custom_encoder_of_another_dtype_is_refused_by_name():
@@ -185,25 +240,60 @@ def test_draw_blocks_are_the_draws_and_a_small_budget_splits_them(monkeypatch):
 
 @pytest.mark.parametrize("representation", ["latent", "observed"])
 def test_impute_in_one_pass_agrees_with_one_draw_at_a_time(representation, monkeypatch):
-    """Same draws and the same random numbers fed both ways: a budget of one draw
-    per pass is the one-at-a-time loop."""
+    """A budget of one draw per pass is the one-at-a-time loop; both runs make the same
+    global draws (``draw_blocks`` with the same seed) and must give the same means, sds
+    and quantiles, value for value.
+
+    The random numbers drawn *per draw* must also be the same. The observed model picks
+    one component per (draw, example) with ``torch.multinomial``, which on the CPU uses
+    the generator row by row, so a pass over ``S`` draws uses the same numbers as ``S``
+    passes over one. The latent model's representation noise is one ``randn_like`` of
+    shape ``(S, B, M, D)``, and the CPU's normal sampler fills blocks of 16 from one
+    uniform stream: that equals ``S`` calls of shape ``(1, B, M, D)`` only when
+    ``B * M * D`` is a multiple of 16. So during the test ``randn_like`` of a batch of
+    draws draws them one draw after the other (what each pass of one draw does),
+    whatever ``B``; the values are then a deterministic function of the same draws and
+    the same numbers, and agree to rounding."""
     impute_module = __import__("importlib").import_module("pyro_mm.predictive.impute")
     data, model, result = _fitted(representation, {})
-    masked = data.mask_at_random(0.3, seed=1)
-    torch.manual_seed(4)
-    batched = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
-    monkeypatch.setattr(impute_module, "draws_per_pass", lambda *a: 1)
+    masked = data.mask_at_random(0.37, seed=1)  # 30 rows to impute: 30 * 2 * 2 = 120,
+    randn_like = torch.randn_like               # not a multiple of 16
+
+    def per_draw_randn_like(tensor, *args, **kwargs):
+        return torch.cat([randn_like(piece, *args, **kwargs) for piece in tensor.split(1)])
+
     calls = []
     original = impute_module._draw_gaussians
-    monkeypatch.setattr(impute_module, "_draw_gaussians",
-                        lambda *a: calls.append(a[-1]) or original(*a))
+
+    def draw_gaussians(*args):
+        calls.append(args[-1])
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "randn_like", per_draw_randn_like)
+            return original(*args)
+
+    monkeypatch.setattr(impute_module, "_draw_gaussians", draw_gaussians)
+    torch.manual_seed(4)
+    batched = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
+    assert set(calls) == {6}
+    calls.clear()
+    monkeypatch.setattr(impute_module, "draws_per_pass", lambda *a: 1)
     torch.manual_seed(4)
     alone = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
     assert set(calls) == {1}
+    compared = 0
     for name in batched.data_vars:
         a, b = batched[name].values, alone[name].values
         assert a.shape == b.shape
-        if a.dtype != bool:
-            seen = np.isfinite(a)
-            assert seen.any() and (seen == np.isfinite(b)).all()
-            assert np.isfinite(b[seen]).all()
+        if a.dtype == bool:
+            np.testing.assert_array_equal(a, b)
+            continue
+        seen = np.isfinite(a)
+        assert seen.any() and (seen == np.isfinite(b)).all()
+        np.testing.assert_allclose(a[seen], b[seen], rtol=1e-5, atol=1e-6, err_msg=name)
+        compared += int(seen.sum())
+    assert compared > 0
+    # a different seed gives other values: the comparison is not vacuous
+    torch.manual_seed(5)
+    other = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
+    seen = np.isfinite(other["a_mean"].values)
+    assert not np.allclose(other["a_mean"].values[seen], alone["a_mean"].values[seen])

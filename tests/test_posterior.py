@@ -268,10 +268,13 @@ def test_compare_flags_a_different_posterior(observed_autonormal):
     assert row["component_loc_b"].max_abs_z < 1e-3
 
 
-def _nuts(model, batch, warmup, draws, seed, init=None):
-    """One NUTS chain (JIT-compiled: about 10x faster here), started at ``init``."""
+def _nuts(model, batch, warmup, draws, seed, init=None, jit=True, max_tree_depth=10):
+    """One NUTS chain, started at ``init``; JIT-compiled unless ``jit=False`` (a model
+    with a classifier needs that: its compiled potential fails with ``RuntimeError:
+    Unsupported value kind: Tensor``)."""
     pyro.set_rng_seed(seed)
-    kernel = NUTS(model, jit_compile=True, ignore_jit_warnings=True,
+    kernel = NUTS(model, jit_compile=jit, ignore_jit_warnings=True,
+                  max_tree_depth=max_tree_depth,
                   init_strategy=init_to_value(values=init) if init else init_to_median)
     mcmc = MCMC(kernel, warmup_steps=warmup, num_samples=draws, disable_progbar=True)
     with warnings.catch_warnings():
@@ -312,3 +315,147 @@ def test_nuts_agrees_with_svi_on_the_observed_model():
     low, high = report.sd_ratio_range
     assert 0.4 < low and high < 2.5
     assert abs(report.elpd_loo["svi"]["x"][0] - report.elpd_loo["mcmc"]["x"][0]) < 10
+
+
+# ------------------------------------------- impute and modality_contributions, any posterior
+def _labelled_observed(n=60, seed=6):
+    """An observed model with a classifier (so both impute and modality_contributions
+    apply: an observed model imputes from its components, no decoder needed)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    data = pm.datasets.make_synthetic(num_examples=n, num_clusters=3, dims={"a": 2, "b": 2},
+                                      signal=4.0, noise=0.5, seed=seed)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=3, num_components=3,
+                                   representation="observed")
+    model.fit_standardization(data)
+    return data, model, model.prepare(data)
+
+
+@pytest.fixture(scope="module")
+def labelled_autonormal():
+    data, model, batch = _labelled_observed()
+    guide = _svi(model, AutoNormal(model), batch, steps=100)
+    return data, model, guide
+
+
+def _imputes(source, data, num_samples=8):
+    """``pm.impute`` of ``source`` on ``data`` with 30 % of its cells hidden: values
+    (and ordered quantiles) exactly where a cell is hidden, closer to the hidden truth
+    than the features' means; returns the Dataset."""
+    masked = data.mask_at_random(0.3, seed=1)
+    imputed = pm.impute(source, masked, num_samples=num_samples, quantiles=(0.1, 0.9))
+    for m in ("a", "b"):
+        hidden = imputed[f"{m}_missing"].values
+        assert hidden.any() and (hidden == ~masked.masks[m]).all()
+        mean, (low, high) = imputed[f"{m}_mean"].values, imputed[f"{m}_quantiles"].values
+        assert np.isfinite(mean[hidden]).all() and np.isnan(mean[~hidden]).all()
+        assert (low[hidden] < high[hidden]).all()
+        truth = data.features[m][hidden]
+        error = np.sqrt(np.mean((mean[hidden] - truth) ** 2))
+        baseline = np.sqrt(np.mean((truth - data.features[m].mean(0)) ** 2))
+        assert error < baseline, (m, error, baseline)
+    return imputed
+
+
+def _contributions(source, data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an estimate's plausibility is not tested here
+        report = modality_contributions(source, data)
+    assert set(report) == {"a", "b"} and all(np.isfinite(report[m]) for m in report)
+    assert np.isfinite(report.phi_mi) and report.phi_mi <= report.label_entropy + 1e-9
+    return report
+
+
+def _same_contributions(first, second):
+    for m in first:
+        assert first[m] == pytest.approx(second[m], rel=1e-6, abs=1e-9)
+    assert first.phi_mi == pytest.approx(second.phi_mi, rel=1e-6, abs=1e-9)
+
+
+def _point_as_samples(posterior, batch):
+    """The posterior's point estimate as a single draw of samples (whose median is
+    that draw)."""
+    return {s: v.detach()[None] for s, v in posterior.point_estimate(batch).items()}
+
+
+def test_impute_and_contributions_take_an_autonormal_guide(labelled_autonormal):
+    data, model, guide = labelled_autonormal
+    batch = model.prepare(data)
+    _imputes((model, guide), data)
+    report = _contributions((model, guide), data)
+    # read at the guide's point estimate, its median
+    at_median = _contributions((model, _point_as_samples(as_posterior((model, guide)),
+                                                          batch)), data)
+    _same_contributions(report, at_median)
+
+
+def test_impute_and_contributions_take_a_function_guide():
+    data, model, batch = _labelled_observed(seed=7)
+    guide = _svi(model, _function_guide(model), batch, steps=100)
+    _imputes((model, guide), data)
+    report = _contributions((model, guide), data)
+    # read at the point estimate: the median of POINT_DRAWS seeded draws
+    point = _point_as_samples(as_posterior((model, guide)), batch)
+    _same_contributions(report, _contributions((model, point), data))
+
+
+@pytest.mark.filterwarnings("ignore:.*not registered in the param store")
+def test_impute_and_contributions_take_mcmc_samples_and_the_mcmc_object(labelled_autonormal):
+    data, model, guide = labelled_autonormal
+    batch = model.prepare(data)
+    start = {k: v.detach() for k, v in guide.median().items()}
+    mcmc = _nuts(model, batch, warmup=10, draws=12, seed=0, init=start, jit=False,
+                 max_tree_depth=4)  # a few seconds, not a good sampler
+    samples = mcmc.get_samples(group_by_chain=True)
+    from_object = _imputes(mcmc, data, num_samples=6)
+    from_samples = _imputes((model, samples), data, num_samples=6)
+    for name in from_object.data_vars:  # the same draws, the same seed
+        np.testing.assert_allclose(from_object[name].values, from_samples[name].values)
+    report = _contributions(mcmc, data)
+    _same_contributions(report, _contributions((model, samples), data))
+    median = {s: torch.quantile(v.flatten(0, 1), 0.5, 0)[None] for s, v in samples.items()}
+    _same_contributions(report, _contributions((model, median), data))
+
+
+def test_impute_and_contributions_take_an_autonormal_guide_with_encoders_on_a_latent_model():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(8)
+    data = pm.datasets.make_synthetic(num_examples=40, num_clusters=2, dims={"a": 3, "b": 2},
+                                      missing_rate=0.25, seed=8)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
+                                   hidden=(8,))
+    model.fit_standardization(data)
+    batch = model.prepare(data)
+    library = pm.MultimodalGuide(model)
+    library.initialize(model, batch)
+    global_guide = AutoNormal(poutine.block(model, expose=list(library.global_sites)))
+
+    def guide(batch, subsample=None, kl_weight=1.0):
+        globals_ = global_guide(batch, subsample, kl_weight)
+        with pyro.plate("data", batch.size, subsample=subsample) as idx:
+            loc, scale = library.encode(batch.index(idx), globals_)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+
+    _svi(model, guide, batch, steps=5)
+    source = (model, global_guide, library)
+    imputed = pm.impute(source, data, num_samples=4, quantiles=(0.1, 0.9))
+    for m in ("a", "b"):
+        hidden = imputed[f"{m}_missing"].values
+        assert hidden.any() and np.isfinite(imputed[f"{m}_mean"].values[hidden]).all()
+    report = _contributions(source, data)
+    _same_contributions(report, _contributions(
+        (model, _point_as_samples(as_posterior(source), batch), library), data))
+
+
+def test_consumers_other_than_predict_name_what_they_accept(observed_autonormal):
+    data, model, guide = observed_autonormal
+    accepted = (r"expected a FitResult, \(model, MultimodalGuide\), \(model, pyro guide"
+                r"\[, local guide\]\), \(model, samples dict\[, local guide\]\), a "
+                r"pyro.infer.MCMC object, or a Posterior")
+    for call in (lambda bad: pm.impute(bad, data, num_samples=2),
+                 lambda bad: pm.to_datatree(bad, data, num_samples=2, progress=False),
+                 lambda bad: modality_contributions(bad, data),
+                 lambda bad: pm.evaluate(bad, data)):
+        for bad in (3, [model, guide], (model,)):
+            with pytest.raises(TypeError, match=accepted):
+                call(bad)

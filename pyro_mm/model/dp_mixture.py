@@ -439,6 +439,28 @@ class MultimodalDPMixture(UniquelyNamedModule):
                 f"num_classes={self.num_classes} (labels must lie in 0..{self.num_classes - 1}); "
                 f"build the model with num_classes={int(data.labels.max()) + 1} or more")
 
+    def check_batch(self, batch: TensorBatch | StoreBatch) -> None:
+        """Raise :class:`DataValidationError` if the features of ``batch`` are not in
+        the model's dtype (a float32 batch given to ``model.double()``, or a float64
+        one built by hand for a float32 model), naming both dtypes, instead of a
+        ``mat1 and mat2 must have the same dtype`` from deep inside a network.
+
+        Compares the ``dtype`` attribute of each modality's tensor: no host sync, no
+        arithmetic. A :class:`~pyro_mm.data.batch.StoreBatch` is not read for this
+        (its rows come from :meth:`prepare`, in the model's dtype).
+        """
+        if not isinstance(batch, TensorBatch):
+            return
+        dtype = self.alpha.dtype
+        for m in self.modalities:
+            x = batch.features.get(m)
+            if x is not None and x.dtype != dtype:
+                raise DataValidationError(
+                    f"batch: the features of modality {m!r} are {x.dtype} but the model "
+                    f"is {dtype}; prepare the data with model.prepare(data), which "
+                    f"converts them to the model's dtype, or convert the model "
+                    f"(model.to({x.dtype}) and a guide built for it)")
+
     def fit_standardization(self, data: MultimodalData) -> None:
         """Fit the feature statistics and (observed) the scale floors on (training)
         ``data`` (:meth:`Standardization.fit
@@ -575,7 +597,12 @@ class MultimodalDPMixture(UniquelyNamedModule):
 
         Returns:
             ``(B, M, D)`` representations (latent) or ``None`` (observed).
+
+        Raises:
+            DataValidationError: ``batch`` is not in the model's dtype
+                (:meth:`check_batch`).
         """
+        self.check_batch(batch)
         params = self.sample_globals()
         self.label_head.classifier_prior()
         with pyro.plate("data", batch.size, subsample=subsample) as idx:

@@ -237,6 +237,7 @@ class MultimodalGuide(UniquelyNamedModule):
         Before the lazily sized heads exist (the first call, :meth:`materialize`)
         nothing is registered: an uninitialised parameter cannot enter the store.
         """
+        self._model[0].check_batch(batch)  # before an encoder's own dtype error
         locs, scales = [], []
         with self._registering():
             for m in self.modalities:
