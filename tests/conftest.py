@@ -46,6 +46,29 @@ def assert_bounded():
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture
+def guide_with_library_encoders():
+    """A factory ``(model, library_guide) -> (global_guide, guide)``: an ``AutoNormal``
+    over the model's global sites, and a guide that adds ``z`` from the library's
+    encoders (the composing-models guide's recipe)."""
+    import pyro.distributions as dist
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoNormal
+
+    def make(model, library):
+        global_guide = AutoNormal(poutine.block(model, expose=list(library.global_sites)))
+
+        def guide(batch, subsample=None, kl_weight=1.0):
+            globals_ = global_guide(batch, subsample, kl_weight)
+            with pyro.plate("data", batch.size, subsample=subsample) as idx:
+                loc, scale = library.encode(batch.index(idx), globals_)
+                pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+
+        return global_guide, guide
+
+    return make
+
+
 def untracked_files(root: Path = CHECKOUT) -> set[str] | None:
     """Untracked, not ignored files of the git checkout at ``root`` (``None`` where
     ``root`` is not one, or git is missing)."""

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
@@ -35,19 +34,13 @@ def _latent(data, **kwargs):
 
 
 # ---------------------------------------------------------------- encoders registered
-def test_a_custom_global_guide_trains_the_librarys_encoders():
+def test_a_custom_global_guide_trains_the_librarys_encoders(guide_with_library_encoders):
     data = _data()
     model = _latent(data)
     batch = model.prepare(data)
     library = pm.MultimodalGuide(model)
     library.initialize(model, batch)
-    global_guide = AutoNormal(poutine.block(model, expose=list(library.global_sites)))
-
-    def guide(batch, subsample=None, kl_weight=1.0):
-        globals_ = global_guide(batch, subsample, kl_weight)
-        with pyro.plate("data", batch.size, subsample=subsample) as idx:
-            loc, scale = library.encode(batch.index(idx), globals_)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+    global_guide, guide = guide_with_library_encoders(model, library)
 
     before = {k: v.detach().clone() for k, v in library.encoders.state_dict().items()}
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())

@@ -161,26 +161,17 @@ def test_the_graph_sees_imports_inside_functions_relative_ones_and_type_checking
     assert "pyro_mm.runs.result" in graph["pyro_mm.predictive.impute"]
 
 
-def test_an_upward_import_behind_type_checking_fails(tmp_path):
+@pytest.mark.parametrize("source", [
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..model.m import X\n",
+    "def later():\n    from pyro_mm.model import m\n    return m\n",
+], ids=["behind_type_checking", "inside_a_function"])
+def test_a_hidden_upward_import_fails(tmp_path, source):
     package = tmp_path / "pyro_mm"
     (package / "data").mkdir(parents=True)
     (package / "model").mkdir()
     for path in ("__init__.py", "data/__init__.py", "model/__init__.py", "model/m.py"):
         (package / path).write_text("")
-    (package / "data" / "d.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..model.m import X\n")
-    graph = import_graph(package)
-    assert _upward("pyro_mm.data.d", graph, LAYERS) == ["pyro_mm.model", "pyro_mm.model.m"]
-
-
-def test_an_upward_import_inside_a_function_fails(tmp_path):
-    package = tmp_path / "pyro_mm"
-    (package / "data").mkdir(parents=True)
-    (package / "model").mkdir()
-    for path in ("__init__.py", "data/__init__.py", "model/__init__.py", "model/m.py"):
-        (package / path).write_text("")
-    (package / "data" / "d.py").write_text(
-        "def later():\n    from pyro_mm.model import m\n    return m\n")
+    (package / "data" / "d.py").write_text(source)
     graph = import_graph(package)
     assert _upward("pyro_mm.data.d", graph, LAYERS) == ["pyro_mm.model", "pyro_mm.model.m"]
 

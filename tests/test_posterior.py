@@ -417,7 +417,7 @@ def test_impute_and_contributions_take_mcmc_samples_and_the_mcmc_object(labelled
     _same_contributions(report, _contributions((model, median), data))
 
 
-def test_impute_and_contributions_take_an_autonormal_guide_with_encoders_on_a_latent_model():
+def test_impute_and_contributions_take_an_autonormal_guide_with_encoders_on_a_latent_model(guide_with_library_encoders):
     pyro.clear_param_store()
     pyro.set_rng_seed(8)
     data = pm.datasets.make_synthetic(num_examples=40, num_clusters=2, dims={"a": 3, "b": 2},
@@ -428,13 +428,7 @@ def test_impute_and_contributions_take_an_autonormal_guide_with_encoders_on_a_la
     batch = model.prepare(data)
     library = pm.MultimodalGuide(model)
     library.initialize(model, batch)
-    global_guide = AutoNormal(poutine.block(model, expose=list(library.global_sites)))
-
-    def guide(batch, subsample=None, kl_weight=1.0):
-        globals_ = global_guide(batch, subsample, kl_weight)
-        with pyro.plate("data", batch.size, subsample=subsample) as idx:
-            loc, scale = library.encode(batch.index(idx), globals_)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(2))
+    global_guide, guide = guide_with_library_encoders(model, library)
 
     _svi(model, guide, batch, steps=5)
     source = (model, global_guide, library)
