@@ -46,6 +46,7 @@ from ..runtime import distributed
 from ..train import fit
 from .diagnose import run_diagnose
 
+
 def _defaults(function) -> dict:
     """``argument -> default`` of ``function``'s signature: the command line's defaults
     are the Python API's, never a second copy of them."""
