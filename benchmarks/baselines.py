@@ -116,8 +116,13 @@ def _full(probs: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarra
 
 
 def _logistic_cv(x: np.ndarray, y: np.ndarray, seed: int):
-    """A fitted :class:`LogisticRegressionCV` (L2, lbfgs, multinomial, log-loss CV)."""
-    from sklearn.linear_model import LogisticRegressionCV
+    """A fitted :class:`LogisticRegressionCV` (L2, lbfgs, multinomial, log-loss CV); with
+    no class of two labelled rows there is nothing to cross-validate on, and scikit-learn's
+    default ``LogisticRegression(C=1)`` is fitted instead (a view with very few labels)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    if np.bincount(y).max() < 2:
+        return LogisticRegression(C=1.0, max_iter=MAX_ITER).fit(x, y)
 
     options = dict(Cs=CS, cv=_cv(y, seed), scoring="neg_log_loss", max_iter=MAX_ITER)
     accepted = inspect.signature(LogisticRegressionCV).parameters
@@ -131,7 +136,7 @@ def _logistic_cv(x: np.ndarray, y: np.ndarray, seed: int):
 
 
 def _chosen_c(model) -> float:
-    return float(np.ravel(model.C_)[0])
+    return float(np.ravel(model.C_ if hasattr(model, "C_") else model.C)[0])
 
 
 def logistic(train: ViewArrays, test: ViewArrays, num_classes: int, seed: int):

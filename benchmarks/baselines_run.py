@@ -84,6 +84,12 @@ def from_arrays(baseline) -> FitPredict:
 
 #: The pyro_mm rows' name (:func:`pyro_mm_method`).
 PYRO_MM = "pyro_mm, default model, fit(num_epochs=None)"
+#: The missing-views recipe of ``guides/your-own-data.md`` (``--recipe``): observed
+#: features, one linear head per view combined by their mean log-probability.
+RECIPE = dict(representation="observed", fusion="experts", hidden=(),
+              classifier_prior_scale=1.0, experts_pool="mean", component="studentt",
+              resolution_floor=True)
+PYRO_MM_RECIPE = "pyro_mm, experts recipe (guides/your-own-data.md), fit(num_epochs=None)"
 
 
 def pyro_mm_method(num_epochs: int | None = None, **model_options) -> FitPredict:
@@ -192,11 +198,14 @@ def tables(rows: Sequence[dict], reference: str = REFERENCE, by_labels: bool = F
 
 
 def with_pyro_mm(methods: dict[str, FitPredict], args) -> dict[str, FitPredict]:
-    """``methods`` with the pyro_mm rows added (``--pyro-mm``) or alone
-    (``--only-pyro-mm``)."""
-    if args.only_pyro_mm:
-        return {PYRO_MM: pyro_mm_method()}
-    return {**methods, PYRO_MM: pyro_mm_method()} if args.pyro_mm else methods
+    """``methods`` with the pyro_mm rows added (``--pyro-mm``, ``--recipe``) or alone
+    (``--only-pyro-mm``: the default model's rows unless ``--recipe`` alone is asked
+    for)."""
+    default = args.pyro_mm or (args.only_pyro_mm and not args.recipe)
+    ours = {PYRO_MM: pyro_mm_method()} if default else {}
+    if args.recipe:
+        ours[PYRO_MM_RECIPE] = pyro_mm_method(**RECIPE)
+    return ours if args.only_pyro_mm else {**methods, **ours}
 
 
 def tiny_subset(data: pm.MultimodalData) -> pm.MultimodalData:
@@ -225,8 +234,11 @@ def main(argv=None) -> None:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--pyro-mm", action="store_true",
                    help=f"also run {PYRO_MM!r} (pyro_mm_method)")
+    p.add_argument("--recipe", action="store_true",
+                   help=f"also run {PYRO_MM_RECIPE!r} (RECIPE)")
     p.add_argument("--only-pyro-mm", action="store_true",
-                   help="run the pyro_mm rows alone (the baselines' are recorded already)")
+                   help="run the pyro_mm rows alone (the baselines' are recorded already): "
+                        "the default model's, or with --recipe the recipe's")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="record the rows of earlier runs' --out files (say, one per "
                         "data set, run side by side) instead of running")

@@ -111,7 +111,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def regenerate_markdown() -> None:
     """RESULTS.md = one section per results/*.json, in a fixed order."""
-    order = ["classification", "missing", "baselines", "few_labels", "arm", "dpgmm",
+    order = ["classification", "missing", "baselines", "few_labels", "generative_path", "arm", "dpgmm",
              "clustering", "overhead", "throughput", "scale",
              "lockstep", "scale_disk", "gpu"]
     files = sorted(RESULTS_DIR.glob("*.json"),

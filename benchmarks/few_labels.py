@@ -31,6 +31,8 @@ def main(argv=None) -> None:
                    help="record the rows of earlier runs' --out files instead of running")
     p.add_argument("--pyro-mm", action="store_true",
                    help=f"also run {baselines_run.PYRO_MM!r}")
+    p.add_argument("--recipe", action="store_true",
+                   help=f"also run {baselines_run.PYRO_MM_RECIPE!r}")
     p.add_argument("--only-pyro-mm", action="store_true",
                    help="run the pyro_mm rows alone")
     p.add_argument("--missing", nargs="+", type=float, default=list(MISSING))

@@ -20,7 +20,7 @@ from pyro_mm.errors import DataValidationError
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["classification", "missing", "baselines_run", "few_labels",
-                                  "arm", "dpgmm", "clustering", "overhead", "throughput",
+                                  "generative_path", "arm", "dpgmm", "clustering", "overhead", "throughput",
                                   "draws", "scale", "lockstep", "gpu", "store_checksums"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     module = importlib.import_module(f"benchmarks.{name}")
@@ -32,7 +32,7 @@ def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     payload = json.loads(out.read_text())
     assert payload["rows"], payload
     assert payload["machine"]["torch"] == torch.__version__
-    if name in ("baselines_run", "few_labels"):  # every data set ran or says why not
+    if name in ("baselines_run", "few_labels", "generative_path"):  # every data set ran or says why not
         ran = {r["dataset"] for r in payload["rows"]}
         assert "mfeat" in ran and ran | set(payload["skipped"]) >= {"mfeat", "brca"}
         assert all(np.isfinite([r["accuracy"], r["nll"], r["ece"]]).all()
@@ -125,6 +125,40 @@ def test_every_baseline_returns_probabilities_for_the_test_split():
         assert len(rows) == (2 if name.startswith("(c)") else 1)
         assert all(r["accuracy"] > 0.6 for r in rows), rows  # separable classes
     assert all((train.features[m] == before[m]).all() for m in before)
+
+
+def test_a_view_with_one_label_per_class_gets_the_default_logistic_regression():
+    from benchmarks import baselines
+
+    x = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]])
+    model = baselines._logistic_cv(x, np.array([0, 1, 2]), seed=0)  # nothing to CV on
+    assert type(model).__name__ == "LogisticRegression" and baselines._chosen_c(model) == 1.0
+    many = baselines._logistic_cv(np.repeat(x, 3, 0), np.repeat([0, 1, 2], 3), seed=0)
+    assert type(many).__name__ == "LogisticRegressionCV"
+
+
+def test_the_labelled_mixture_marginalises_hidden_views_exactly():
+    from scipy.stats import norm
+
+    from benchmarks import baselines, generative_path
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 5))
+    masks = np.array([[True, True], [True, False], [False, True], [True, True]])
+    slices = (slice(0, 2), slice(2, 5))
+    for j, cols in enumerate(slices):
+        x[~masks[:, j], cols] = np.nan
+    arrays = baselines.ViewArrays(x, masks, np.array([0, 1, -1, 0]), slices)
+    loc, var = rng.normal(size=(3, 5)), rng.uniform(0.5, 2.0, size=(3, 5))
+    got = generative_path.component_log_likelihood(*generative_path._observed_cells(arrays),
+                                                   loc, var)
+    want = [[np.nansum(norm.logpdf(row, loc[k], np.sqrt(var[k]))) for k in range(3)]
+            for row in x]  # hidden cells (NaN) left out of the sum
+    np.testing.assert_allclose(got, want)
+    log_pi, log_py = np.log([0.2, 0.3, 0.5]), np.log(rng.dirichlet(np.ones(2), 3))
+    probs = np.exp(generative_path.mixture_log_probs((log_pi, loc, var, log_py), arrays))
+    resp = np.exp(np.array(want) + log_pi)
+    np.testing.assert_allclose(probs, (resp / resp.sum(1, keepdims=True)) @ np.exp(log_py))
 
 
 def test_keep_labels_keeps_one_per_class_at_least_and_copies():
