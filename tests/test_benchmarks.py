@@ -161,6 +161,19 @@ def test_the_labelled_mixture_marginalises_hidden_views_exactly():
     np.testing.assert_allclose(probs, (resp / resp.sum(1, keepdims=True)) @ np.exp(log_py))
 
 
+def test_the_class_mixture_labels_unlabelled_rows_from_one_label_per_class():
+    from benchmarks import baselines, baselines_run, generative_path
+
+    train, test = baselines_run.setting(_toy(n=150), seed=0, missing=0.3, labels_kept=0.02)
+    assert (train.labels >= 0).sum() == 3  # one label per class
+    xs, xt = baselines.standardise(train, test)
+    fitted = generative_path.fit_class_mixture(xs, 3, seed=0)
+    assert np.allclose(np.exp(fitted[3]), np.eye(3), atol=1e-8)  # y is the component
+    probs = np.exp(generative_path.mixture_log_probs(fitted, xt))
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert (probs.argmax(1) == test.labels).mean() > 0.9  # well-separated classes
+
+
 def test_keep_labels_keeps_one_per_class_at_least_and_copies():
     from benchmarks.baselines_run import keep_labels
 
