@@ -207,10 +207,13 @@ def linear_pool(log_probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def log_pool(log_probs: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """``(N, C)``: softmax of the mean over the views an example has of their
-    log-probabilities (a class some present view rules out keeps probability 0)."""
+    log-probabilities (a class some present view rules out keeps probability 0). With
+    very few labels two views can rule out every class between them (each never saw
+    some): such a row gets equal probabilities, the pool having no evidence left."""
     from scipy.special import softmax
 
     total = np.where(masks[..., None], log_probs, 0.0).sum(1)
+    total[np.isneginf(total).all(1)] = 0.0
     return softmax(total / masks.sum(1, keepdims=True), axis=1)
 
 

@@ -29,7 +29,7 @@ Rows (each method on the same splits, masks and kept labels as the baselines):
   (2014)'s model M2 with this mixture as the class-conditional density. (Three
   components per class scored lower on mfeat's seed 0 at 2 % and 10 % labels.)
 
-    python -m benchmarks.generative_path [--tiny] [--seeds 3]
+    python -m benchmarks.generative_path [--tiny] [--seeds 3] [--datasets mfeat brca]
 """
 
 from __future__ import annotations
@@ -154,14 +154,20 @@ def generative_path(train, test, num_classes, seed):
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="record the rows of earlier runs' --out files instead of running")
     args = p.parse_args(argv)
+    if args.merge:
+        return baselines_run.merge(args.merge, args.out, name="generative_path")
     methods = {"(c) late fusion, per-view logistic": baselines.late_fusion,
                "(d) KNNImputer + logistic": baselines.knn_logistic,
                "(e) label spreading (kNN), mean imputation": baselines.label_spreading,
                "(g) labelled mixture, EM": generative_path}
     methods = {k: baselines_run.from_arrays(f) for k, f in methods.items()}
     start, rows, skipped = time.perf_counter(), [], {}
-    for name, (missing, kept) in SETTINGS.items():
+    for name in args.datasets:
+        missing, kept = SETTINGS[name]
         if args.tiny:
             missing, kept = (0.5,), (0.1,)
         more, gone = baselines_run.run_benchmark(

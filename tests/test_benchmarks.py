@@ -102,6 +102,8 @@ def test_linear_and_log_pools_over_the_views_present():
     np.testing.assert_allclose(linear_pool(log_probs, masks), [[0.7, 0.3], [0.9, 0.1]])
     # sqrt(0.45) : sqrt(0.05) = 3 : 1
     np.testing.assert_allclose(log_pool(log_probs, masks), [[0.75, 0.25], [0.9, 0.1]])
+    ruled_out = np.log(np.array([[[1.0, 0.0], [0.0, 1.0]]]))  # each view lacks a class
+    np.testing.assert_allclose(log_pool(ruled_out, np.array([[True, True]])), [[0.5, 0.5]])
 
 
 def _toy(n=120, seed=0):
