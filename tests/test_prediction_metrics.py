@@ -90,6 +90,26 @@ def test_without_classifier_log_likelihood_stays_the_feature_density(tiny_data):
     assert "ece" not in metrics
 
 
+def test_a_classifier_model_on_unlabelled_data_reports_the_feature_density(tiny_data):
+    """It was nan (every label -1: nothing to score, and nothing said)."""
+    model = pm.MultimodalDPMixture(tiny_data.dims, num_classes=3, num_components=3,
+                                   representation="observed")
+    result = _fit(model, tiny_data)
+    unlabelled = pm.MultimodalData(tiny_data.features, labels=np.full(len(tiny_data), -1),
+                                   masks=tiny_data.masks, num_classes=3)
+    batch = result.model.prepare(unlabelled)
+    params = result.model.params_from_sites(result.guide.point_estimate())
+    with torch.no_grad():
+        density = params.mixture("joint", mask=batch.masks, batch_size=batch.size,
+                                 stacked=False).log_prob(batch.concatenated(model.modalities))
+        density = density + result.model.feature_log_jacobian(batch.masks)
+    metrics = pm.evaluate(result, unlabelled)
+    assert metrics["log_likelihood"] == pytest.approx(float(density.mean()), rel=1e-5)
+    per_example = pm.log_likelihood(result.model, result.guide, batch, chunk_size=7)
+    np.testing.assert_allclose(per_example.numpy(), density.numpy(), rtol=1e-5, atol=1e-5)
+    assert "accuracy" not in metrics
+
+
 def test_ece_by_hand():
     # top probabilities 0.9 (right), 0.9 (wrong), 0.6 (right), 1.0 (right)
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [1.0, 0.0]])

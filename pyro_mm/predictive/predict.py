@@ -170,10 +170,11 @@ def log_likelihood(model: MultimodalDPMixture, guide, batch: TensorBatch,
     :func:`~pyro_mm.model.posterior.as_posterior` accepts with ``model`` (the library's
     or any Pyro guide, samples, an MCMC object, a :class:`Posterior`).
 
-    * A model with a classifier, on labelled data (either representation):
-      ``log p(y_i | x_obs,i)``, the log-probability the prediction (:func:`predict`'s
-      ``"probs"``) gives the true label, so at most 0; ``nan`` for an unlabelled
-      example (there is nothing to score).
+    * A model with a classifier, on data with at least one label (either
+      representation): ``log p(y_i | x_obs,i)``, the log-probability the prediction
+      (:func:`predict`'s ``"probs"``) gives the true label, so at most 0; ``nan`` for an
+      unlabelled example (there is nothing to score). Data with no label at all are
+      scored by their features, as below.
     * ``representation="observed"``, otherwise: ``log p(x_obs,i)`` of the original
       features (the standardisation Jacobian is included), assignments and missing
       modalities summed out exactly.
@@ -186,13 +187,22 @@ def log_likelihood(model: MultimodalDPMixture, guide, batch: TensorBatch,
         return _log_likelihood(posterior, batch, num_samples, chunk_size)
 
 
+def _has_labels(batch) -> bool:
+    """Whether ``batch`` has at least one labelled example (a data set whose labels are
+    all ``-1`` is scored by its features, like one without labels)."""
+    return batch.labels is not None and bool(batch.label_mask.any())
+
+
 def _log_likelihood(posterior: Posterior, batch, num_samples, chunk_size):
     model = posterior.model
     globals_ = posterior.point_estimate(batch)
     params = model.params_from_sites(globals_)
     out = []
+    # Decided for the whole data set, not per chunk: a chunk without labels in a
+    # labelled set is nan, as its examples would be in one chunk.
+    score_labels = model.classifier is not None and _has_labels(batch)
     for part in map(batch.index, batch.chunk_indices(chunk_size)):
-        if model.classifier is not None and part.labels is not None:
+        if score_labels:
             inputs = (part.concatenated(model.modalities) if model.representation == "observed"
                       else posterior.encode(part, globals_)[0])
             scores = model.label_log_prob(inputs, params, part.labels, part.masks)
@@ -223,7 +233,7 @@ def _evaluation_log_likelihood(posterior: Posterior, batch, pred) -> torch.Tenso
     """:func:`log_likelihood` of ``batch``; for a model with a classifier and labels it
     is ``log p(y | x_obs)`` from the same logits as the prediction pass ``pred``, so it
     is read from there."""
-    if "log_probs" in pred and batch.labels is not None:
+    if "log_probs" in pred and _has_labels(batch):
         scores = pred["log_probs"].gather(-1, batch.labels[:, None])[:, 0]
         return scores.masked_fill(~batch.label_mask, math.nan)
     return log_likelihood(posterior.model, posterior, batch)
