@@ -75,16 +75,22 @@ def test_label_log_likelihood_with_views_missing_is_the_predicted_probability(
     assert value <= 0
 
 
+def _observed_density(result, batch):
+    """``(N,)`` ``log p(x_obs)`` of an observed model's mixture at its point estimate,
+    on the original scale, computed from the mixture itself."""
+    model = result.model
+    params = model.params_from_sites(result.guide.point_estimate())
+    with torch.no_grad():
+        density = params.mixture("joint", mask=batch.masks, batch_size=batch.size,
+                                 stacked=False).log_prob(batch.concatenated(model.modalities))
+    return density + model.feature_log_jacobian(batch.masks)
+
+
 def test_without_classifier_log_likelihood_stays_the_feature_density(tiny_data):
     model = pm.MultimodalDPMixture(tiny_data.dims, num_components=3,
                                    representation="observed")
     result = _fit(model, tiny_data)
-    batch = result.model.prepare(tiny_data)
-    params = result.model.params_from_sites(result.guide.point_estimate())
-    with torch.no_grad():
-        density = params.mixture("joint", mask=batch.masks, batch_size=batch.size,
-                                 stacked=False).log_prob(batch.concatenated(model.modalities))
-        density = density + result.model.feature_log_jacobian(batch.masks)
+    density = _observed_density(result, result.model.prepare(tiny_data))
     metrics = pm.evaluate(result, tiny_data)
     assert metrics["log_likelihood"] == pytest.approx(float(density.mean()), rel=1e-5)
     assert "ece" not in metrics
@@ -98,11 +104,7 @@ def test_a_classifier_model_on_unlabelled_data_reports_the_feature_density(tiny_
     unlabelled = pm.MultimodalData(tiny_data.features, labels=np.full(len(tiny_data), -1),
                                    masks=tiny_data.masks, num_classes=3)
     batch = result.model.prepare(unlabelled)
-    params = result.model.params_from_sites(result.guide.point_estimate())
-    with torch.no_grad():
-        density = params.mixture("joint", mask=batch.masks, batch_size=batch.size,
-                                 stacked=False).log_prob(batch.concatenated(model.modalities))
-        density = density + result.model.feature_log_jacobian(batch.masks)
+    density = _observed_density(result, batch)
     metrics = pm.evaluate(result, unlabelled)
     assert metrics["log_likelihood"] == pytest.approx(float(density.mean()), rel=1e-5)
     per_example = pm.log_likelihood(result.model, result.guide, batch, chunk_size=7)
