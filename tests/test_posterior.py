@@ -195,13 +195,20 @@ def test_bad_sources_and_samples_are_refused(observed_autonormal):
         pm.predict((model, stray), data)
 
 
-def test_a_latent_model_takes_a_global_guide_with_the_librarys_encoders():
+def _labelled_latent(n, seed, missing_rate):
+    """A small latent model with a classifier and its data, views missing at
+    ``missing_rate``; the param store cleared and the seed set."""
     pyro.clear_param_store()
-    pyro.set_rng_seed(3)
-    data = pm.datasets.make_synthetic(num_examples=60, num_clusters=2, dims={"a": 3, "b": 2},
-                                      missing_rate=0.2, seed=3)
+    pyro.set_rng_seed(seed)
+    data = pm.datasets.make_synthetic(num_examples=n, num_clusters=2, dims={"a": 3, "b": 2},
+                                      missing_rate=missing_rate, seed=seed)
     model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
                                    hidden=(8,))
+    return data, model
+
+
+def test_a_latent_model_takes_a_global_guide_with_the_librarys_encoders():
+    data, model = _labelled_latent(60, seed=3, missing_rate=0.2)
     result = pm.fit(model, data, num_epochs=2, batch_size=30, seed=0, device="cpu",
                     progress=False)
     batch = model.prepare(data)
@@ -417,13 +424,9 @@ def test_impute_and_contributions_take_mcmc_samples_and_the_mcmc_object(labelled
     _same_contributions(report, _contributions((model, median), data))
 
 
-def test_impute_and_contributions_take_an_autonormal_guide_with_encoders_on_a_latent_model(guide_with_library_encoders):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(8)
-    data = pm.datasets.make_synthetic(num_examples=40, num_clusters=2, dims={"a": 3, "b": 2},
-                                      missing_rate=0.25, seed=8)
-    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
-                                   hidden=(8,))
+def test_impute_and_contributions_take_an_autonormal_guide_with_encoders_on_a_latent_model(
+        guide_with_library_encoders):
+    data, model = _labelled_latent(40, seed=8, missing_rate=0.25)
     model.fit_standardization(data)
     batch = model.prepare(data)
     library = pm.MultimodalGuide(model)
