@@ -11,8 +11,8 @@ Gaussian components on the standardised features, the inverse-gamma variance pri
 ``nu0 = 2`` pseudo-counts of the data's unit spread) fitted to its MAP by EM, the
 labelled rows' E-step using their label: either ``K = 8 C`` components with ``p(y | k)``
 from the labelled rows' responsibilities (add-0.1 smoothing), or one component per
-class. EM reaches the optimum SVI
-only approaches, so a loss here is not a matter of training.
+class. EM reaches the optimum SVI only approaches, so a loss here is not a matter of
+training.
 
 Rows (each method on the same splits, masks and kept labels as the baselines):
 
@@ -75,9 +75,9 @@ def _em(x, seen, resp, onehot, class_log_probs):
     gives ``log p(y | k)`` (K, C) in each M-step. Labelled rows (``onehot``) use their
     label in the E-step. Returns ``(log pi, loc, var, log p(y | k))``."""
     for _ in range(ITERATIONS):
-        weight = resp.T @ seen
-        loc = (resp.T @ x) / (weight + 1e-3)
-        squares = resp.T @ x ** 2 - 2 * loc * (resp.T @ x) + loc ** 2 * weight
+        weight, total = resp.T @ seen, resp.T @ x
+        loc = total / (weight + 1e-3)
+        squares = resp.T @ x ** 2 - 2 * loc * total + loc ** 2 * weight
         var = (NU0 + np.maximum(squares, 0.0)) / (NU0 + weight + 1.0)
         log_pi = np.log(resp.sum(0) + 1e-9) - np.log(len(x) + resp.shape[1] * 1e-9)
         log_py = class_log_probs(resp)
@@ -109,11 +109,12 @@ def fit_mixture(train: baselines.ViewArrays, num_classes: int, seed: int):
     return _em(x, seen, resp, onehot, class_log_probs)
 
 
-def fit_class_mixture(train: baselines.ViewArrays, num_classes: int, seed: int):
+def fit_class_mixture(train: baselines.ViewArrays, num_classes: int):
     """One component per class, ``y`` the component (Kingma et al.'s M2 with the mixture
     as the class-conditional density): a labelled row belongs to its class's component,
     an unlabelled one is summed over classes (``y`` enumerated). Initialised with each
-    unlabelled row at the nearest labelled class mean over its observed cells."""
+    unlabelled row at the nearest labelled class mean over its observed cells, so no
+    seed is needed. Returns what :func:`_em` returns."""
     x, seen = _observed_cells(train)
     onehot = _labels(train, num_classes)
     counts = onehot.T @ seen
@@ -142,7 +143,7 @@ def _normalised(log_probs: np.ndarray) -> np.ndarray:
 def generative_path(train, test, num_classes, seed):
     """Both mixtures alone, and the first's product with the late-fusion log pool."""
     mixture = mixture_log_probs(fit_mixture(train, num_classes, seed), test)
-    by_class = mixture_log_probs(fit_class_mixture(train, num_classes, seed), test)
+    by_class = mixture_log_probs(fit_class_mixture(train, num_classes), test)
     log_probs, info = baselines.per_view_log_probs(train, test, num_classes, seed)
     pool = np.log(np.clip(baselines.log_pool(log_probs, test.masks), 1e-300, None))
     return {f"K = {COMPONENTS_PER_CLASS} C, learned p(y | k), alone": _normalised(mixture),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from . import (arm, baselines_run, classification, clustering, dpgmm, draws, few_labels,
-               generative_path, gpu, lockstep, missing, overhead, scale, store_checksums, throughput)
+               generative_path, gpu, lockstep, missing, overhead, scale, store_checksums,
+               throughput)
 
 
 def main(argv=None) -> None:
