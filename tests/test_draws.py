@@ -290,3 +290,66 @@ def test_impute_in_one_pass_agrees_with_one_draw_at_a_time(representation, monke
     other = pm.impute(result, masked, num_samples=6, seed=None, quantiles=(0.1, 0.9))
     seen = np.isfinite(other["a_mean"].values)
     assert not np.allclose(other["a_mean"].values[seen], alone["a_mean"].values[seen])
+
+
+@pytest.mark.parametrize("representation,kwargs",
+                         CASES + [("latent", dict(fusion="experts")),
+                                  ("observed", dict(mixture="independent"))])
+def test_diagnostic_draws_in_one_pass_agree_with_one_draw_at_a_time(representation, kwargs,
+                                                                    monkeypatch):
+    """to_datatree's sampling loop evaluates passes of draws at once; with ``z`` held at
+    its encoder's mean (the only randomness left is the draws, seeded alike), every
+    per-draw output equals the one-draw-at-a-time evaluation, which models with factors
+    take, across several passes and chunks."""
+    import pyro.distributions as dist
+
+    from pyro_mm.diagnostics import sampling
+    from pyro_mm.model.posterior import as_posterior, seeded
+    data, model, result = _fitted(representation, kwargs)
+    batch = model.prepare(data)
+    posterior = as_posterior(result)
+
+    def at_the_mean(self, values, idx, S):
+        part = self.batch.index(idx)
+        loc, scale = (self.posterior.encode_draws(part, values, S) if self.vectorised
+                      else self.posterior.encode(part, values))
+        return loc, dist.Normal(loc, scale).to_event(2).log_prob(loc)
+
+    monkeypatch.setattr(sampling._Sampler, "local_draws", at_the_mean)
+    monkeypatch.setattr(sampling, "draws_per_pass", lambda *a: 3)  # passes of 3, 3, 1
+    plan = sampling.make_plan(model, batch, False, 7, predictive=False)
+    outs = {}
+    for vectorise in (True, False):
+        monkeypatch.setattr(sampling._Sampler, "vectorise", vectorise)
+        with seeded(0, batch.device):
+            outs[vectorise] = sampling.sample_draws(posterior, batch, plan, 7, 16, False)
+    assert plan.ll_vars and np.isfinite(outs[True]["lp"]).all()
+    flat = {True: {}, False: {}}
+    for key, value in outs[True].items():
+        for way in (True, False):
+            found = outs[way][key]
+            flat[way].update({f"{key}/{k}": v for k, v in found.items()}
+                             if isinstance(found, dict) else {key: found})
+    if model.component != "studentt":
+        del flat[True]["df"]  # allocated, never written
+    for key, value in flat[True].items():
+        np.testing.assert_allclose(value, flat[False][key], rtol=1e-5, atol=1e-4,
+                                   err_msg=key)
+    assert not np.allclose(outs[True]["lp"][0], outs[True]["lp"][1])  # draws differ
+
+
+def test_a_model_with_factors_is_diagnosed_one_draw_at_a_time():
+    """A factor is user code that need not take draw dims: to_datatree evaluates such a
+    model draw by draw, and its factor enters every draw's lp."""
+    from pyro_mm.factors import PMRL
+    data = _data()
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_classes=2, latent_dim=2, num_components=3,
+                                   hidden=(8,), factors=[PMRL(weight=0.1)])
+    result = pm.fit(model, data, num_epochs=1, batch_size=20, device="cpu", progress=False)
+    tree = pm.to_datatree(result, data, num_samples=4, seed=0, progress=False)
+    lp = tree["sample_stats"]["lp"].values
+    assert lp.shape == (1, 4) and np.isfinite(lp).all() and len(np.unique(lp)) == 4
+    model.factors[0].weight = 0.0  # the factor's term leaves lp: the same draws differ
+    without = pm.to_datatree(result, data, num_samples=4, seed=0, progress=False)
+    assert not np.allclose(without["sample_stats"]["lp"].values, lp)

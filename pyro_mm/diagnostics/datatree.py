@@ -39,8 +39,12 @@ modality) it is stored only for the examples where it is, along a dimension
 ``"<variable>_example"`` whose coordinate gives their positions in the data; otherwise
 its dimension is ``"example"``.
 
-Draws are made one at a time and, within a draw, over chunks of ``batch_size``
-examples, into preallocated arrays: memory is the size of the output plus one chunk.
+Draws are evaluated a block at a time (as many as
+:func:`~pyro_mm.model.posterior.draws_per_pass` allows on a chunk, the block's global
+values and ``z`` carrying a leading draw dimension, so each network and density runs once
+per block rather than once per draw; one draw at a time for a model with auxiliary
+factors) and, within a block, over chunks of ``batch_size`` examples, into preallocated
+arrays: memory is the size of the output plus one chunk of a block.
 The replicated features of ``posterior_predictive`` are the largest output
 (``num_samples x N x features``); see ``predictive_features``.
 

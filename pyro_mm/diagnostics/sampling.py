@@ -4,9 +4,9 @@ and :func:`~pyro_mm.diagnostics.pareto_k`.
 How the draws are made, and what each pointwise log-likelihood means, is described in
 :mod:`pyro_mm.diagnostics.datatree`; this module makes them: a plan of what to compute
 (:func:`make_plan`), draws of the global posterior
-(:meth:`pyro_mm.model.posterior.Posterior.draws`: a guide's, or posterior samples) and
-the loop over draws and chunks of examples (:func:`sample_draws`), which fills preallocated
-NumPy arrays.
+(:meth:`pyro_mm.model.posterior.Posterior.draw_blocks`: a guide's, or posterior samples)
+and the loop over passes of draws and chunks of examples (:func:`sample_draws`), which
+fills preallocated NumPy arrays.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import warnings
 from typing import Any
 
 import numpy as np
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 
 from ..data.container import MultimodalData, TensorBatch
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.params import MixtureParams
-from ..model.posterior import Posterior, as_posterior, seeded, site_log_prob
+from ..model.posterior import (DrawBlock, Posterior, as_posterior, draws_per_pass, seeded,
+                               site_log_prob)
 from ..runtime.modes import evaluation_mode
 
 #: Default cap on the number of replicated feature values kept in
@@ -41,13 +43,15 @@ def _feature_stats(model: MultimodalDPMixture, m: str) -> tuple[torch.Tensor, to
 
 
 def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` ``log p(y_i | logits_i)`` in float64, as ``-log1p(sum_{j != y}
+    """``(*L, B)`` ``log p(y_i | logits_i)`` from logits ``(*L, B, C)`` (``L``: draw
+    dims, if any) and labels ``(B,)``, in float64, as ``-log1p(sum_{j != y}
     exp(l_j - l_y))``: exact even when the classifier is nearly certain (a float32
     ``log_softmax`` rounds those to exactly 0, and PSIS cannot fit a tail of equal
     values)."""
     logits = logits.double()
-    diff = logits - logits.gather(-1, labels[:, None])
-    own = torch.zeros_like(diff, dtype=torch.bool).scatter_(-1, labels[:, None], True)
+    labels = labels.expand(logits.shape[:-1])[..., None]
+    diff = logits - logits.gather(-1, labels)
+    own = torch.zeros_like(diff, dtype=torch.bool).scatter_(-1, labels, True)
     return -torch.log1p(diff.masked_fill(own, -math.inf).exp().sum(-1))
 
 
@@ -103,14 +107,26 @@ def make_plan(model: MultimodalDPMixture, batch: TensorBatch,
 
 
 class _Sampler:
-    """The output arrays of the sampling loop (leading draw axis), filled draw by draw
-    and, within a draw, chunk by chunk."""
+    """The output arrays of the sampling loop (leading draw axis), filled a block of
+    draws at a time and, within a block, chunk by chunk.
+
+    A block of ``S`` draws is evaluated in one pass: the global values carry a leading
+    draw dimension (``(S, 1, *event)`` in the model, left of its data plate, as
+    ``Predictive(parallel=True)`` gives them), ``z`` is ``(S, B, M, D)``, and every
+    log-density comes out ``(S, B)``. A model with auxiliary factors is evaluated one
+    draw at a time: a factor is any user code, and nothing says it takes draw dims.
+    """
+
+    #: Evaluate blocks of draws in one pass where the model allows it (``False``: one
+    #: draw at a time everywhere, the reference the tests compare the passes with).
+    vectorise = True
 
     def __init__(self, posterior: Posterior, batch: TensorBatch, plan: Plan,
                  num_samples: int, per_example: bool):
         model = posterior.model
         self.model, self.posterior, self.batch, self.plan = model, posterior, batch, plan
         self.per_example = per_example
+        self.vectorised = self.vectorise and not len(model.factors)
         self.out = _allocate(model, batch.size, plan, num_samples, per_example)
         self.ll_index = {v: np.cumsum(mask) - 1 for v, mask in plan.ll_vars.items()}
         mods = model.modalities
@@ -118,118 +134,162 @@ class _Sampler:
         self.x_loc = torch.cat([_feature_stats(model, m)[0] for m in mods])
         self.x_scale = torch.cat([_feature_stats(model, m)[1] for m in mods])
 
-    def store(self, s: int, var: str, rows: np.ndarray, value: torch.Tensor) -> None:
-        """Pointwise log-likelihoods of ``rows``, kept where ``var`` is observed."""
-        keep = self.plan.ll_vars[var][rows]
-        self.out["ll"][var][s, self.ll_index[var][rows[keep]]] = value.cpu().numpy()[keep]
+    def passes(self, block: DrawBlock, batch_size: int):
+        """``(first draw, values, log_q)`` per pass of the block: all of it at once when
+        vectorised (split by :func:`~pyro_mm.model.posterior.draws_per_pass`), else
+        one draw at a time with the values of that draw alone (no draw dim)."""
+        if not self.vectorised:
+            for i in range(block.size):
+                yield (block.start + i, {k: v[i] for k, v in block.values.items()},
+                       block.log_q[i:i + 1])
+            return
+        per_pass = draws_per_pass(self.model, min(batch_size, self.batch.size))
+        for start in range(0, block.size, per_pass):
+            stop = min(start + per_pass, block.size)
+            yield (block.start + start, {k: v[start:stop] for k, v in block.values.items()},
+                   block.log_q[start:stop])
 
-    def draw(self, s: int, global_trace: "poutine.Trace", log_q_global: float,
-             batch_size: int) -> None:
-        """Draw ``s``: its global values, then every chunk of the data."""
-        model, out = self.model, self.out
-        out["log_q"][s] = log_q_global
-        globals_ = {name: global_trace.nodes[name]["value"]
-                    for name in self.posterior.global_sites}
-        params = model.params_from_sites(globals_)
-        out["sticks"][s] = params.sticks.cpu().numpy()
-        out["log_weights"][s] = params.log_weights.double().cpu().numpy()
-        out["alpha"][s] = float(params.alpha)
-        if params.df is not None:
-            out["df"][s] = [float(v) for v in params.df]
-        for j, m in enumerate(model.modalities):
-            out["locs"][m][s] = params.locs[j].cpu().numpy()
-            out["scales"][m][s] = params.scales[j].cpu().numpy()
-        plan = self.plan
-        for first, idx in enumerate(self.batch.chunk_indices(batch_size)):
-            guide_trace = self.chunk_densities(s, global_trace, globals_, idx, first == 0)
+    def draws(self, first: int, values: dict[str, torch.Tensor], log_q: torch.Tensor,
+              batch_size: int) -> None:
+        """Draws ``first .. first + S - 1`` (``S = len(log_q)``): their global values,
+        then every chunk of the data."""
+        draws = slice(first, first + log_q.shape[0])
+        params = self.model.params_from_sites(values)
+        self.out["log_q"][draws] = log_q.double().cpu().numpy()
+        self.store_globals(draws, params)
+        for first_chunk, idx in enumerate(self.batch.chunk_indices(batch_size)):
+            inputs, trace = self.chunk_densities(draws, values, params, idx, first_chunk == 0)
+            plan = self.plan
             if (self.per_example or plan.pp_labels or plan.pp_features
                     or "y" in plan.ll_vars):
-                self.chunk_predictions(s, params, guide_trace, idx)
+                self.chunk_predictions(draws, params, inputs, trace, idx)
 
-    def chunk_densities(self, s: int, global_trace: "poutine.Trace", globals_,
-                        idx: torch.Tensor, first: bool) -> "poutine.Trace":
-        """Draw the chunk's ``z`` from the local guide (latent models), replay the model
-        on the draw; add their log densities (global terms on the ``first`` chunk only)
-        and store the feature log-likelihoods."""
+    def store_globals(self, draws: slice, params: MixtureParams) -> None:
+        out, S = self.out, draws.stop - draws.start
+        out["sticks"][draws] = _per_draw(params.sticks, S, 1)
+        out["log_weights"][draws] = _per_draw(params.log_weights.double(), S, 1)
+        out["alpha"][draws] = _per_draw(torch.as_tensor(params.alpha), S, 0)
+        if params.df is not None:
+            out["df"][draws] = np.stack([_per_draw(torch.as_tensor(v), S, 0)
+                                         for v in params.df], 1)
+        for j, m in enumerate(self.model.modalities):
+            out["locs"][m][draws] = _per_draw(params.locs[j], S, 2)
+            out["scales"][m][draws] = _per_draw(params.scales[j], S, 2)
+
+    def store(self, draws: slice, var: str, rows: np.ndarray, value: torch.Tensor) -> None:
+        """Pointwise log-likelihoods ``(S, B)`` of ``rows``, kept where ``var`` is
+        observed."""
+        keep = self.plan.ll_vars[var][rows]
+        value = value.expand(draws.stop - draws.start, len(rows)).cpu().numpy()
+        self.out["ll"][var][draws, self.ll_index[var][rows[keep]]] = value[:, keep]
+
+    def local_draws(self, values, idx: torch.Tensor, S: int):
+        """``z ~ q(z | x, theta)`` of the chunk, ``(S, B, M, D)`` (``(B, M, D)`` for one
+        draw), and its log density ``(S, B)``."""
+        part = self.batch.index(idx)
+        if self.vectorised:
+            loc, scale = self.posterior.encode_draws(part, values, S)
+        else:
+            loc, scale = self.posterior.encode(part, values)
+        q = dist.Normal(loc, scale).to_event(2)
+        z = q.sample()
+        return z, q.log_prob(z)
+
+    def chunk_densities(self, draws: slice, values, params: MixtureParams,
+                        idx: torch.Tensor, first: bool):
+        """Draw the chunk's ``z`` (latent models), run the model conditioned on the
+        draws; add the log densities (global terms on the ``first`` chunk only) and
+        store the feature log-likelihoods. Returns the classifier's inputs and the
+        model's trace."""
         model, batch, plan, out = self.model, self.batch, self.plan, self.out
+        S, rows = draws.stop - draws.start, idx.cpu().numpy()
+        condition = {k: v[:, None] if self.vectorised else v for k, v in values.items()}
         if plan.latent:
-            guide_trace = poutine.trace(self.posterior.local_guide).get_trace(
-                batch, idx, globals_)
-            for name, node in global_trace.nodes.items():
-                guide_trace.add_node(name, **node)
-        else:  # the guide of an observed model is its global part
-            guide_trace = global_trace
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)
-                                    ).get_trace(batch, idx, 1.0)
+            z, log_q_z = self.local_draws(values, idx, S)
+            out["log_q"][draws] += _per_draw(log_q_z.double(), S, 1).sum(-1)
+            condition["z"] = inputs = z
+        else:
+            inputs = batch.index(idx).concatenated(model.modalities)
+        trace = poutine.trace(poutine.condition(model, data=condition)).get_trace(
+            batch, idx, 1.0)
         model.pop_records()
-        rows = idx.cpu().numpy()
-        if plan.latent:
-            for site in guide_trace.nodes.values():
-                if site["type"] == "sample" and _in_data_plate(site):
-                    out["log_q"][s] += float(site_log_prob(site).double().sum())
-        for name, site in model_trace.nodes.items():
+        for name, site in trace.nodes.items():
             if site["type"] != "sample":
                 continue
             local = _in_data_plate(site)
             if not local and not first:
                 continue
-            log_prob = site_log_prob(site)
-            out["lp"][s] += float(log_prob.double().sum())
+            log_prob = site_log_prob(site).double()
+            if self.vectorised and log_prob.dim() >= 2 or not self.vectorised:
+                log_prob = log_prob.reshape(S, -1)
+            else:  # the same for every draw (no draw dim)
+                log_prob = log_prob.reshape(1, -1).expand(S, -1)
+            out["lp"][draws] += log_prob.sum(-1).cpu().numpy()
             if not local or name not in plan.ll_vars or name == "y":
                 continue
-            value = log_prob.double()
             if name == "x":
-                value = value + model.feature_log_jacobian(batch.masks[idx]).double()
+                log_prob = log_prob + model.feature_log_jacobian(batch.masks[idx]).double()
             else:
-                value = value + self.jac[name[2:]].double()
-            self.store(s, name, rows, value)
-        return guide_trace
+                log_prob = log_prob + self.jac[name[2:]].double()
+            self.store(draws, name, rows, log_prob)
+        return inputs, trace
 
-    def chunk_predictions(self, s: int, params: MixtureParams,
-                          guide_trace: "poutine.Trace", idx: torch.Tensor) -> None:
+    def chunk_predictions(self, draws: slice, params: MixtureParams, inputs: torch.Tensor,
+                          trace: "poutine.Trace", idx: torch.Tensor) -> None:
         """Label log-likelihoods, responsibilities and class probabilities, and the
         replicated labels and features of one chunk."""
         model, plan, out = self.model, self.plan, self.out
-        part = self.batch.index(idx)
-        rows = idx.cpu().numpy()
+        S, part, rows = draws.stop - draws.start, self.batch.index(idx), idx.cpu().numpy()
         if plan.latent:
-            inputs = guide_trace.nodes["z"]["value"]
             mixture = params.mixture(model.mixture, batch_size=part.size)
         else:
-            inputs = part.concatenated(model.modalities)
             mixture = params.mixture(model.mixture, mask=part.masks,
                                      batch_size=part.size, stacked=False)
         logits = None
         if model.classifier is not None:
-            logits = model.class_logits(inputs, params, part.masks)
+            logits = _with_draws(model.class_logits(inputs, params, part.masks), S, 2)
         if "y" in plan.ll_vars:
-            self.store(s, "y", rows, label_log_prob(logits, part.labels))
+            self.store(draws, "y", rows, label_log_prob(logits, part.labels))
         if self.per_example:
-            out["responsibilities"][rows] += mixture.responsibilities(
-                inputs).double().cpu().numpy()
+            core = 2 if model.mixture == "joint" else 3
+            resp = _with_draws(mixture.responsibilities(inputs), S, core)
+            out["responsibilities"][rows] += resp.double().sum(0).cpu().numpy()
             if logits is not None:
-                out["class_probs"][rows] += torch.softmax(logits, -1).double().cpu().numpy()
+                out["class_probs"][rows] += torch.softmax(logits, -1).double().sum(0
+                                                                                   ).cpu().numpy()
         if plan.pp_labels:
-            out["pp_y"][s, rows] = torch.distributions.Categorical(
+            out["pp_y"][draws, rows] = torch.distributions.Categorical(
                 logits=logits).sample().cpu().numpy()
         if plan.pp_features:
-            self.replicate_features(s, params, inputs, part.size, rows)
+            self.replicate_features(draws, params, trace, part.size, rows)
 
-    def replicate_features(self, s: int, params: MixtureParams, inputs: torch.Tensor,
-                           size: int, rows: np.ndarray) -> None:
-        """Replicated features on the original scale: from the decoders at ``z``
-        (latent) or from the mixture (observed)."""
-        model, out = self.model, self.out
+    def replicate_features(self, draws: slice, params: MixtureParams, trace, size: int,
+                           rows: np.ndarray) -> None:
+        """Replicated features on the original scale: from the decoders' likelihoods in
+        the model's trace (latent; nothing is decoded twice) or from the mixture
+        (observed)."""
+        model, out, S = self.model, self.out, draws.stop - draws.start
         if self.plan.latent:
-            for j, m in enumerate(model.modalities):
-                loc, scale = model.decoders[m](inputs[..., j, :])
-                x = loc + scale * torch.randn_like(loc)
+            for m in model.modalities:
+                x = _with_draws(trace.nodes[f"x_{m}"]["fn"].sample(), S, 2)
                 x_m_loc, x_m_scale = _feature_stats(model, m)
-                out["pp_x"][m][s, rows] = (x * x_m_scale + x_m_loc).cpu().numpy()
+                out["pp_x"][m][draws, rows] = (x * x_m_scale + x_m_loc).cpu().numpy()
         else:
             free = params.mixture(model.mixture, batch_size=size, stacked=False)
-            x = free.sample()
-            out["pp_x"][s, rows] = (x * self.x_scale + self.x_loc).cpu().numpy()
+            x = _with_draws(free.sample(), S, 2)
+            out["pp_x"][draws, rows] = (x * self.x_scale + self.x_loc).cpu().numpy()
+
+
+def _with_draws(value: torch.Tensor, S: int, core: int) -> torch.Tensor:
+    """``value`` with a leading draw dim of ``S``: as it is if it has one, expanded if
+    it does not depend on the draw (``core``: its dims without the draw dim)."""
+    return value if value.dim() > core else value.expand((S,) + value.shape)
+
+
+def _per_draw(value: torch.Tensor, S: int, core: int) -> np.ndarray:
+    """``(S, ...)`` NumPy values of a per-draw quantity ``value`` (``core`` dims per
+    draw)."""
+    return _with_draws(value.detach(), S, core).cpu().numpy()
 
 
 def _allocate(model: MultimodalDPMixture, n: int, plan: Plan, S: int,
@@ -276,9 +336,10 @@ def sample_draws(posterior: Posterior, batch: TensorBatch, plan: Plan, num_sampl
     with evaluation_mode(*posterior.modules()):
         bar = tqdm(total=num_samples, desc="posterior draws", unit="draw",
                    disable=not progress)
-        for draw in posterior.draws(batch, num_samples):
-            bar.update(1)
-            sampler.draw(draw.index, draw.trace, draw.log_q, batch_size)
+        for block in posterior.draw_blocks(batch, num_samples):
+            for first, values, log_q in sampler.passes(block, batch_size):
+                sampler.draws(first, values, log_q, batch_size)
+                bar.update(len(log_q))
         bar.close()
     out = sampler.out
     if per_example:

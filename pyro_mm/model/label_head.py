@@ -241,7 +241,8 @@ class LabelHead(nn.Module):
         classifier = self.classifier
         terms = classifier.terms(inputs)
         if part.labels is not None:
-            index = part.labels.clamp(min=0)[:, None, None].expand(-1, terms.shape[-2], 1)
+            # terms (*L, B, M, C): draw dims L, if any, in front
+            index = part.labels.clamp(min=0)[:, None, None].expand(*terms.shape[:-1], 1)
             unimodal = terms.gather(-1, index)[..., 0]
             seen = part.masks & part.label_mask.unsqueeze(-1)
             pyro.factor("y_experts",
