@@ -38,6 +38,7 @@ from torch import nn
 
 from ..data.batch import TensorBatch
 from ._pyro_module import UniquelyNamedModule
+from .conjugate import ConjugatePrior, conjugate_start, fit_conjugate_mixture, unconstrained_moments
 from .dp_mixture import MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
 from .sites import draw_values
@@ -61,6 +62,22 @@ def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -
     return torch.tensor(chosen, device=points.device)
 
 
+def _nearest_seeds(x: torch.Tensor, seen: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` one-hot nearest of ``seeds (K, D)`` to each row of ``x (N, D)``, by the
+    squared distance over its ``seen`` cells only (``O(N K)`` memory)."""
+    x = torch.where(seen > 0, x, torch.zeros_like(x))
+    distance = seen @ seeds.pow(2).T - 2 * x @ seeds.T
+    return torch.nn.functional.one_hot(distance.argmin(-1), seeds.shape[0])
+
+
+def _constrained(site: str, loc: torch.Tensor) -> torch.Tensor:
+    """The constrained value at an unconstrained ``loc`` of a global site (sticks:
+    sigmoid; scales: exp)."""
+    if site == "sticks":
+        return torch.sigmoid(loc)
+    return loc.exp() if site.startswith("component_scale") else loc
+
+
 class MultimodalGuide(UniquelyNamedModule):
     """Guide for :class:`~pyro_mm.model.dp_mixture.MultimodalDPMixture`.
 
@@ -73,6 +90,11 @@ class MultimodalGuide(UniquelyNamedModule):
         global_guide: ``"meanfield"`` (AutoNormal) or ``"map"`` (AutoDelta).
         init_scale: initial posterior scale of the global sites (meanfield).
         hidden: hidden sizes of the default encoders (default: the model's).
+        init: ``"auto"``: where the model is conjugate
+            (:func:`~pyro_mm.model.conjugate.conjugate_start`), :meth:`initialize`
+            starts the global sites at the closed-form variational posterior (locs and,
+            for meanfield, scales); elsewhere, and with ``"kmeans"``, at the k-means++
+            start of the module docstring.
     """
 
     def __init__(
@@ -82,10 +104,17 @@ class MultimodalGuide(UniquelyNamedModule):
         global_guide: str = "meanfield",
         init_scale: float = 0.05,
         hidden=None,
+        init: str = "auto",
     ):
         super().__init__("pyro_mm_guide")
         if global_guide not in ("meanfield", "map"):
             raise ValueError(f"global_guide: expected 'meanfield' or 'map', got {global_guide!r}")
+        if init not in ("auto", "kmeans"):
+            raise ValueError(f"init: expected 'auto' or 'kmeans', got {init!r}")
+        self.init = init
+        #: What the closed-form start did (``iterations``, ``elbo_per_example``) when
+        #: :meth:`initialize` ran it; else ``None``.
+        self.closed_form: dict[str, float] | None = None
         encoders = dict(encoders or {})
         unknown = set(encoders) - set(model.modalities)
         if unknown:
@@ -100,7 +129,8 @@ class MultimodalGuide(UniquelyNamedModule):
         self.custom_encoders = sorted(encoders)
         hidden = tuple(model.hidden if hidden is None else hidden)
         self._config = {"global_guide": global_guide, "init_scale": float(init_scale),
-                        "hidden": list(hidden), "custom_encoders": self.custom_encoders}
+                        "hidden": list(hidden), "custom_encoders": self.custom_encoders,
+                        "init": init}
         self._init_values: dict[str, torch.Tensor] = {}
         global_names = {"sticks"} | {f"component_{p}_{m}" for m in model.modalities
                                      for p in ("loc", "scale")}
@@ -179,7 +209,7 @@ class MultimodalGuide(UniquelyNamedModule):
         if generator is None:
             generator = torch.Generator(device=batch.device).manual_seed(
                 int(torch.randint(2**62, ())))
-        n = batch.size
+        n, everything = batch.size, batch
         if n > max_points:
             idx = torch.randperm(n, generator=generator, device=batch.device)[:max_points]
             batch = batch.index(idx)
@@ -201,10 +231,63 @@ class MultimodalGuide(UniquelyNamedModule):
             values[f"component_scale_{m}"] = sigma.expand(model.num_components, -1).clone()
         if self.learn_alpha:
             values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
+        moments = None
+        if conjugate_start(model) and self.init == "auto":
+            # In memory the closed form sees every row; on disk, the seeds' sample.
+            rows = everything if type(everything) is TensorBatch else batch
+            moments = self._closed_form(model, rows, torch.cat(reps, -1)[seeds], n)
+            values.update({name: _constrained(name, loc) for name, (loc, _) in moments.items()})
         self._init_values = values
         self.materialize(batch)
         self._init_values = {}
+        if moments is not None and isinstance(self.global_guide, AutoNormal):
+            self._set_scales({name: scale for name, (_, scale) in moments.items()})
         self.initialized.fill_(True)
+
+    def _closed_form(self, model: MultimodalDPMixture, batch: TensorBatch,
+                     seeds: torch.Tensor, num_examples: int
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The conjugate model's closed-form posterior (:mod:`pyro_mm.model.conjugate`)
+        from the rows of ``batch`` (of ``num_examples`` in all) assigned to their nearest
+        ``seeds (K, D)``, as ``site -> (loc, scale)`` in the unconstrained space. The
+        recording-resolution floor ``f`` is not conjugate: the scale sites start at
+        ``sigma^2 - f^2`` so the effective variance is the fitted one."""
+        x, seen = self._cells(model, batch)
+        resp = _nearest_seeds(x, seen, seeds).to(x.dtype)
+        nu0, spread = (float(v) for v in model.variance_prior)
+        prior = ConjugatePrior(alpha=float(model.alpha), loc_scale=float(model.prior_loc_scale),
+                               a0=0.5 * nu0, b0=0.5 * nu0 * spread)
+        q = fit_conjugate_mixture(x, seen, resp, prior, weight=num_examples / batch.size)
+        self.closed_form = {"iterations": len(q.elbo),
+                            "elbo_per_example": q.elbo[-1] / num_examples}
+        moments = unconstrained_moments(q)
+        floor = torch.cat(model.scale_floors())
+        loc, scale = moments.pop("component_scale")
+        loc = loc + 0.5 * torch.log((1 - floor.pow(2) * torch.exp(-2 * loc)).clamp_min(1e-4))
+        sizes = [model.dims[m] for m in self.modalities]
+        out = {"sticks": moments["sticks"]}
+        for what, (mean, sd) in (("loc", moments["component_loc"]), ("scale", (loc, scale))):
+            for m, a, b in zip(self.modalities, mean.split(sizes, -1), sd.split(sizes, -1)):
+                out[f"component_{what}_{m}"] = (a, b)
+        return out
+
+    def _cells(self, model: MultimodalDPMixture, batch: TensorBatch
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, seen)``, each ``(B, D)``: the features concatenated and 1.0 where the
+        cell's modality is present."""
+        x = batch.concatenated(self.modalities)
+        seen = torch.cat([batch.masks[:, j:j + 1].expand(-1, model.dims[m]).to(x.dtype)
+                          for j, m in enumerate(self.modalities)], 1)
+        return x, seen
+
+    @torch.no_grad()
+    def _set_scales(self, scales: Mapping[str, torch.Tensor]) -> None:
+        """Write ``AutoNormal``'s scale parameters in place (the same tensors the
+        param store and any optimiser hold)."""
+        transform = torch.distributions.biject_to(self.global_guide.scale_constraint)
+        for name, scale in scales.items():
+            param = getattr(self.global_guide.scales, f"{name}_unconstrained")
+            param.copy_(transform.inv(scale.to(param.dtype).clamp_min(1e-8)))
 
     @torch.no_grad()
     def materialize(self, batch: TensorBatch) -> None:

@@ -41,6 +41,7 @@ the timeout) or a mismatch of data or arguments between ranks raises
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -50,6 +51,7 @@ import torch
 
 from ..data.container import MultimodalData
 from ..errors import CheckpointError
+from ..model.conjugate import conjugate_start
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
 from ..runs import checkpoint as ckpt
@@ -58,8 +60,12 @@ from ..runs.result import FitResult
 from ..runtime import distributed as ddp
 from .trainer import Settings, Trainer
 
-__all__ = ["fit", "auto_schedule"]
+__all__ = ["fit", "auto_schedule", "closed_form_is_the_fit"]
 
+#: ``fit(num_epochs=None)`` on the conjugate model: the largest recording-resolution
+#: floor (training sds; its variance ``1e-6`` of the unit prior spread) for which the
+#: closed form is the whole fit (:func:`closed_form_is_the_fit`).
+EXACT_FLOOR = 1e-3
 #: ``fit(num_epochs=None)``: the SVI steps the epoch budget aims at, whatever ``N``.
 AUTO_STEPS = 4000
 #: ... and the budget's bounds in epochs.
@@ -149,6 +155,11 @@ def fit(
             ``result.metrics`` are then those of the internal split, unless
             ``metrics_data`` is given. Data a report is computed on must not also choose
             the training length: pass it as ``metrics_data``, not ``val_data``.
+            For the conjugate observed mixture (:func:`closed_form_is_the_fit`) the
+            closed-form variational posterior the guide starts from
+            (:mod:`pyro_mm.model.conjugate`) is already the optimum SVI would approach,
+            so no SVI runs (``result.config["epochs_run"] == 0``) and no rows are held
+            out. ``0``: no SVI whatever the model (the guide's initialisation alone).
         batch_size: ``B``; the data plate scales local terms by ``N / B``.
         learning_rate, clip_norm, lr_decay: :class:`ClippedAdam` settings (``lr_decay``
             multiplies the step size after every step).
@@ -221,7 +232,9 @@ def fit(
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected MultimodalData, got {type(data).__name__}")
     automatic = num_epochs is None
-    if automatic:
+    if automatic and closed_form_is_the_fit(model, data, guide, resume_from):
+        num_epochs = 0
+    elif automatic:
         data, val_data, num_epochs, early_stopping = _automatic(
             data, val_data, batch_size, early_stopping, seed)
     settings = Settings(
@@ -245,6 +258,27 @@ def fit(
                         data_source=data_source)
         trainer.build_optimizer()
         return trainer.run()
+
+
+def closed_form_is_the_fit(model: MultimodalDPMixture, data: MultimodalData, guide=None,
+                           resume_from=None) -> bool:
+    """Whether ``fit(num_epochs=None)`` takes the guide's closed-form start as the whole
+    fit (no SVI, ``epochs_run == 0``): the model is exactly the conjugate mixture of
+    :mod:`pyro_mm.model.conjugate` (no classifier, no factors, recording-resolution
+    floors at most :data:`EXACT_FLOOR` training standard deviations), the data are in
+    memory (the closed form sees every row), and the guide is the library's, not yet
+    initialised, with ``init="auto"``. Anywhere else SVI goes on from that start."""
+    if not (conjugate_start(model) and model.num_classes is None and not len(model.factors)
+            and not data.on_disk and resume_from is None):
+        return False
+    if guide is not None and not (isinstance(guide, MultimodalGuide) and guide.init == "auto"
+                                  and not bool(guide.initialized)):
+        return False
+    standardization = model.standardization
+    if not standardization.fitted:  # what prepare will fit, on the same rows
+        standardization = copy.deepcopy(standardization)
+        standardization.fit(data)
+    return all(float(f.max()) <= EXACT_FLOOR for f in standardization.scale_floors())
 
 
 def _automatic(data, val_data, batch_size, early_stopping, seed):

@@ -42,6 +42,8 @@ class Settings:
     def __post_init__(self):
         for name in ("num_epochs", "batch_size", "num_particles", "checkpoint_every"):
             value = getattr(self, name)
+            if name == "num_epochs" and value == 0 and not isinstance(value, bool):
+                continue  # no SVI: the guide's initialisation is the fit
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be a positive integer, got {value!r}")
         if not self.learning_rate > 0:

@@ -461,6 +461,8 @@ class Trainer:
                                 else self.start_epoch)
         config["stopped_early"] = stopped_early
         config["best_epoch"] = self.stopper.best_epoch
+        if guide.closed_form is not None:
+            config["closed_form"] = guide.closed_form
         if self.metrics_data is not None:
             self.result.metrics = ddp.mean(self.group,
                                            evaluate(self.result, self.metrics_data))
