@@ -146,3 +146,20 @@ def test_a_bad_init_is_refused_by_name():
     data = _data()
     with pytest.raises(ValueError, match="init: expected 'auto' or 'kmeans'"):
         pm.MultimodalGuide(_model(data), init="cavi")
+
+
+def test_a_closed_form_fit_is_saved_loaded_and_resumed_with_svi(tmp_path):
+    data = _data(n=150)
+    pyro.set_rng_seed(0)
+    model = pm.MultimodalDPMixture(data.dims, num_components=5, representation="observed")
+    result = pm.fit(model, data, run_dir=tmp_path / "run", seed=0, progress=False)
+    assert result.config["epochs_run"] == 0
+    back = pm.load(tmp_path / "run")
+    assert pm.evaluate(back, data)["log_likelihood"] == pytest.approx(
+        pm.evaluate(result, data)["log_likelihood"], rel=1e-6)
+    more = pm.fit(back.model, data, resume_from=tmp_path / "run", num_epochs=2,
+                  batch_size=50, progress=False)
+    assert more.config["epochs_run"] == 2 and len(more.history.epochs) == 2
+    from pyro_mm.diagnostics.plots import plot_history
+    with pytest.raises(ValueError, match="no SVI steps"):
+        plot_history(result)

@@ -89,7 +89,9 @@ def plot_history(source, path=None, smooth: int | None = None, ncols: int = 3
     """
     history = _history(source)
     if not history.steps:
-        raise ValueError("plot_history: the history has no steps")
+        raise ValueError("plot_history: the history has no SVI steps (a fit of 0 epochs: "
+                         "for a conjugate model, the closed form of "
+                         "result.config['closed_form'])")
     keys = ["loss"] + history_keys(history)
     n = len(keys)
     cols = min(ncols, n)

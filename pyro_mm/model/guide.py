@@ -20,7 +20,11 @@ scales at the pooled within-cluster spread, and sticks at 0.5, so the weights st
 geometric (1/2, 1/4, ...) and later, redundant seeds start light: the
 richer-gets-richer dynamics then empties them instead of splitting clusters. The scale
 sites start at ``sqrt(spread^2 - floor^2)`` so the *effective* scales start at the
-spread.
+spread. Where the model is conjugate (observed features, Gaussian components, one joint
+assignment, the inverse-gamma variance prior, ``alpha`` fixed:
+:func:`~pyro_mm.model.conjugate.conjugate_start`) the start goes on from those seeds to
+the closed-form variational posterior by coordinate ascent, and the global sites start
+at its moments (their scales too, for the mean-field guide).
 """
 
 from __future__ import annotations

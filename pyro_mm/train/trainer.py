@@ -368,15 +368,19 @@ class Trainer:
         stop = self.stopper.update(monitor, self.epoch, self.model, self.guide)
         return row, bool(ddp.broadcast(self.group, torch.tensor(stop)))
 
-    def checkpoint(self, stop: bool) -> None:
-        """Keep the state a resumed run needs; write the run folder when it is due."""
+    def keep_state(self, epochs_done: int) -> None:
+        """Keep the state a resumed run needs, after ``epochs_done`` epochs."""
         self.result.state = {
-            "optimizer_state": self.optimizer.state_dict(), "epoch": self.epoch + 1,
+            "optimizer_state": self.optimizer.state_dict(), "epoch": epochs_done,
             "step": self.global_step, "early_stop": self.stopper.state(),
             "rng": {**ckpt.rng_state(), "batches": self.generator.get_state()},
             "data_fingerprint": self.fingerprint, "data_source": self.data_source}
         if self.group is not None:  # each rank's guide noise, to resume it exactly
             self.result.state["rng"]["ranks"] = ddp.gather(self.group, torch.get_rng_state())
+
+    def checkpoint(self, stop: bool) -> None:
+        """Keep the state a resumed run needs; write the run folder when it is due."""
+        self.keep_state(self.epoch + 1)
         s = self.settings
         if self.run_path is not None and (
                 (self.epoch + 1) % s.checkpoint_every == 0 or stop
@@ -434,6 +438,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.settings.num_epochs == self.start_epoch == 0:  # no SVI (closed form)
+            self.keep_state(0)
         return self.finish(stopped_early)
 
     def _progress_bar(self):
