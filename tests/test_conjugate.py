@@ -129,8 +129,9 @@ def test_fit_takes_the_closed_form_as_the_fit_only_where_the_model_is_conjugate(
     integers = pm.MultimodalData({m: np.round(4 * x) for m, x in data.features.items()})
     assert not closed_form_is_the_fit(model.__class__(
         data.dims, num_components=6, representation="observed"), integers)
-    kmeans = pm.MultimodalGuide(model, init="kmeans")
-    assert not closed_form_is_the_fit(model, data, guide=kmeans)
+    for guide in (pm.MultimodalGuide(model, init="kmeans"),
+                  pm.MultimodalGuide(model, global_guide="map")):
+        assert not closed_form_is_the_fit(model, data, guide=guide)
 
 
 def test_a_model_with_a_classifier_starts_svi_from_the_closed_form():

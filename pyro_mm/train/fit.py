@@ -266,14 +266,16 @@ def closed_form_is_the_fit(model: MultimodalDPMixture, data: MultimodalData, gui
     fit (no SVI, ``epochs_run == 0``): the model is exactly the conjugate mixture of
     :mod:`pyro_mm.model.conjugate` (no classifier, no factors, recording-resolution
     floors at most :data:`EXACT_FLOOR` training standard deviations), the data are in
-    memory (the closed form sees every row), and the guide is the library's, not yet
-    initialised, with ``init="auto"``. Anywhere else SVI goes on from that start."""
+    memory (the closed form sees every row), and the guide is the library's mean-field
+    one, not yet initialised, with ``init="auto"``. Anywhere else SVI goes on from that
+    start."""
     if not (conjugate_start(model) and model.num_classes is None and not len(model.factors)
             and not data.on_disk and resume_from is None):
         return False
     if guide is not None and not (isinstance(guide, MultimodalGuide) and guide.init == "auto"
+                                  and guide.global_guide_name == "meanfield"
                                   and not bool(guide.initialized)):
-        return False
+        return False  # a MAP guide's optimum is the posterior's mode: SVI finds it
     standardization = model.standardization
     if not standardization.fitted:  # what prepare will fit, on the same rows
         standardization = copy.deepcopy(standardization)
