@@ -165,6 +165,7 @@ class _Sampler:
                 self.chunk_predictions(draws, params, inputs, trace, idx)
 
     def store_globals(self, draws: slice, params: MixtureParams) -> None:
+        """The global values of ``draws`` (sticks, weights, alpha, df, components)."""
         out, S = self.out, draws.stop - draws.start
         out["sticks"][draws] = _per_draw(params.sticks, S, 1)
         out["log_weights"][draws] = _per_draw(params.log_weights.double(), S, 1)
@@ -184,8 +185,8 @@ class _Sampler:
         self.out["ll"][var][draws, self.ll_index[var][rows[keep]]] = value[:, keep]
 
     def local_draws(self, values, idx: torch.Tensor, S: int):
-        """``z ~ q(z | x, theta)`` of the chunk, ``(S, B, M, D)`` (``(B, M, D)`` for one
-        draw), and its log density ``(S, B)``."""
+        """``z ~ q(z | x, theta)`` of the chunk, ``(S, B, M, D)``, and its log density
+        ``(S, B)`` (``(B, M, D)`` and ``(B,)`` one draw at a time)."""
         part = self.batch.index(idx)
         if self.vectorised:
             loc, scale = self.posterior.encode_draws(part, values, S)
@@ -220,7 +221,7 @@ class _Sampler:
             if not local and not first:
                 continue
             log_prob = site_log_prob(site).double()
-            if self.vectorised and log_prob.dim() >= 2 or not self.vectorised:
+            if not self.vectorised or log_prob.dim() >= 2:
                 log_prob = log_prob.reshape(S, -1)
             else:  # the same for every draw (no draw dim)
                 log_prob = log_prob.reshape(1, -1).expand(S, -1)
@@ -255,8 +256,8 @@ class _Sampler:
             resp = _with_draws(mixture.responsibilities(inputs), S, core)
             out["responsibilities"][rows] += resp.double().sum(0).cpu().numpy()
             if logits is not None:
-                out["class_probs"][rows] += torch.softmax(logits, -1).double().sum(0
-                                                                                   ).cpu().numpy()
+                probs = torch.softmax(logits, -1).double().sum(0)
+                out["class_probs"][rows] += probs.cpu().numpy()
         if plan.pp_labels:
             out["pp_y"][draws, rows] = torch.distributions.Categorical(
                 logits=logits).sample().cpu().numpy()

@@ -42,7 +42,8 @@ from torch import nn
 
 from ..data.batch import TensorBatch
 from ._pyro_module import UniquelyNamedModule
-from .conjugate import ConjugatePrior, conjugate_start, fit_conjugate_mixture, unconstrained_moments
+from .conjugate import (ConjugatePrior, conjugate_start, fit_conjugate_mixture,
+                        unconstrained_moments)
 from .dp_mixture import MultimodalDPMixture
 from .networks import GaussianEncoder, default_encoder
 from .sites import draw_values
