@@ -180,7 +180,8 @@ def test_the_class_mixture_labels_unlabelled_rows_from_one_label_per_class():
 
 def test_binned_log_likelihood_is_the_mixtures_probability_of_the_recorded_bins():
     """Against scipy's normal CDF, bin by bin and component by component, including
-    bins far in both tails; and a bin's probability is at most 1 whatever the scale."""
+    bins far in both tails and a continuous feature (its density); and a bin's
+    probability is at most 1 whatever the scale."""
     from scipy.stats import norm
 
     from benchmarks.dpgmm import binned_log_likelihood
@@ -190,15 +191,17 @@ def test_binned_log_likelihood_is_the_mixtures_probability_of_the_recorded_bins(
     step = np.array([1.0, 0.5, 0.1, 2.0])
     x = np.vstack([rng.normal(size=(5, 4)), np.full((1, 4), 6.0), np.full((1, 4), -6.0)])
 
-    def bin_probability(k):  # upper tail by survival functions: 1 - 1 loses the digits
+    def term(k, step):  # upper tail by survival functions: 1 - 1 loses the digits
         upper, lower = x + step / 2, x - step / 2
         left = norm.cdf(upper, locs[k], scales[k]) - norm.cdf(lower, locs[k], scales[k])
         right = norm.sf(lower, locs[k], scales[k]) - norm.sf(upper, locs[k], scales[k])
-        return np.prod(np.where(lower > locs[k], right, left), axis=1)
+        binned = np.where(lower > locs[k], right, left)
+        return np.prod(np.where(step > 0, binned, norm.pdf(x, locs[k], scales[k])), axis=1)
 
-    brute = np.log(sum(weights[k] * bin_probability(k) for k in range(3)))
-    np.testing.assert_allclose(binned_log_likelihood(x, weights, locs, scales, step), brute,
-                               rtol=1e-9)
+    for steps in (step, np.array([1.0, 0.5, 0.0, 2.0])):  # the second: one continuous
+        brute = np.log(sum(weights[k] * term(k, steps) for k in range(3)))
+        np.testing.assert_allclose(binned_log_likelihood(x, weights, locs, scales, steps),
+                                   brute, rtol=1e-9)
     # a near-singular component at the recorded value: probability near 1, not a
     # density without bound
     spike = binned_log_likelihood(np.zeros((1, 4)), np.ones(1), np.zeros((1, 4)),
