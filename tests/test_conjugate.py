@@ -164,3 +164,13 @@ def test_a_closed_form_fit_is_saved_loaded_and_resumed_with_svi(tmp_path):
     from pyro_mm.diagnostics.plots import plot_history
     with pytest.raises(ValueError, match="no SVI steps"):
         plot_history(result)
+
+
+@pytest.mark.parametrize("features", [{"a": np.zeros((10, 2)), "b": np.zeros((10, 2))},
+                                      {"c": np.zeros((10, 2))}])
+def test_data_that_does_not_fit_the_conjugate_model_is_named_before_the_closed_form(features):
+    from pyro_mm.errors import DataValidationError
+    model = pm.MultimodalDPMixture({"a": 3, "b": 2}, num_components=4,
+                                   representation="observed")
+    with pytest.raises(DataValidationError):
+        pm.fit(model, pm.MultimodalData(features), progress=False)

@@ -276,6 +276,7 @@ def closed_form_is_the_fit(model: MultimodalDPMixture, data: MultimodalData, gui
                                   and guide.global_guide_name == "meanfield"
                                   and not bool(guide.initialized)):
         return False  # a MAP guide's optimum is the posterior's mode: SVI finds it
+    model.check_data(data)  # bad data is named here, before any statistic is taken
     standardization = model.standardization
     if not standardization.fitted:  # what prepare will fit, on the same rows
         standardization = copy.deepcopy(standardization)
