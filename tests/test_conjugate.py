@@ -118,6 +118,11 @@ def test_fit_takes_the_closed_form_as_the_fit_only_where_the_model_is_conjugate(
     result = pm.fit(model, data, seed=0, progress=False)
     assert result.config["epochs_run"] == 0 and not result.history.steps
     assert result.config["closed_form"]["iterations"] >= 2
+    # the statistics fit decided on are the model's, as prepare would have fitted them
+    fresh = pm.MultimodalDPMixture(data.dims, num_components=6, representation="observed")
+    fresh.fit_standardization(data)
+    for name, value in fresh.standardization.state_dict().items():
+        torch.testing.assert_close(model.standardization.state_dict()[name], value)
     # the guide holds the closed form: its median is the Normal factor's mean
     assert pm.evaluate(result, data)["effective_components"] < 4.5  # 3 clusters
     labelled = pm.MultimodalDPMixture(data.dims, num_components=6, representation="observed",

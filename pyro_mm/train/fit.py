@@ -54,6 +54,7 @@ from ..errors import CheckpointError
 from ..model.conjugate import conjugate_start
 from ..model.dp_mixture import MultimodalDPMixture
 from ..model.guide import MultimodalGuide
+from ..model.standardization import Standardization
 from ..runs import checkpoint as ckpt
 from ..runs.folder import open_run_folder
 from ..runs.result import FitResult
@@ -232,8 +233,11 @@ def fit(
     if not isinstance(data, MultimodalData):
         raise TypeError(f"data: expected MultimodalData, got {type(data).__name__}")
     automatic = num_epochs is None
-    if automatic and closed_form_is_the_fit(model, data, guide, resume_from):
+    statistics = _closed_form_statistics(model, data, guide, resume_from) if automatic else None
+    if statistics is not None:
         num_epochs = 0
+        if statistics is not model.standardization:  # what prepare would fit on these rows
+            model.standardization.load_state_dict(statistics.state_dict())
     elif automatic:
         data, val_data, num_epochs, early_stopping = _automatic(
             data, val_data, batch_size, early_stopping, seed)
@@ -269,19 +273,28 @@ def closed_form_is_the_fit(model: MultimodalDPMixture, data: MultimodalData, gui
     memory (the closed form sees every row), and the guide is the library's mean-field
     one, not yet initialised, with ``init="auto"``. Anywhere else SVI goes on from that
     start."""
+    return _closed_form_statistics(model, data, guide, resume_from) is not None
+
+
+def _closed_form_statistics(model: MultimodalDPMixture, data: MultimodalData, guide,
+                            resume_from) -> Standardization | None:
+    """:func:`closed_form_is_the_fit`'s answer as the feature statistics it was decided
+    on (the model's own if fitted, else a copy fitted on ``data``, which ``fit`` hands
+    to the model rather than fitting them again), or ``None`` for no."""
     if not (conjugate_start(model) and model.num_classes is None and not len(model.factors)
             and not data.on_disk and resume_from is None):
-        return False
+        return None
     if guide is not None and not (isinstance(guide, MultimodalGuide) and guide.init == "auto"
                                   and guide.global_guide_name == "meanfield"
                                   and not bool(guide.initialized)):
-        return False  # a MAP guide's optimum is the posterior's mode: SVI finds it
+        return None  # a MAP guide's optimum is the posterior's mode: SVI finds it
     model.check_data(data)  # bad data is named here, before any statistic is taken
     standardization = model.standardization
     if not standardization.fitted:  # what prepare will fit, on the same rows
         standardization = copy.deepcopy(standardization)
         standardization.fit(data)
-    return all(float(f.max()) <= EXACT_FLOOR for f in standardization.scale_floors())
+    exact = all(float(f.max()) <= EXACT_FLOOR for f in standardization.scale_floors())
+    return standardization if exact else None
 
 
 def _automatic(data, val_data, batch_size, early_stopping, seed):
