@@ -309,8 +309,7 @@ def test_diagnostic_draws_in_one_pass_agree_with_one_draw_at_a_time(representati
     batch = model.prepare(data)
     posterior = as_posterior(result)
 
-    def at_the_mean(self, values, idx, S):
-        part = self.batch.index(idx)
+    def at_the_mean(self, values, part, S):
         loc, scale = (self.posterior.encode_draws(part, values, S) if self.vectorised
                       else self.posterior.encode(part, values))
         return loc, dist.Normal(loc, scale).to_event(2).log_prob(loc)

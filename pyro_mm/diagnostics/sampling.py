@@ -26,6 +26,7 @@ from ..model.dp_mixture import MultimodalDPMixture
 from ..model.params import MixtureParams
 from ..model.posterior import (DrawBlock, Posterior, as_posterior, draws_per_pass, seeded,
                                site_log_prob)
+from ..predictive.predict import draw_passes
 from ..runtime.modes import evaluation_mode
 
 #: Default cap on the number of replicated feature values kept in
@@ -135,34 +136,37 @@ class _Sampler:
         self.x_scale = torch.cat([_feature_stats(model, m)[1] for m in mods])
 
     def passes(self, block: DrawBlock, batch_size: int):
-        """``(first draw, values, log_q)`` per pass of the block: all of it at once when
-        vectorised (split by :func:`~pyro_mm.model.posterior.draws_per_pass`), else
-        one draw at a time with the values of that draw alone (no draw dim)."""
-        if not self.vectorised:
-            for i in range(block.size):
-                yield (block.start + i, {k: v[i] for k, v in block.values.items()},
-                       block.log_q[i:i + 1])
-            return
-        per_pass = draws_per_pass(self.model, min(batch_size, self.batch.size))
-        for start in range(0, block.size, per_pass):
-            stop = min(start + per_pass, block.size)
-            yield (block.start + start, {k: v[start:stop] for k, v in block.values.items()},
-                   block.log_q[start:stop])
+        """``(draws, values, params, log_q)`` per pass of the block (``draws``: their
+        slice of the output): as many at once as
+        :func:`~pyro_mm.model.posterior.draws_per_pass` allows when vectorised
+        (:func:`~pyro_mm.predictive.predict.draw_passes`), else one draw at a time with
+        the values of that draw alone (no draw dim)."""
+        model = self.model
+        if self.vectorised:
+            per_pass = draws_per_pass(model, min(batch_size, self.batch.size))
+            pieces = draw_passes(model, block.values, block.size, per_pass)
+        else:
+            pieces = ((values, model.params_from_sites(values), 1) for values in
+                      ({k: v[i] for k, v in block.values.items()} for i in range(block.size)))
+        start = 0
+        for values, params, size in pieces:
+            yield (slice(block.start + start, block.start + start + size), values, params,
+                   block.log_q[start:start + size])
+            start += size
 
-    def draws(self, first: int, values: dict[str, torch.Tensor], log_q: torch.Tensor,
-              batch_size: int) -> None:
-        """Draws ``first .. first + S - 1`` (``S = len(log_q)``): their global values,
-        then every chunk of the data."""
-        draws = slice(first, first + log_q.shape[0])
-        params = self.model.params_from_sites(values)
+    def draws(self, draws: slice, values: dict[str, torch.Tensor], params: MixtureParams,
+              log_q: torch.Tensor, batch_size: int) -> None:
+        """The draws ``draws`` (their global ``values`` and ``params``): their global
+        values, then every chunk of the data."""
         self.out["log_q"][draws] = log_q.double().cpu().numpy()
         self.store_globals(draws, params)
+        plan = self.plan
         for first_chunk, idx in enumerate(self.batch.chunk_indices(batch_size)):
-            inputs, trace = self.chunk_densities(draws, values, params, idx, first_chunk == 0)
-            plan = self.plan
+            part = self.batch.index(idx)
+            inputs, trace = self.chunk_densities(draws, values, idx, part, first_chunk == 0)
             if (self.per_example or plan.pp_labels or plan.pp_features
                     or "y" in plan.ll_vars):
-                self.chunk_predictions(draws, params, inputs, trace, idx)
+                self.chunk_predictions(draws, params, inputs, trace, idx, part)
 
     def store_globals(self, draws: slice, params: MixtureParams) -> None:
         """The global values of ``draws`` (sticks, weights, alpha, df, components)."""
@@ -184,10 +188,9 @@ class _Sampler:
         value = value.expand(draws.stop - draws.start, len(rows)).cpu().numpy()
         self.out["ll"][var][draws, self.ll_index[var][rows[keep]]] = value[:, keep]
 
-    def local_draws(self, values, idx: torch.Tensor, S: int):
-        """``z ~ q(z | x, theta)`` of the chunk, ``(S, B, M, D)``, and its log density
-        ``(S, B)`` (``(B, M, D)`` and ``(B,)`` one draw at a time)."""
-        part = self.batch.index(idx)
+    def local_draws(self, values, part: TensorBatch, S: int):
+        """``z ~ q(z | x, theta)`` of the chunk ``part``, ``(S, B, M, D)``, and its log
+        density ``(S, B)`` (``(B, M, D)`` and ``(B,)`` one draw at a time)."""
         if self.vectorised:
             loc, scale = self.posterior.encode_draws(part, values, S)
         else:
@@ -196,21 +199,21 @@ class _Sampler:
         z = q.sample()
         return z, q.log_prob(z)
 
-    def chunk_densities(self, draws: slice, values, params: MixtureParams,
-                        idx: torch.Tensor, first: bool):
+    def chunk_densities(self, draws: slice, values, idx: torch.Tensor, part: TensorBatch,
+                        first: bool):
         """Draw the chunk's ``z`` (latent models), run the model conditioned on the
         draws; add the log densities (global terms on the ``first`` chunk only) and
-        store the feature log-likelihoods. Returns the classifier's inputs and the
-        model's trace."""
+        store the feature log-likelihoods. ``part``: the chunk, the rows ``idx`` of the
+        data. Returns the classifier's inputs and the model's trace."""
         model, batch, plan, out = self.model, self.batch, self.plan, self.out
         S, rows = draws.stop - draws.start, idx.cpu().numpy()
         condition = {k: v[:, None] if self.vectorised else v for k, v in values.items()}
         if plan.latent:
-            z, log_q_z = self.local_draws(values, idx, S)
+            z, log_q_z = self.local_draws(values, part, S)
             out["log_q"][draws] += _per_draw(log_q_z.double(), S, 1).sum(-1)
             condition["z"] = inputs = z
         else:
-            inputs = batch.index(idx).concatenated(model.modalities)
+            inputs = part.concatenated(model.modalities)
         trace = poutine.trace(poutine.condition(model, data=condition)).get_trace(
             batch, idx, 1.0)
         model.pop_records()
@@ -229,18 +232,19 @@ class _Sampler:
             if not local or name not in plan.ll_vars or name == "y":
                 continue
             if name == "x":
-                log_prob = log_prob + model.feature_log_jacobian(batch.masks[idx]).double()
+                log_prob = log_prob + model.feature_log_jacobian(part.masks).double()
             else:
                 log_prob = log_prob + self.jac[name[2:]].double()
             self.store(draws, name, rows, log_prob)
         return inputs, trace
 
     def chunk_predictions(self, draws: slice, params: MixtureParams, inputs: torch.Tensor,
-                          trace: "poutine.Trace", idx: torch.Tensor) -> None:
+                          trace: "poutine.Trace", idx: torch.Tensor, part: TensorBatch
+                          ) -> None:
         """Label log-likelihoods, responsibilities and class probabilities, and the
-        replicated labels and features of one chunk."""
+        replicated labels and features of one chunk (``part``, the rows ``idx``)."""
         model, plan, out = self.model, self.plan, self.out
-        S, part, rows = draws.stop - draws.start, self.batch.index(idx), idx.cpu().numpy()
+        S, rows = draws.stop - draws.start, idx.cpu().numpy()
         if plan.latent:
             mixture = params.mixture(model.mixture, batch_size=part.size)
         else:
@@ -338,8 +342,8 @@ def sample_draws(posterior: Posterior, batch: TensorBatch, plan: Plan, num_sampl
         bar = tqdm(total=num_samples, desc="posterior draws", unit="draw",
                    disable=not progress)
         for block in posterior.draw_blocks(batch, num_samples):
-            for first, values, log_q in sampler.passes(block, batch_size):
-                sampler.draws(first, values, log_q, batch_size)
+            for draws, values, params, log_q in sampler.passes(block, batch_size):
+                sampler.draws(draws, values, params, log_q, batch_size)
                 bar.update(len(log_q))
         bar.close()
     out = sampler.out
