@@ -117,7 +117,8 @@ class MultimodalGuide(UniquelyNamedModule):
         if init not in ("auto", "kmeans"):
             raise ValueError(f"init: expected 'auto' or 'kmeans', got {init!r}")
         self.init = init
-        #: What the closed-form start did (``iterations``, ``elbo_per_example``) when
+        #: What the closed-form start did (``iterations``, and ``elbo_per_example``:
+        #: its final ELBO per example, nats, of the standardised features) when
         #: :meth:`initialize` ran it; else ``None``.
         self.closed_form: dict[str, float] | None = None
         encoders = dict(encoders or {})
