@@ -241,3 +241,20 @@ def test_stacked_with_unequal_sizes_is_rejected():
     with pytest.raises(ValueError, match="stacked"):
         MultimodalMixture(torch.zeros(2), [torch.zeros(2, 2), torch.zeros(2, 3)],
                           [torch.ones(2, 2), torch.ones(2, 3)], stacked=True)
+
+
+def test_floored_logsumexp_equals_torchs_with_its_gradient_and_infinities():
+    from pyro_mm.model.distributions import floored_logsumexp
+
+    torch.manual_seed(0)
+    x = (torch.randn(64, 20, dtype=torch.float64) * 300).requires_grad_()  # far terms
+    ours, theirs = floored_logsumexp(x, -1), torch.logsumexp(x, -1)
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_theirs,) = torch.autograd.grad(theirs.sum(), x)
+    assert torch.allclose(g_ours, g_theirs, rtol=1e-12, atol=1e-30)
+    assert floored_logsumexp(x, 0, keepdim=True).shape == (1, 20)
+    assert torch.allclose(floored_logsumexp(x, 0), torch.logsumexp(x, 0), rtol=1e-12)
+    inf = float("inf")
+    y = torch.tensor([[-inf, -inf], [0.0, -inf], [inf, 1.0]])
+    assert floored_logsumexp(y).tolist() == torch.logsumexp(y, -1).tolist() == [-inf, 0.0, inf]

@@ -26,6 +26,29 @@ from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.transforms import PowerTransform
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Terms more than this many nats below the largest are left out of
+#: :func:`floored_logsumexp`.
+EXP_FLOOR = -80.0
+
+
+def floored_logsumexp(values: torch.Tensor, dim: int = -1, keepdim: bool = False
+                      ) -> torch.Tensor:
+    """``log sum exp`` of ``values`` over ``dim``, leaving out the terms more than
+    :data:`EXP_FLOOR` nats below the largest.
+
+    Why: ``exp`` runs several times slower on CPUs where its result underflows, which is
+    what the far components' terms of a mixture do (``torch.logsumexp`` over ``(2048,
+    20)`` such values, forward and backward: 2.4x this function's time). The terms left
+    out weigh at most ``K e^-80`` of the sum (``1e-33`` for ``K = 20``), below float
+    precision, and get a zero gradient instead of one of that size. A slice of ``-inf``
+    gives ``-inf``, as ``torch.logsumexp`` does.
+    """
+    top = values.detach().amax(dim, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    shifted = values - top
+    shifted = shifted.masked_fill(shifted < EXP_FLOOR, -math.inf)
+    out = shifted.exp().sum(dim, keepdim=True).log() + top
+    return out if keepdim else out.squeeze(dim)
 
 
 def stick_breaking_log_weights(sticks: torch.Tensor) -> torch.Tensor:
@@ -287,7 +310,7 @@ class MultimodalMixture(TorchDistribution):
         """``(B, M)``: each modality's own mixture log-density
         ``logsumexp_k [log pi_k + log N(x_im; mu_mk, sigma_mk)]`` (the prominence
         used by the ``dp`` fusion gate); ``-inf`` where masked out."""
-        per = torch.logsumexp(self._weights.unsqueeze(-2) + self._unmasked(value), dim=-1)
+        per = floored_logsumexp(self._weights.unsqueeze(-2) + self._unmasked(value), dim=-1)
         if self.mask is not None:
             per = per.masked_fill(~self.mask, -math.inf)
         return per
@@ -319,8 +342,8 @@ class MultimodalMixture(TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         lp = self.component_log_density(value)
         if self.mixture == "joint":
-            return torch.logsumexp(self._weights + lp.sum(-2), dim=-1)
-        per = torch.logsumexp(self._weights.unsqueeze(-2) + lp, dim=-1)
+            return floored_logsumexp(self._weights + lp.sum(-2), dim=-1)
+        per = floored_logsumexp(self._weights.unsqueeze(-2) + lp, dim=-1)
         if self.mask is not None:
             per = torch.where(self.mask, per, per.new_zeros(()))
         return per.sum(-1)
