@@ -143,6 +143,29 @@ def test_impute_latent_model_and_cli(tmp_path, capsys):
         pm.impute(pm.FitResult(no_decoder, None, pm.History(), {}), data)
 
 
+def test_impute_warns_where_a_decoder_predicts_far_outside_the_training_data():
+    import warnings
+
+    data = _synthetic(200).mask_at_random(0.3, seed=0)
+    result = _fit_small(data, epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm.impute(result, data, num_samples=4)
+    assert not [w for w in caught if "training standard deviations" in str(w.message)]
+    # What a latent model trained far past its stopping point does (issue 25's mfeat
+    # run: imputed means thousands of training sds out): its decoder, shifted here.
+    m = data.modalities[1]
+    last = [layer for layer in result.model.decoders[m].modules()
+            if isinstance(layer, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[0] += 50.0
+    hidden = int((~data.masks[m]).sum())
+    with pytest.warns(UserWarning, match=rf"'{m}': {hidden} of {hidden * data.dims[m]} "
+                                         r"cells, largest [\d.]+ sd"):
+        out = pm.impute(result, data, num_samples=4)
+    assert np.isfinite(out[f"{m}_mean"].values[~data.masks[m]]).all()   # still reported
+
+
 # ---------------------------------------------------------------------- prediction
 def _fit_small(data, global_guide="meanfield", epochs=3, fusion="concat"):
     pyro.set_rng_seed(0)

@@ -23,6 +23,7 @@ the missing representation given the present ones, and the global posterior's.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runs.result import FitResult
 
 _BISECTION_STEPS = 30
+#: Training standard deviations from the training mean beyond which an imputed posterior
+#: mean is reported (:func:`warn_far_from_training`): by Chebyshev's inequality at most
+#: 1 % of any distribution lies that far from its mean, so such a value is not one the
+#: training data make plausible.
+FAR_FROM_TRAINING = 10.0
 
 
 def _draw_gaussians(model: MultimodalDPMixture, posterior: Posterior, part: TensorBatch,
@@ -155,6 +161,28 @@ def impute_batch(posterior: Posterior, batch: TensorBatch, num_samples: int = 10
     return out
 
 
+def warn_far_from_training(raw: dict[str, dict[str, torch.Tensor]]) -> None:
+    """One warning naming every modality whose imputed means (``raw``: what
+    :func:`impute_batch` returns, standardised) lie more than :data:`FAR_FROM_TRAINING`
+    training standard deviations from the training mean: how many cells, and the
+    largest. Such a fit predicts values its training data never came near (a latent
+    model trained long past its own stopping point does: its decoder is read at
+    representations its encoders never produced)."""
+    far = {}
+    for m, piece in raw.items():
+        size = piece["mean"].abs()
+        count = int((size > FAR_FROM_TRAINING).sum())
+        if count:
+            far[m] = (count, piece["mean"].numel(), float(size.max()))
+    if far:
+        said = "; ".join(f"{m!r}: {c} of {n} cells, largest {big:.3g} sd"
+                         for m, (c, n, big) in far.items())
+        warnings.warn(f"impute: imputed means more than {FAR_FROM_TRAINING:g} training "
+                      f"standard deviations from the training mean ({said}); the fit does "
+                      "not describe these cells (see pyro_mm.predictive.impute)",
+                      stacklevel=3)
+
+
 def _check(model: MultimodalDPMixture, num_samples, quantiles, chunk_size) -> list[float]:
     if model.representation == "latent" and not model.reconstruct:
         raise ValueError("impute: a latent model needs a decoder (reconstruct=True) to "
@@ -213,6 +241,7 @@ def impute(result: "FitResult | Any", data: MultimodalData, num_samples: int = 1
         if seed is not None:
             torch.manual_seed(seed)
         raw = impute_batch(posterior, batch, num_samples, levels, chunk_size)
+    warn_far_from_training(raw)
     n = batch.size
     variables = {}
     for j, m in enumerate(model.modalities):
