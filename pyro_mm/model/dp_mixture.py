@@ -609,7 +609,10 @@ class MultimodalDPMixture(UniquelyNamedModule):
             part = batch if subsample is None else batch.index(idx)
             if self.representation == "observed":
                 values = part.concatenated(self.modalities)
-                pyro.sample("x", params.mixture(self.mixture, mask=part.masks,
+                # No mask when nothing is missing: the masking passes over (B, M, K)
+                # are then skipped (one host sync to know it).
+                mask = None if bool(part.masks.all()) else part.masks
+                pyro.sample("x", params.mixture(self.mixture, mask=mask,
                                                 batch_size=part.size, stacked=False),
                             obs=values)
                 self.label_head.observe(values, params, part)
