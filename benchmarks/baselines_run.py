@@ -213,8 +213,10 @@ def tiny_subset(data: pm.MultimodalData) -> pm.MultimodalData:
     return data.subset(np.arange(0, len(data), max(1, len(data) // 200)))
 
 
-def merge(paths: Sequence[str], out: str | None = None, name: str = "baselines") -> None:
-    """Record the rows of several runs' JSON files as one result (their notes joined)."""
+def merge(paths: Sequence[str], out: str | None = None, name: str = "baselines",
+          table: Callable[[list[dict]], str] | None = None) -> None:
+    """Record the rows of several runs' JSON files as one result (their notes joined),
+    tabled by ``table(rows)`` (default: :func:`tables`)."""
     import json
 
     payloads = [json.loads(open(path).read()) for path in paths]
@@ -224,18 +226,21 @@ def merge(paths: Sequence[str], out: str | None = None, name: str = "baselines")
     notes = " ".join(f"Run `{p['command'].strip()}`: {p['notes']}" for p in payloads)
     write_results(name, {"title": payloads[0]["title"], "rows": rows, "skipped": skipped,
                          "notes": notes},
-                  tables(rows, by_labels=name != "baselines"), out,
+                  table(rows) if table else tables(rows, by_labels=name != "baselines"), out,
                   module=payloads[0]["command"].split()[2].split(".", 1)[1])
 
 
 def record(name: str, title: str, rows: list[dict], skipped: dict[str, str], notes: str,
-           start: float, args, by_labels: bool = True, module: str | None = None) -> None:
-    """Write one run's rows and tables (:func:`tables`) under ``name``, its notes ending
-    with the run's wall time and the data sets skipped; a ``--tiny`` run is not recorded."""
+           start: float, args, by_labels: bool = True, module: str | None = None,
+           table: str | None = None) -> None:
+    """Write one run's rows and tables (``table``, else :func:`tables` of the rows) under
+    ``name``, its notes ending with the run's wall time and the data sets skipped; a
+    ``--tiny`` run is not recorded."""
     notes += (f" Whole run: {time.perf_counter() - start:.0f} s."
               + (f" Skipped: {skipped}." if skipped else ""))
     write_results(name, {"title": title, "rows": rows, "skipped": skipped, "notes": notes},
-                  tables(rows, by_labels=by_labels), args.out, record=not args.tiny,
+                  tables(rows, by_labels=by_labels) if table is None else table, args.out,
+                  record=not args.tiny,
                   module=module)
 
 

