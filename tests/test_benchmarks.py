@@ -287,3 +287,15 @@ def test_imputation_scores_match_a_hand_computation():
     mean[1, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         scores(truth, hidden, mean)
+
+
+def test_loaded_passes_over_a_data_set_that_cannot_be_had_and_says_why(capsys):
+    from benchmarks.real_data import RealDataUnavailable, loaded
+
+    def missing():
+        raise RealDataUnavailable("no wheel here")
+
+    skipped = {}
+    got = list(loaded(["a", "b"], {"a": missing, "b": lambda: 7}, skipped))
+    assert got == [("b", 7)] and skipped == {"a": "no wheel here"}
+    assert "skipping a: no wheel here" in capsys.readouterr().out
