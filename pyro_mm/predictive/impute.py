@@ -19,6 +19,14 @@ its standard deviation (``E_s[sd_s^2] + Var_s[mu_s]``, the total variance) and i
 quantiles (found by bisection on the mixture's CDF, not from a handful of samples).
 The spread therefore includes the decoder's (or component's) noise, the uncertainty of
 the missing representation given the present ones, and the global posterior's.
+
+A fit can predict values its training data never came near: a latent model trained far
+past its own stopping point merges its mixture into one wide component and reads its
+decoders at representations its encoders never produced (on mfeat, imputed means
+thousands of training standard deviations out, with intervals as wide). :func:`impute`
+says so, once per call, naming the modalities whose imputed means lie more than
+:data:`FAR_FROM_TRAINING` training standard deviations from the training mean; the
+values are still returned.
 """
 
 from __future__ import annotations
@@ -179,7 +187,7 @@ def warn_far_from_training(raw: dict[str, dict[str, torch.Tensor]]) -> None:
                          for m, (c, n, big) in far.items())
         warnings.warn(f"impute: imputed means more than {FAR_FROM_TRAINING:g} training "
                       f"standard deviations from the training mean ({said}); the fit does "
-                      "not describe these cells (see pyro_mm.predictive.impute)",
+                      "not describe these cells (pyro_mm.predictive.impute says why)",
                       stacklevel=3)
 
 
@@ -226,6 +234,10 @@ def impute(result: "FitResult | Any", data: MultimodalData, num_samples: int = 1
         ``<m>_quantiles`` (dims ``quantile``, ``example``, ``feature_<m>``; only with
         ``quantiles``) and ``<m>_missing`` (``example``, bool). Cells where the
         modality was observed are NaN.
+
+    Warns:
+        UserWarning: imputed means more than :data:`FAR_FROM_TRAINING` training
+        standard deviations from the training mean (module docstring).
     """
     import xarray as xr
 
