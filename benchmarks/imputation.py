@@ -16,7 +16,9 @@ Methods:
 * ``IterativeImputer``: scikit-learn's round-robin ``BayesianRidge`` regressions
   (:data:`ITERATIVE`: each feature regressed on 100 others, drawn with probability
   proportional to their absolute correlation with it, at most 10 rounds; regressing on
-  all 649-700 features would take tens of minutes per fit here);
+  all 649-700 features would take tens of minutes per fit here), as it comes and with
+  its imputations clipped to each feature's training range (:data:`CLIPPED`), as a
+  practitioner would after seeing it diverge on mfeat's collinear views;
 * pyro_mm, ``pm.impute``'s posterior mean (100 global draws) and its 90 % interval
   (quantiles 0.05 and 0.95 of the predictive), for
 
@@ -33,7 +35,7 @@ Reported per method: RMSE over the hidden test cells, the coverage of the 90 % i
 outside the training data's range shows there), and the seconds to fit and impute.
 
     python -m benchmarks.imputation [--tiny] [--seeds 5] [--latent-seeds 3]
-        [--datasets mfeat brca kipan] [--out JSON] [--merge JSON ...]
+        [--datasets mfeat brca kipan] [--methods ...] [--out JSON] [--merge JSON ...]
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ ITERATIVE = dict(max_iter=10, n_nearest_features=100)
 #: SVI epochs run after the observed model's closed-form fit (its "long" row).
 OBSERVED_SVI_EPOCHS = 300
 NUM_SAMPLES = 100
+CLIPPED = "IterativeImputer, clipped to the training range"
 OBSERVED = "pyro_mm observed, fit(num_epochs=None)"
 OBSERVED_LONG = f"pyro_mm observed, + {OBSERVED_SVI_EPOCHS} SVI epochs"
 LATENT = "pyro_mm default (latent), fit(num_epochs=None)"
@@ -103,17 +106,31 @@ def scores(truth: np.ndarray, hidden: np.ndarray, mean: np.ndarray, low=None, hi
     return out
 
 
-def sklearn_imputers(xs: np.ndarray, xt: np.ndarray, seed: int) -> dict[str, tuple]:
-    """``name -> (imputed test x, seconds)`` of the scikit-learn imputers and the mean."""
+#: The scikit-learn rows and the mean (``--methods`` names; :func:`sklearn_imputers`).
+SKLEARN = ("mean", "KNNImputer", "IterativeImputer", CLIPPED)
+
+
+def sklearn_imputers(xs: np.ndarray, xt: np.ndarray, seed: int, names=SKLEARN
+                     ) -> dict[str, tuple]:
+    """``name -> (imputed test x, seconds)`` of the scikit-learn imputers and the mean
+    named in ``names``. :data:`CLIPPED` is ``IterativeImputer`` with every imputation
+    clipped to its feature's range over the observed training cells (its ``min_value``
+    and ``max_value``): unclipped, its regressions on collinear features can diverge."""
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer, KNNImputer
 
-    out = {"mean": (np.nan_to_num(xt, nan=0.0), 0.0)}
-    for name, imputer in (("KNNImputer", KNNImputer(n_neighbors=5)),
-                          ("IterativeImputer", IterativeImputer(random_state=seed,
-                                                                **ITERATIVE))):
+    imputers = {
+        "mean": None, "KNNImputer": lambda: KNNImputer(n_neighbors=5),
+        "IterativeImputer": lambda: IterativeImputer(random_state=seed, **ITERATIVE),
+        CLIPPED: lambda: IterativeImputer(random_state=seed, min_value=np.nanmin(xs, 0),
+                                          max_value=np.nanmax(xs, 0), **ITERATIVE)}
+    out = {}
+    for name in names:
+        if name == "mean":
+            out[name] = (np.nan_to_num(xt, nan=0.0), 0.0)
+            continue
         start = time.perf_counter()
-        out[name] = (imputer.fit(xs).transform(xt), time.perf_counter() - start)
+        out[name] = (imputers[name]().fit(xs).transform(xt), time.perf_counter() - start)
     return out
 
 
@@ -143,9 +160,10 @@ def pyro_mm_fits(train, test, stats, seed: int, latent: bool, num_samples: int):
     return out
 
 
-def run_one(name: str, data, seed: int, missing: float, latent: bool, num_samples: int
-            ) -> list[dict]:
-    """Every method on one data set, level and seed: one row each."""
+def run_one(name: str, data, seed: int, missing: float, latent: bool, num_samples: int,
+            methods=SKLEARN + ("pyro_mm",)) -> list[dict]:
+    """The ``methods`` (:data:`SKLEARN` names and ``"pyro_mm"`` for all our rows) on one
+    data set, level and seed: one row each."""
     train, test = setting(data, seed, missing)
     full_test = setting(data, seed, 0.0)[1]
     xs, xt = baselines.standardise(train, test)
@@ -154,9 +172,11 @@ def run_one(name: str, data, seed: int, missing: float, latent: bool, num_sample
     meta = {"dataset": name, "missing": missing, "seed": seed,
             "hidden_cells": int(hidden.sum())}
     rows = [{**meta, "method": k, "seconds": s, **scores(truth, hidden, x)}
-            for k, (x, s) in sklearn_imputers(xs.x, xt.x, seed).items()]
-    for k, (mean, low, high, s, info) in pyro_mm_fits(train, test, scaling(train), seed,
-                                                       latent, num_samples).items():
+            for k, (x, s) in sklearn_imputers(
+                xs.x, xt.x, seed, [m for m in SKLEARN if m in methods]).items()]
+    ours = (pyro_mm_fits(train, test, scaling(train), seed, latent, num_samples)
+            if "pyro_mm" in methods else {})
+    for k, (mean, low, high, s, info) in ours.items():
         rows.append({**meta, "method": k, "seconds": s, "info": info,
                      **scores(truth, hidden, mean, low, high)})
     for r in rows:
@@ -199,6 +219,9 @@ def main(argv=None) -> None:
     p.add_argument("--latent-seeds", type=int, default=3,
                    help="seeds (the first ones) that also run the latent model's rows")
     p.add_argument("--datasets", nargs="+", default=list(LEVELS), choices=list(LEVELS))
+    p.add_argument("--methods", nargs="+", default=list(SKLEARN) + ["pyro_mm"],
+                   choices=list(SKLEARN) + ["pyro_mm"],
+                   help="run these rows only (pyro_mm: all of ours)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="record the rows of earlier runs' --out files (say, one per "
                         "data set, run side by side) instead of running")
@@ -214,7 +237,7 @@ def main(argv=None) -> None:
         for seed in seeds:
             for missing in levels[name]:
                 rows += run_one(name, data, seed, missing, seed < args.latent_seeds,
-                                num_samples)
+                                num_samples, args.methods)
     notes = (f"{len(seeds)} seeds ({args.latent_seeds} for the latent rows); split and "
              "masks of benchmarks.baselines_run.setting; RMSE over the hidden test cells "
              "on the training split's standardised scale; coverage of pm.impute's 90 % "

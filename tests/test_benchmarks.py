@@ -299,3 +299,19 @@ def test_loaded_passes_over_a_data_set_that_cannot_be_had_and_says_why(capsys):
     got = list(loaded(["a", "b"], {"a": missing, "b": lambda: 7}, skipped))
     assert got == [("b", 7)] and skipped == {"a": "no wheel here"}
     assert "skipping a: no wheel here" in capsys.readouterr().out
+
+
+def test_clipped_iterative_imputer_stays_in_the_training_range():
+    from benchmarks.imputation import CLIPPED, sklearn_imputers
+
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(60, 4))
+    xs[:, 3] = xs[:, 2] * 50.0                # a collinear, large-scale column
+    xt = xs[:10].copy() * 3.0                 # test rows beyond the training range
+    xs[rng.random(xs.shape) < 0.2] = np.nan
+    xt[:, 3] = np.nan
+    out = sklearn_imputers(xs, xt, seed=0, names=("mean", CLIPPED))
+    assert set(out) == {"mean", CLIPPED}
+    assert (out["mean"][0][:, 3] == 0).all()
+    filled = out[CLIPPED][0][:, 3]
+    assert np.nanmin(xs[:, 3]) <= filled.min() and filled.max() <= np.nanmax(xs[:, 3])
