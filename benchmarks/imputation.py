@@ -51,6 +51,7 @@ import pyro_mm as pm
 from . import baselines, real_data
 from .baselines_run import merge, record, setting, tiny_subset
 from .common import markdown_table, parser
+from .missing import training_stats
 
 LEVELS = {"mfeat": (0.3, 0.5, 0.7), "brca": (0.3, 0.5), "kipan": (0.3, 0.5)}
 LOADERS = {"mfeat": pm.datasets.load_mfeat, "brca": real_data.load_brca,
@@ -67,21 +68,9 @@ LATENT = "pyro_mm default (latent), fit(num_epochs=None)"
 LATENT_LONG = "pyro_mm default (latent), 3x its epochs"
 
 
-def scaling(train: pm.MultimodalData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``view -> (mean, sd)`` over the observed training cells, as
-    :func:`benchmarks.baselines.standardise` scales (a constant feature gets sd 1)."""
-    out = {}
-    for m in train.modalities:
-        x = train.features[m][train.masks[m]]
-        sd = x.std(0)
-        sd[sd == 0] = 1.0
-        out[m] = (x.mean(0), sd)
-    return out
-
-
 def pyro_mm_impute(result, test: pm.MultimodalData, stats, num_samples: int = NUM_SAMPLES):
     """``pm.impute``'s posterior mean and 90 % interval of every test cell, standardised
-    by ``stats`` (:func:`scaling`) and concatenated over views: three ``(N, sum d)``
+    by ``stats`` (:func:`benchmarks.missing.training_stats`) and concatenated over views: three ``(N, sum d)``
     arrays, NaN where the view is present."""
     out = pm.impute(result, test, num_samples=num_samples, quantiles=(0.05, 0.95))
     parts = {"mean": [], "low": [], "high": []}
@@ -174,7 +163,7 @@ def run_one(name: str, data, seed: int, missing: float, latent: bool, num_sample
     rows = [{**meta, "method": k, "seconds": s, **scores(truth, hidden, x)}
             for k, (x, s) in sklearn_imputers(
                 xs.x, xt.x, seed, [m for m in SKLEARN if m in methods]).items()]
-    ours = (pyro_mm_fits(train, test, scaling(train), seed, latent, num_samples)
+    ours = (pyro_mm_fits(train, test, training_stats(train), seed, latent, num_samples)
             if "pyro_mm" in methods else {})
     for k, (mean, low, high, s, info) in ours.items():
         rows.append({**meta, "method": k, "seconds": s, "info": info,
