@@ -9,9 +9,10 @@ example); a cohort that cannot be had is skipped and says why.
 Ours, fitted on all examples (clustering is transductive), clusters from
 :func:`pyro_mm.cluster`: the unsupervised latent model (``num_components=20``, the
 inverse-gamma variance prior), and the mixture on the observed features
-(``representation="observed"``, ``pm.fit``'s own training: its closed form). The
+(``representation="observed"``, ``pm.fit``'s own training: its closed form, and SVI
+from there where features are integer-valued, as mfeat's pixel counts are). The
 baselines see the concatenated features standardised per column, missing cells
-mean-imputed (0 after standardising). Reported: ARI and NMI against the digit labels,
+mean-imputed (0 after standardising). Reported: ARI and NMI against the groups,
 the number of clusters found (occupied components: at least one example's most
 responsible one), each over seeds, and stability: the mean ARI between the assignments
 of every pair of seeds.
@@ -62,8 +63,8 @@ def ours(data, seed, epochs):
 
 
 def ours_observed(data, seed, epochs):  # noqa: ARG001 (its fit chooses its own length)
-    """The mixture on the features themselves, ``pm.fit``'s own training (the closed
-    form: no SVI step)."""
+    """The mixture on the features themselves, ``pm.fit``'s own training (module
+    docstring)."""
     model = pm.MultimodalDPMixture(data.dims, num_components=TRUNCATION,
                                    representation="observed")
     result = pm.fit(model, data, num_epochs=None, seed=seed, device="cpu", progress=False)
