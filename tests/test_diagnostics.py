@@ -468,3 +468,26 @@ def test_pyro_mm_diagnose_command(tmp_path, capsys):
     assert "Pareto k" in capsys.readouterr().out
     assert (tmp_path / "d.nc").is_file()
     assert main(["diagnose", str(tmp_path / "nothing")]) == 2
+
+
+def _ratio_tree(log_ratios):
+    import xarray as xr
+
+    stats = xr.Dataset({"lp": (("chain", "draw"), log_ratios[None]),
+                        "log_q": (("chain", "draw"), np.zeros((1, log_ratios.size)))})
+    return xr.DataTree.from_dict({"sample_stats": stats})
+
+
+def test_pareto_k_calls_a_tail_of_one_draw_very_bad_whatever_the_fit_returns(monkeypatch):
+    rng = np.random.default_rng(0)
+    tame = rng.normal(size=150)
+    assert dx.pareto_k(_ratio_tree(tame)).label == "good"
+    dominated = tame.copy()
+    dominated[7] += 40.0     # one draw outweighs the other 149 together (e^40 > 149 e^3)
+    # The tail fit on such ratios can return anything; a latent model's gave k = 0.12
+    # beside an importance-sampling ESS of 1.0. Make psis return that.
+    real = dx.reliability.psis
+    monkeypatch.setattr(dx.reliability, "psis", lambda r: (real(r)[0], 0.12))
+    out = dx.pareto_k(_ratio_tree(dominated))
+    assert out.k == float("inf") and out.label == "very bad" and out.ess < 2
+    assert dx.pareto_k(_ratio_tree(tame)).k == 0.12    # the guard leaves other ratios be

@@ -8,7 +8,10 @@
   largest ratios. Its shape ``k`` says how heavy the right tail of the ratios is, i.e.
   how much of the true posterior ``q`` misses. ArviZ's thresholds apply (``k`` below
   ``min(1 - 1/log10(S), 0.7)``: good; up to 1: bad; above 1: very bad). The estimate
-  is arviz-stats' PSIS (``array_stats.psislw``).
+  is arviz-stats' PSIS (``array_stats.psislw``). Where one draw's ratio exceeds all
+  the others' together, the tail is that one draw and the fit is degenerate (it has
+  returned NaN, and also k = 0.12 beside an importance-sampling ESS of 1.0): ``k`` is
+  then reported as ``inf``, the heaviest tail.
 
   For ``representation="observed"`` the ratio is over the global parameters only. For
   latent models it is over the globals *and* every example's representation ``z_i``
@@ -138,6 +141,14 @@ def psis(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
     return log_weights, float(k)
 
 
+def _one_draw_dominates(log_ratios: np.ndarray) -> bool:
+    """Whether one draw's importance ratio exceeds the sum of all the others. For a tail
+    with ``k < 1`` (a finite mean) that is all but impossible among a hundred or more
+    draws, so a smaller fitted ``k`` there is the fit failing, not the tail."""
+    order = np.sort(log_ratios)
+    return bool(order[-1] > np.logaddexp.reduce(order[:-1]))
+
+
 def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000,
              batch_size: int = 2048, seed: int | None = None, progress: bool = True
              ) -> ParetoK:
@@ -190,9 +201,10 @@ def pareto_k(source, data: MultimodalData | None = None, num_samples: int = 1000
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             log_weights, k = psis(log_ratios)
-        if not np.isfinite(k):
-            # The ratios span so many nats that every tail weight but the largest
-            # underflows to zero and the tail fit fails: the heaviest tail there is.
+        if not np.isfinite(k) or (k < 1.0 and _one_draw_dominates(log_ratios)):
+            # The ratios span so many nats that the tail is one draw: the tail fit fails
+            # (NaN) or returns anything at all (k = 0.12 beside an ESS of 1.0 was seen
+            # on a latent model). Either way it is the heaviest tail there is.
             k = math.inf
         if not np.all(np.isfinite(log_weights)):
             log_weights = log_ratios - np.logaddexp.reduce(log_ratios)
