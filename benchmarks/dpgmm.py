@@ -132,28 +132,19 @@ def load_real(name: str, tiny: bool = False) -> np.ndarray:
     return x[:150] if tiny else x
 
 
-def random_split(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def random_split(x: np.ndarray, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """An unstratified random 75/25 split, standardised on the training part, with the
     training split's constant columns dropped (no density can score a test value of a
-    feature that never varied). Returns ``(train, test, scale)``, ``scale`` the kept
-    columns' training standard deviations."""
-    test, train = _halves(x, seed)
-    keep = _kept(x, seed)
+    feature that never varied). Returns ``(train, test, scale, keep)``: ``scale`` the
+    kept columns' training standard deviations, ``keep`` which columns of ``x`` were
+    kept."""
+    perm = np.random.default_rng(seed).permutation(len(x))
+    test, train = x[perm[: len(x) // 4]], x[perm[len(x) // 4:]]
+    keep = train.std(0) > 1e-8 * np.maximum(1.0, np.abs(train.mean(0)))
     train, test = train[:, keep], test[:, keep]
     loc, scale = train.mean(0), train.std(0)
-    return (train - loc) / scale, (test - loc) / scale, scale
-
-
-def _halves(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(test, train)`` rows of :func:`random_split`."""
-    perm = np.random.default_rng(seed).permutation(len(x))
-    return x[perm[: len(x) // 4]], x[perm[len(x) // 4:]]
-
-
-def _kept(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The columns :func:`random_split` keeps: not constant on the training rows."""
-    train = _halves(x, seed)[1]
-    return train.std(0) > 1e-8 * np.maximum(1.0, np.abs(train.mean(0)))
+    return (train - loc) / scale, (test - loc) / scale, scale, keep
 
 
 def binned_log_likelihood(x: np.ndarray, weights: np.ndarray, locs: np.ndarray,
@@ -205,14 +196,14 @@ def run_split(x: np.ndarray, seed: int, epochs: list[int]) -> dict:
     variants at each training length."""
     from sklearn.mixture import BayesianGaussianMixture
 
-    train, test, scale = random_split(x, seed)
+    train, test, scale, keep = random_split(x, seed)
     reference = BayesianGaussianMixture(
         n_components=TRUNCATION, covariance_type="diag", max_iter=500, random_state=0,
         weight_concentration_prior_type="dirichlet_process").fit(train)
     out = {"sklearn": _per_example(reference.score_samples(test))}
     # Integer features: also the probability of the recorded values (bins of width 1;
     # the density of the other features).
-    integer = (x == np.round(x)).all(0)[_kept(x, seed)]
+    integer = (x == np.round(x)).all(0)[keep]
     step = np.where(integer, 1.0 / scale, 0.0) if integer.any() else None
     if step is not None:
         out["binned"] = {"sklearn": _per_example(binned_log_likelihood(
