@@ -69,18 +69,27 @@ class ViewArrays:
         return np.flatnonzero(self.labels >= 0)
 
 
-def standardise(train, test) -> tuple[ViewArrays, ViewArrays]:
-    """:class:`ViewArrays` of two :class:`pyro_mm.MultimodalData` splits, both scaled by
-    the training split's per-feature mean and sd over its observed cells (a constant
-    feature gets sd 1). The inputs are not changed."""
-    out = {"train": [], "test": []}
-    slices, start = [], 0
+def training_stats(train) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``view -> (mean, sd)`` per feature over the training split's observed cells (a
+    constant feature gets sd 1)."""
+    stats = {}
     for m in train.modalities:
         x, seen = train.features[m], train.masks[m]
         if not seen.any():
             raise ValueError(f"view {m!r}: no training example has it")
-        loc, scale = x[seen].mean(0), x[seen].std(0)
+        scale = x[seen].std(0)
         scale[scale == 0] = 1.0
+        stats[m] = (x[seen].mean(0), scale)
+    return stats
+
+
+def standardise(train, test) -> tuple[ViewArrays, ViewArrays]:
+    """:class:`ViewArrays` of two :class:`pyro_mm.MultimodalData` splits, both scaled by
+    the training split's :func:`training_stats`. The inputs are not changed."""
+    out = {"train": [], "test": []}
+    slices, start = [], 0
+    for m, (loc, scale) in training_stats(train).items():
+        x = train.features[m]
         for name, data in (("train", train), ("test", test)):
             z = (data.features[m] - loc) / scale
             z[~data.masks[m]] = np.nan

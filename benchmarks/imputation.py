@@ -49,9 +49,9 @@ import pyro
 import pyro_mm as pm
 
 from . import baselines, real_data
+from .baselines import training_stats
 from .baselines_run import merge, record, setting, tiny_subset
 from .common import markdown_table, parser
-from .missing import training_stats
 
 LEVELS = {"mfeat": (0.3, 0.5, 0.7), "brca": (0.3, 0.5), "kipan": (0.3, 0.5)}
 LOADERS = {"mfeat": pm.datasets.load_mfeat, "brca": real_data.load_brca,
@@ -70,8 +70,8 @@ LATENT_LONG = "pyro_mm default (latent), 3x its epochs"
 
 def pyro_mm_impute(result, test: pm.MultimodalData, stats, num_samples: int = NUM_SAMPLES):
     """``pm.impute``'s posterior mean and 90 % interval of every test cell, standardised
-    by ``stats`` (:func:`benchmarks.missing.training_stats`) and concatenated over views: three ``(N, sum d)``
-    arrays, NaN where the view is present."""
+    by ``stats`` (:func:`benchmarks.baselines.training_stats`) and concatenated over
+    views: three ``(N, sum d)`` arrays, NaN where the view is present."""
     out = pm.impute(result, test, num_samples=num_samples, quantiles=(0.05, 0.95))
     parts = {"mean": [], "low": [], "high": []}
     for m in test.modalities:

@@ -34,22 +34,11 @@ import torch
 
 import pyro_mm as pm
 
-from .baselines import standardise
+from .baselines import standardise, training_stats
 from .common import markdown_table, parser, train_mlp, write_results
+from .imputation import pyro_mm_impute, scores
 
 FRACTIONS = (0.0, 0.3, 0.5, 0.7)
-
-
-def training_stats(train):
-    """``view -> (loc, scale)`` of the training split's observed cells (a constant
-    feature gets scale 1)."""
-    stats = {}
-    for m in train.modalities:
-        x, seen = train.features[m], train.masks[m]
-        scale = x[seen].std(0)
-        scale[scale == 0] = 1.0
-        stats[m] = (x[seen].mean(0), scale)
-    return stats
 
 
 def arrays(train, test):
@@ -138,24 +127,14 @@ IMPUTING = {"ours, default (latent)": "(e) ours (default model)",
             **{f"ours, observed ({k[1]})": k for k in VARIANTS if k[:3] in ("(g)", "(i)")}}
 
 
-def imputation_scores(result, test, xt_truth, slices, num_samples):
+def imputation_scores(result, test, xt_truth, num_samples):
     """RMSE on the hidden test cells (standardised scale) of ours (``pm.impute``'s
     posterior mean), our 90 % interval coverage, and the seconds ``pm.impute`` took."""
-    hidden = np.isnan(xt_truth["masked"])
-    truth = xt_truth["full"][hidden]
     start = time.perf_counter()
-    out = pm.impute(result, test, num_samples=num_samples, quantiles=(0.05, 0.95))
+    imputed = pyro_mm_impute(result, test, xt_truth["stats"], num_samples)
     seconds = time.perf_counter() - start
-    mean = np.full_like(xt_truth["full"], np.nan)
-    low, high = mean.copy(), mean.copy()
-    for m, cols in zip(test.modalities, slices):
-        loc, scale = xt_truth["stats"][m]
-        mean[:, cols] = (out[f"{m}_mean"].values - loc) / scale
-        q = out[f"{m}_quantiles"].values
-        low[:, cols], high[:, cols] = (q[0] - loc) / scale, (q[1] - loc) / scale
-    rmse = float(np.sqrt(((mean[hidden] - truth) ** 2).mean()))
-    coverage = float(((truth >= low[hidden]) & (truth <= high[hidden])).mean())
-    return rmse, coverage, seconds
+    got = scores(xt_truth["full"], np.isnan(xt_truth["masked"]), *imputed)
+    return got["rmse"], got["coverage"], seconds
 
 
 def _nll(probs, labels):
@@ -203,7 +182,7 @@ def run_one(data, seed, fraction, epochs, num_samples):
                                    ((imputed[1][hidden] - xt_full[hidden]) ** 2).mean()))},
                       "coverage": {}, "impute_seconds": {}}
         for label, name in IMPUTING.items():
-            rmse, coverage, seconds = imputation_scores(fitted[name], test, truth, slices,
+            rmse, coverage, seconds = imputation_scores(fitted[name], test, truth,
                                                         num_samples)
             imputation["rmse"][label] = rmse
             imputation["coverage"][label] = coverage
