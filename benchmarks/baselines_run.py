@@ -235,8 +235,7 @@ def record(name: str, title: str, rows: list[dict], skipped: dict[str, str], not
               + (f" Skipped: {skipped}." if skipped else ""))
     write_results(name, {"title": title, "rows": rows, "skipped": skipped, "notes": notes},
                   tables(rows, by_labels=by_labels) if table is None else table, args.out,
-                  record=not args.tiny,
-                  module=module)
+                  record=not args.tiny, module=module)
 
 
 def main(argv=None) -> None:

@@ -29,10 +29,9 @@ import pyro
 import torch
 
 import pyro_mm as pm
+from pyro_mm.diagnostics import sampling
 from pyro_mm.model.posterior import as_posterior
 from pyro_mm.predictive.predict import _predict_batch, predict_batch
-
-from pyro_mm.diagnostics import sampling
 
 from .common import markdown_table, parser, write_results
 from .throughput import _as, load_base
