@@ -46,7 +46,7 @@ from .scale import scale_model, spawn_and_wait, synthetic_split
 MODES = ("solo", "pair", "ddp", "ref solo", "ref pair", "ref sync")
 
 
-class _Stepper:
+class Stepper:
     """Steps one trainer through its minibatches, epoch after epoch."""
 
     def __init__(self, trainer: Trainer):
@@ -101,8 +101,8 @@ def _worker(rank: int, folder: str, config: dict) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/rdzv", rank=rank,
                             world_size=2, timeout=datetime.timedelta(seconds=120))
     train, _ = synthetic_split(config["num_examples"], 0)
-    solo = _Stepper(_trainer(train, config["batch_size"], False))
-    data_parallel = _Stepper(_trainer(train, config["batch_size"], True))
+    solo = Stepper(_trainer(train, config["batch_size"], False))
+    data_parallel = Stepper(_trainer(train, config["batch_size"], True))
     for _ in range(config["warmup"]):
         solo()
         data_parallel()

@@ -21,7 +21,7 @@ from pyro_mm.errors import DataValidationError
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["classification", "missing", "baselines_run", "few_labels",
                                   "generative_path", "arm", "dpgmm", "imputation",
-                                  "clustering",
+                                  "clustering", "component_cost",
                                   "overhead", "throughput",
                                   "draws", "scale", "lockstep", "gpu", "store_checksums"])
 def test_benchmark_runs_on_tiny_sizes(name, tmp_path):

@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
 MODEL_LAYERS: list[tuple[str, ...]] = [
     ("pyro_mm.model._pyro_module", "pyro_mm.model.distributions", "pyro_mm.model.networks",
      "pyro_mm.model.sites", "pyro_mm.model.scale_floors", "pyro_mm.model.legacy_names",
-     "pyro_mm.model.conjugate"),
+     "pyro_mm.model.conjugate", "pyro_mm.model.factor_analysis"),
     ("pyro_mm.model.fusion", "pyro_mm.model.params", "pyro_mm.model.factor_protocol",
      "pyro_mm.model.standardization"),
     ("pyro_mm.model.arguments", "pyro_mm.model.label_head"),

@@ -133,7 +133,8 @@ def to_datatree(
       for ``representation="observed"`` (modalities differ in size there). These are
       the site values ``sigma``; a component's scale is ``sqrt(sigma^2 + floor^2)``
       with the model's ``scale_floors()``, stored in ``constant_data``. With learned
-      Student-t components, ``component_df`` [modality].
+      Student-t components, ``component_df`` [modality]; with factor components,
+      ``component_loadings_<m>`` [component, <m>_feature, factor].
     * ``posterior_predictive``: ``y`` [example] (a label drawn from the classifier, for
       every example) and the replicated features on the original scale: ``x``
       [example, feature] (observed) or ``x_<m>`` [example, <m>_feature] (latent,
@@ -280,6 +281,10 @@ def _posterior(model: MultimodalDPMixture, plan: Plan, out: Mapping[str, Any],
                 post[f"component_{what}_{m}"] = (_SD + ("component", f"{m}_feature"),
                                                  _draws(out[what + "s"][m], coords))
                 coords[f"{m}_feature"] = np.arange(model.dims[m])
+            if m in out["loadings"]:
+                post[f"component_loadings_{m}"] = (
+                    _SD + ("component", f"{m}_feature", "factor"),
+                    _draws(out["loadings"][m], coords))
     posterior = _dataset(post, coords)
     posterior.attrs = _attrs()
     return posterior

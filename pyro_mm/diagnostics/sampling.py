@@ -180,6 +180,8 @@ class _Sampler:
         for j, m in enumerate(self.model.modalities):
             out["locs"][m][draws] = _per_draw(params.locs[j], S, 2)
             out["scales"][m][draws] = _per_draw(params.scales[j], S, 2)
+            if params.loadings is not None:
+                out["loadings"][m][draws] = _per_draw(params.loadings[j], S, 3)
 
     def store(self, draws: slice, var: str, rows: np.ndarray, value: torch.Tensor) -> None:
         """Pointwise log-likelihoods ``(S, B)`` of ``rows``, kept where ``var`` is
@@ -307,6 +309,8 @@ def _allocate(model: MultimodalDPMixture, n: int, plan: Plan, S: int,
         "locs": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "scales": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "alpha": np.empty(S, np.float32),
+        "loadings": ({m: np.empty((S, K, sizes[m], model.rank), np.float32) for m in mods}
+                     if model.component == "factor" else {}),
         "df": np.empty((S, len(mods)), np.float32),
         "lp": np.zeros(S, np.float64),
         "log_q": np.zeros(S, np.float64),

@@ -15,7 +15,7 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                     prior_loc_scale, prior_scale, prior_scale_spread, scale_floor,
                     component, df, classifier_prior_scale=None, scale_prior="inverse_gamma",
                     scale_pseudo_count=2.0,
-                    experts_pool="product") -> None:
+                    experts_pool="product", rank=1) -> None:
     """Raise ``ValueError`` for the first argument the model cannot be built with (see
     the model's docstring for their meaning; ``reconstruct`` already resolved)."""
     if not isinstance(dims, Mapping) or not dims:
@@ -57,8 +57,14 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
             scale_pseudo_count, bool) and scale_pseudo_count > 0):
         raise ValueError(f"scale_pseudo_count: must be a positive number, got "
                          f"{scale_pseudo_count!r}")
-    if component not in ("normal", "studentt"):
-        raise ValueError(f"component: expected 'normal' or 'studentt', got {component!r}")
+    if component not in ("normal", "studentt", "factor"):
+        raise ValueError("component: expected 'normal', 'studentt' or 'factor', got "
+                         f"{component!r}")
+    if component == "factor" and representation != "observed":
+        raise ValueError("component: 'factor' needs representation='observed' (latent "
+                         "representations are already low-dimensional)")
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ValueError(f"rank: must be a positive integer, got {rank!r}")
     if df != "learned" and not (isinstance(df, (int, float)) and df > 0):
         raise ValueError(f"df: expected a positive number or 'learned', got {df!r}")
     if classifier_prior_scale is not None and not (

@@ -83,6 +83,17 @@ def conjugate_start(model) -> bool:
             and not model.learn_alpha)
 
 
+def closed_form_start(model) -> bool:
+    """Whether the guide starts ``model`` from the closed form: the conjugate model
+    (:func:`conjugate_start`), or the same with factor components, whose diagonal
+    Gaussian is that model (their loadings then start from its responsibilities, and
+    SVI fits them: the closed form is never the whole fit)."""
+    if model.component != "factor":
+        return conjugate_start(model)
+    return (model.representation == "observed" and model.mixture == "joint"
+            and model.scale_prior == "inverse_gamma" and not model.learn_alpha)
+
+
 def expected_log_weights(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(K,)`` ``E_q[log pi_k]`` for sticks ``v_k ~ Beta(a_k, b_k)``, ``k < K``:
     ``E[log v_k] + sum_{j<k} E[log(1 - v_j)]``, the last weight taking the rest."""
@@ -194,5 +205,6 @@ def unconstrained_moments(q: ConjugatePosterior) -> dict[str, tuple[torch.Tensor
     }
 
 
-__all__ = ["ConjugatePosterior", "ConjugatePrior", "conjugate_start", "expected_log_weights",
+__all__ = ["ConjugatePosterior", "ConjugatePrior", "closed_form_start", "conjugate_start",
+           "expected_log_weights",
            "fit_conjugate_mixture", "unconstrained_moments"]

@@ -1,8 +1,11 @@
 """Stick breaking and the multimodal mixture with assignments marginalised.
 
-Components are diagonal Gaussians (``component="normal"``) or products of univariate
+Components are diagonal Gaussians (``component="normal"``), products of univariate
 Student-t densities, one per feature (``component="studentt"``): a value ``r`` scales
-away from a component costs ``~ (nu + 1) log r`` nats per feature instead of ``r^2 / 2``.
+away from a component costs ``~ (nu + 1) log r`` nats per feature instead of ``r^2 / 2``,
+or Gaussians with low-rank-plus-diagonal covariances (``component="factor"``, a mixture
+of factor analysers: :mod:`pyro_mm.model.factor_analysis`), whose factors are shared by
+the modalities of the ``joint`` mixture.
 
 Shapes: ``K`` components, ``M`` modalities, ``d_m`` features of modality ``m`` (all equal
 to the latent size ``D`` when the mixture sits on representations), ``B`` examples.
@@ -24,6 +27,8 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch.distributions.transforms import PowerTransform
+
+from . import factor_analysis
 
 _LOG_2PI = math.log(2.0 * math.pi)
 #: Terms more than this many nats below the largest are left out of
@@ -197,7 +202,11 @@ class MultimodalMixture(TorchDistribution):
     ``o_im`` is the observation mask: a missing modality is marginalised out (its
     density integrates to one), so it contributes nothing. With ``component="studentt"``
     every ``N`` above is a product of univariate Student-t densities with the modality's
-    degrees of freedom.
+    degrees of freedom. With ``component="factor"`` component ``k``'s covariance is
+    ``W_k W_k^T + diag sigma_k^2`` (:mod:`pyro_mm.model.factor_analysis`): ``joint``, the
+    factors are shared by the modalities (``W_k`` stacks the ``W_mk``), so the sum over
+    modalities above becomes the density of the present modalities together;
+    ``independent``, each modality has its own.
 
     Args:
         log_weights: ``(K,)`` log mixture weights (``(*L, K)`` with draw dims: the
@@ -206,9 +215,11 @@ class MultimodalMixture(TorchDistribution):
             any floor is applied by the caller, see
             :meth:`pyro_mm.model.dp_mixture.MixtureParams.mixture`).
         mixture: ``"joint"`` or ``"independent"``.
-        component: ``"normal"`` or ``"studentt"``.
+        component: ``"normal"``, ``"studentt"`` or ``"factor"``.
         df: with ``"studentt"``, one degrees-of-freedom value (scalar tensor or
             number) per modality.
+        loadings: with ``"factor"``, one ``(K, d_m, r)`` tensor per modality (``(*L, K,
+            d_m, r)`` with draw dims).
         mask: ``(B, M)`` bool observation mask, or ``None`` for all observed.
         batch_size: ``B``, the examples in the plate.
         stacked: if ``True`` (all ``d_m`` equal), values have event shape ``(M, d)``;
@@ -237,13 +248,18 @@ class MultimodalMixture(TorchDistribution):
         df: Sequence[torch.Tensor | float] | None = None,
         validate_args=None,
         cache: dict | None = None,
+        loadings: Sequence[torch.Tensor] | None = None,
     ):
         if mixture not in ("joint", "independent"):
             raise ValueError(f"mixture: expected 'joint' or 'independent', got {mixture!r}")
-        if component not in ("normal", "studentt"):
-            raise ValueError(f"component: expected 'normal' or 'studentt', got {component!r}")
+        if component not in ("normal", "studentt", "factor"):
+            raise ValueError("component: expected 'normal', 'studentt' or 'factor', got "
+                             f"{component!r}")
         if component == "studentt" and (df is None or len(df) != len(locs)):
             raise ValueError("df: 'studentt' needs one degrees-of-freedom value per modality")
+        if component == "factor" and (loadings is None or len(loadings) != len(locs)):
+            raise ValueError("loadings: 'factor' needs one loading matrix per modality")
+        self.loadings = None if loadings is None else list(loadings)
         self.component = component
         self.df = None if df is None else [torch.as_tensor(v, dtype=log_weights.dtype,
                                                            device=log_weights.device)
@@ -286,17 +302,43 @@ class MultimodalMixture(TorchDistribution):
         """``(B, M, K)`` component log-densities of ``value`` (of ``value.detach()``
         if ``detach``: gradients still reach the components, not the value), from the
         shared cache when this exact tensor was seen last."""
+        return self._cached((detach, self.stacked), value, detach, self._compute_unmasked)
+
+    def _cached(self, key, value: torch.Tensor, detach: bool, compute, check=None):
+        """``compute(value, or value.detach())``, kept in the shared cache under ``key``
+        while ``value`` is the tensor last seen (and ``check``, if given, is the object
+        stored with it)."""
         cache = self._cache
-        key = (detach, self.stacked)
-        if cache is not None and cache.get("value") is value and key in cache:
-            return cache[key]
-        lp = self._compute_unmasked(value.detach() if detach else value)
+        if (cache is not None and cache.get("value") is value and key in cache
+                and cache[key][0] is check):
+            return cache[key][1]
+        out = compute(value.detach() if detach else value)
         if cache is not None:
             if cache.get("value") is not value:  # one value at a time: no growth
                 cache.clear()
                 cache["value"] = value
-            cache[key] = lp
-        return lp
+            cache[key] = (check, out)
+        return out
+
+    def _joint(self, value: torch.Tensor, present: torch.Tensor | None,
+               detach: bool = False) -> torch.Tensor:
+        """``(B, K)``: ``log p(present modalities of x_i | c_i = k)``."""
+        if self.component != "factor":
+            return self._masked(self._unmasked(value, detach), present).sum(-2)
+        diagonal = self._cached(("diagonal", detach), value, detach, self._diagonal)
+        return (self._masked(diagonal, present).sum(-2)
+                + self._factors(value, present, detach).correction)
+
+    def _factors(self, value: torch.Tensor, present: torch.Tensor | None,
+                 detach: bool = False) -> factor_analysis.FactorPosterior:
+        """The shared factors' posterior given the ``present`` modalities of ``value``."""
+        return self._cached(("factors", detach), value, detach, lambda v: (
+            factor_analysis.factor_posterior(self.split(v), self.locs, self._noise(),
+                                             self.loadings, present)), check=present)
+
+    def _noise(self) -> list[torch.Tensor]:
+        """``[(K, d_m)]`` the diagonal variances (``psi`` of factor components)."""
+        return [s.pow(2) for s in self.scales]
 
     @staticmethod
     def _masked(lp: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -316,33 +358,45 @@ class MultimodalMixture(TorchDistribution):
         return per
 
     def _compute_unmasked(self, value: torch.Tensor) -> torch.Tensor:
+        """Each modality's own marginal log-density in each component."""
         if self.component == "studentt":
-            parts = [studentt_component_log_density(x, loc, scale, df) for x, loc, scale, df
-                     in zip(self.split(value), self.locs, self.scales, self.df)]
-        elif self.stacked and len(self.locs) > 1:
+            return torch.stack([studentt_component_log_density(x, loc, scale, df)
+                                for x, loc, scale, df in zip(self.split(value), self.locs,
+                                                             self.scales, self.df)], dim=-2)
+        lp = self._diagonal(value)
+        if self.component == "factor":  # one modality alone: its own factors' share
+            lp = lp + torch.stack([factor_analysis.factor_posterior(
+                [x], [loc], [var], [w]).correction for x, loc, var, w in zip(
+                    self.split(value), self.locs, self._noise(), self.loadings)], dim=-2)
+        return lp
+
+    def _diagonal(self, value: torch.Tensor) -> torch.Tensor:
+        """``(B, M, K)`` diagonal Gaussian log-densities ``log N(x_im; mu_mk, scales_mk)``."""
+        if self.stacked and len(self.locs) > 1:
             return stacked_gaussian_component_log_density(
                 value, torch.stack(self.locs, -3), torch.stack(self.scales, -3))
-        else:
-            parts = [gaussian_component_log_density(x, loc, scale)
-                     for x, loc, scale in zip(self.split(value), self.locs, self.scales)]
-        return torch.stack(parts, dim=-2)
+        return torch.stack([gaussian_component_log_density(x, loc, scale) for x, loc, scale
+                            in zip(self.split(value), self.locs, self.scales)], dim=-2)
 
     def component_variances(self, max_factor: float = 5.0) -> list[torch.Tensor]:
         """Per-modality ``(K, d_m)`` variances of the components: ``scale^2`` (normal),
-        ``scale^2 nu / (nu - 2)`` (Student-t). A t with ``nu <= 2`` has no variance; the
-        factor is capped at ``max_factor`` (``nu = 2.5``) so moment matching (the
-        guide's fill-in of a missing modality) stays finite."""
+        ``scale^2 + rowsum(W^2)`` (factor), ``scale^2 nu / (nu - 2)`` (Student-t). A t
+        with ``nu <= 2`` has no variance; the factor is capped at ``max_factor`` (``nu =
+        2.5``) so moment matching (the guide's fill-in of a missing modality) stays
+        finite."""
         if self.component == "normal":
-            return [s.pow(2) for s in self.scales]
+            return self._noise()
+        if self.component == "factor":
+            return factor_analysis.marginal_variances(self._noise(), self.loadings)
         factors = [torch.where(df > 2.0, df / (df - 2.0).clamp_min(1e-6),
                                torch.full_like(df, max_factor)).clamp_max(max_factor)
                    [..., None, None] for df in self.df]
         return [s.pow(2) * f for s, f in zip(self.scales, factors)]
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        lp = self.component_log_density(value)
         if self.mixture == "joint":
-            return floored_logsumexp(self._weights + lp.sum(-2), dim=-1)
+            return floored_logsumexp(self._weights + self._joint(value, self.mask), dim=-1)
+        lp = self.component_log_density(value)
         per = floored_logsumexp(self._weights.unsqueeze(-2) + lp, dim=-1)
         if self.mask is not None:
             per = torch.where(self.mask, per, per.new_zeros(()))
@@ -353,9 +407,9 @@ class MultimodalMixture(TorchDistribution):
 
         ``(B, K)`` for ``joint``; ``(B, M, K)`` (one per modality) for ``independent``.
         """
-        lp = self.component_log_density(value)
         if self.mixture == "joint":
-            return torch.softmax(self._weights + lp.sum(-2), dim=-1)
+            return torch.softmax(self._weights + self._joint(value, self.mask), dim=-1)
+        lp = self.component_log_density(value)
         return torch.softmax(self._weights.unsqueeze(-2) + lp, dim=-1)
 
     def conditional_moments(self, value: torch.Tensor, present: torch.Tensor,
@@ -365,11 +419,11 @@ class MultimodalMixture(TorchDistribution):
 
         ``joint``: responsibilities ``r_ik`` from the present modalities of ``value``,
         then the moments of ``sum_k r_ik p_k`` (the components' own variances, Student-t
-        included). ``independent``: a
-        modality's component tells nothing about another's, so ``r_ik = pi_k`` (the
-        prior moments). An example with nothing present also gets the prior moments.
-        The ``mask`` this distribution was built with is not used: ``present`` says
-        what to condition on.
+        included; a factor component's ``p_k`` is its Gaussian given the present
+        features, :meth:`component_conditionals`). ``independent``: a modality's
+        component tells nothing about another's, so ``r_ik = pi_k`` (the prior moments).
+        An example with nothing present also gets the prior moments. The ``mask`` this
+        distribution was built with is not used: ``present`` says what to condition on.
 
         Args:
             value: a value of this distribution, ``(B, M, d)`` or ``(B, sum d_m)``;
@@ -380,9 +434,14 @@ class MultimodalMixture(TorchDistribution):
         Returns:
             ``([mean (B, d_m)], [variance (B, d_m)])``, one of each per modality.
         """
+        if self.mixture == "joint" and self.component == "factor":
+            resp, locs, variances = self.component_conditionals(value, present, detach)
+            means = [(resp.unsqueeze(-1) * loc).sum(-2) for loc in locs]
+            return means, [((resp.unsqueeze(-1) * (var + loc.pow(2))).sum(-2)
+                            - mean.pow(2)).clamp_min(0.0)
+                           for loc, var, mean in zip(locs, variances, means)]
         if self.mixture == "joint":
-            lp = self._masked(self._unmasked(value, detach), present)
-            resp = torch.softmax(self._weights + lp.sum(-2), dim=-1)          # (B, K)
+            resp = torch.softmax(self._weights + self._joint(value, present, detach), -1)
         else:
             weights = self._weights.exp()
             resp = weights.expand(*weights.shape[:-2], present.shape[0], -1)
@@ -393,6 +452,29 @@ class MultimodalMixture(TorchDistribution):
             means.append(mean)
             variances.append((second - mean.pow(2)).clamp_min(0.0))
         return means, variances
+
+    def component_conditionals(self, value: torch.Tensor, present: torch.Tensor,
+                               detach: bool = False
+                               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Responsibilities and each component's moments of every modality given the
+        ``present`` modalities (``joint``), as :meth:`conditional_moments` mixes them.
+
+        Returns:
+            ``(resp (B, K), [mean (B, K, d_m)], [variance (B, K, d_m)])``. Without
+            factors a component's moments do not depend on the example: the means and
+            variances are then broadcast views of the ``(1, K, d_m)`` parameters.
+        """
+        if self.mixture != "joint":
+            raise ValueError("component_conditionals: only a 'joint' mixture conditions "
+                             "one modality's component on another's")
+        resp = torch.softmax(self._weights + self._joint(value, present, detach), -1)
+        if self.component != "factor":
+            return (resp, [loc.unsqueeze(-3) for loc in self.locs],
+                    [var.unsqueeze(-3) for var in self.component_variances()])
+        factors = self._factors(value, present, detach)
+        pairs = [factor_analysis.conditional_moments(loc, var, w, factors)
+                 for loc, var, w in zip(self.locs, self._noise(), self.loadings)]
+        return resp, [m for m, _ in pairs], [v for _, v in pairs]
 
     def fill_absent(self, value: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """``value`` with every absent modality replaced by its conditional mean given
@@ -431,7 +513,19 @@ class MultimodalMixture(TorchDistribution):
             else:
                 noise = [torch.randn_like(loc) for loc in locs]
             parts = [loc + scale * e for loc, scale, e in zip(locs, scales, noise)]
+            if self.component == "factor":
+                picked = [(p @ w.flatten(-2)).unflatten(-1, w.shape[-2:])
+                          for p, w in zip(picks, self.loadings)]
+                parts = [x + s for x, s in zip(parts, self._factor_shifts(picked))]
         return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)
+
+    def _factor_shifts(self, loadings: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``[W_m f]`` for picked loadings ``[(..., d_m, r)]``: standard normal factors
+        ``f (..., r)``, one per example shared by its modalities (``joint``) or one per
+        modality."""
+        shared = torch.randn_like(loadings[0][..., 0, :])
+        return [(w @ (shared if self.mixture == "joint" else torch.randn_like(shared))
+                 .unsqueeze(-1)).squeeze(-1) for w in loadings]
 
     def _sample_one_draw(self, sample_shape=torch.Size()):
         """:meth:`sample` without draw dims (the random stream of earlier versions)."""
@@ -451,4 +545,7 @@ class MultimodalMixture(TorchDistribution):
                 noise = [torch.randn_like(loc[c]) for c, loc in zip(comps, self.locs)]
             parts = [loc[c] + scale[c] * e
                      for c, loc, scale, e in zip(comps, self.locs, self.scales, noise)]
+            if self.component == "factor":
+                shifts = self._factor_shifts([w[c] for c, w in zip(comps, self.loadings)])
+                parts = [x + s for x, s in zip(parts, shifts)]
         return torch.stack(parts, dim=-2) if self.stacked else torch.cat(parts, dim=-1)

@@ -9,6 +9,7 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     sigma_mk^2       ~ InverseGamma(nu0 / 2, nu0 s_m^2 / 2) per dimension  site "component_scale_<m>"
                        (scale_prior="lognormal": sigma_mk ~ LogNormal(log s1, t1))
     nu_m             ~ Gamma(2, 0.1)  if component="studentt", df="learned"  site "component_df_<m>"
+    W_mk             ~ Normal(0, 1) (d_m, r)  if component="factor"        site "component_loadings_<m>"
     W                ~ Normal(0, sigma_W^2)  classifier weights, if classifier_prior_scale
                                                         factor "classifier_prior"
     for i in plate("data", N, subsample=...):
@@ -62,6 +63,16 @@ Decisions not fixed by the design:
   rebuilds with ``scale_prior="lognormal"`` and its floors, i.e. as it was fitted.
   :class:`~pyro_mm.model.params.MixtureParams` applies the floor where it builds the
   mixture, so every consumer uses the same scale.
+* **Factor components** (``component="factor"``, observed features): component ``k``
+  has covariance ``W_k W_k^T + diag(sigma_k^2)`` with ``W_k`` the ``r`` columns of
+  loadings of every modality stacked (``rank``), so the ``joint`` mixture's factors are
+  shared across views (:mod:`pyro_mm.model.factor_analysis`). A missing view's
+  conditional given the present ones is a Gaussian regression within each component
+  (what :func:`pyro_mm.impute` and the classifier's fill-in use), and responsibilities
+  stop counting a view's correlated features as independent evidence. The loadings'
+  prior ``Normal(0, 1)`` is weak on the standardised scale (a feature's variance is 1);
+  the diagonal keeps its inverse-gamma prior and floors. They start at the principal
+  directions of each component's members (:meth:`pyro_mm.model.guide.MultimodalGuide.initialize`).
 * **Student-t components** (``component="studentt"``): each component is a product of
   univariate Student-t densities (same locs and effective scales) with ``nu_m`` degrees
   of freedom per modality, fixed or learned (site ``component_df_<m>``, prior
@@ -184,7 +195,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
             ``q^2 / 12`` to the component variances. ``None`` (default): for data in
             memory; data on disk (streamed statistics, no distinct values) skip it with
             a warning. ``True`` refuses data on disk.
-        component: ``"normal"`` (Gaussian components) or ``"studentt"``.
+        component: ``"normal"`` (Gaussian components), ``"studentt"`` or
+            ``"factor"`` (low-rank-plus-diagonal covariances; observed features only).
+        rank: ``r``, the factors of each ``"factor"`` component.
         df: Student-t degrees of freedom: a positive number (fixed, every modality) or
             ``"learned"`` (one per modality, site ``component_df_<m>``).
         hidden: hidden sizes of the decoders and the classifier.
@@ -227,6 +240,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
         classifier_prior_scale: float | None = None,
         experts_pool: str = "product",
         factors: Sequence[AuxiliaryFactor] = (),
+        rank: int = 10,
     ):
         super().__init__("pyro_mm_model")
         if reconstruct is None:
@@ -243,7 +257,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
             prior_scale=prior_scale, prior_scale_spread=prior_scale_spread,
             scale_floor=scale_floor, component=component, df=df,
             scale_prior=scale_prior, scale_pseudo_count=scale_pseudo_count,
-            classifier_prior_scale=classifier_prior_scale, experts_pool=experts_pool)
+            classifier_prior_scale=classifier_prior_scale, experts_pool=experts_pool,
+            rank=rank)
 
         self.modalities = tuple(str(m) for m in dims)
         self.dims = {m: int(d) for m, d in dims.items()}
@@ -255,6 +270,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
         self.reconstruct = bool(reconstruct)
         self.learn_alpha = alpha == "learned"
         self.component = component
+        self.rank = int(rank)
         self.learn_df = component == "studentt" and df == "learned"
         self.scale_prior = scale_prior
         self.scale_floor = float(scale_floor)
@@ -274,6 +290,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
                                     else float(classifier_prior_scale)),
             experts_pool=experts_pool,
         )
+        if component == "factor":  # only then: configs of other models stay as they were
+            self._config["rank"] = self.rank
 
         self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
                                prior_scale_spread, df)
@@ -564,6 +582,12 @@ class MultimodalDPMixture(UniquelyNamedModule):
             for m in self.modalities:
                 values[f"component_df_{m}"] = unbatched(
                     pyro.sample(f"component_df_{m}", dist.Gamma(*self.df_prior)), 0)
+        if self.component == "factor":
+            one = torch.ones_like(self.prior_loc_scale)
+            for m, size in self.site_sizes.items():
+                values[f"component_loadings_{m}"] = unbatched(pyro.sample(
+                    f"component_loadings_{m}", dist.Normal(torch.zeros_like(one), one)
+                    .expand([K, size, self.rank]).to_event(3)), 3)
         return self.params_from_sites(values)
 
     def scale_prior_distribution(self) -> dist.TorchDistribution:

@@ -22,7 +22,7 @@ richer-gets-richer dynamics then empties them instead of splitting clusters. The
 sites start at ``sqrt(spread^2 - floor^2)`` so the *effective* scales start at the
 spread. Where the model is conjugate (observed features, Gaussian components, one joint
 assignment, the inverse-gamma variance prior, ``alpha`` fixed:
-:func:`~pyro_mm.model.conjugate.conjugate_start`) the start goes on from those seeds to
+:func:`~pyro_mm.model.conjugate.closed_form_start`) the start goes on from those seeds to
 the closed-form variational posterior by coordinate ascent, and the global sites start
 at its moments (their scales too, for the mean-field guide).
 """
@@ -42,9 +42,10 @@ from torch import nn
 
 from ..data.batch import TensorBatch
 from ._pyro_module import UniquelyNamedModule
-from .conjugate import (ConjugatePrior, conjugate_start, fit_conjugate_mixture,
+from .conjugate import (ConjugatePrior, closed_form_start, fit_conjugate_mixture,
                         unconstrained_moments)
 from .dp_mixture import MultimodalDPMixture
+from .factor_analysis import initial_loadings
 from .networks import GaussianEncoder, default_encoder
 from .sites import draw_values
 
@@ -96,7 +97,7 @@ class MultimodalGuide(UniquelyNamedModule):
         init_scale: initial posterior scale of the global sites (meanfield).
         hidden: hidden sizes of the default encoders (default: the model's).
         init: ``"auto"``: where the model is conjugate
-            (:func:`~pyro_mm.model.conjugate.conjugate_start`), :meth:`initialize`
+            (:func:`~pyro_mm.model.conjugate.closed_form_start`), :meth:`initialize`
             starts the global sites at the closed-form variational posterior (locs and,
             for meanfield, scales); elsewhere, and with ``"kmeans"``, at the k-means++
             start of the module docstring.
@@ -144,6 +145,8 @@ class MultimodalGuide(UniquelyNamedModule):
             global_names.add("alpha")
         if model.learn_df:
             global_names |= {f"component_df_{m}" for m in model.modalities}
+        if model.component == "factor":
+            global_names |= {f"component_loadings_{m}" for m in model.modalities}
         # encode() builds the model's components (floors, kind, df) through
         # model.params_from_sites. Held in a tuple, as Pyro's autoguides hold theirs, so
         # it is not registered: its parameters and buffers stay out of the guide's state.
@@ -237,12 +240,15 @@ class MultimodalGuide(UniquelyNamedModule):
             values[f"component_scale_{m}"] = sigma.expand(model.num_components, -1).clone()
         if self.learn_alpha:
             values["alpha"] = model.alpha_prior[0] / model.alpha_prior[1]
-        moments = None
-        if conjugate_start(model) and self.init == "auto":
+        moments, rows = None, batch
+        resp = torch.nn.functional.one_hot(nearest, model.num_components)
+        if closed_form_start(model) and self.init == "auto":
             # In memory the closed form sees every row; on disk, the seeds' sample.
             rows = everything if type(everything) is TensorBatch else batch
-            moments = self._closed_form(model, rows, torch.cat(reps, -1)[seeds], n)
+            moments, resp = self._closed_form(model, rows, torch.cat(reps, -1)[seeds], n)
             values.update({name: _constrained(name, loc) for name, (loc, _) in moments.items()})
+        if model.component == "factor":
+            values.update(self._start_loadings(model, rows, resp, values))
         self._init_values = values
         self.materialize(batch)
         self._init_values = {}
@@ -252,12 +258,13 @@ class MultimodalGuide(UniquelyNamedModule):
 
     def _closed_form(self, model: MultimodalDPMixture, batch: TensorBatch,
                      seeds: torch.Tensor, num_examples: int
-                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                     ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """The conjugate model's closed-form posterior (:mod:`pyro_mm.model.conjugate`)
         from the rows of ``batch`` (of ``num_examples`` in all) assigned to their nearest
-        ``seeds (K, D)``, as ``site -> (loc, scale)`` in the unconstrained space. The
-        recording-resolution floor ``f`` is not conjugate: the scale sites start at
-        ``sigma^2 - f^2`` so the effective variance is the fitted one."""
+        ``seeds (K, D)``, as ``site -> (loc, scale)`` in the unconstrained space, and
+        its responsibilities ``(B, K)``. The recording-resolution floor ``f`` is not
+        conjugate: the scale sites start at ``sigma^2 - f^2`` so the effective variance
+        is the fitted one."""
         x, seen = self._cells(model, batch)
         resp = _nearest_seeds(x, seen, seeds).to(x.dtype)
         nu0, spread = (float(v) for v in model.variance_prior)
@@ -275,6 +282,26 @@ class MultimodalGuide(UniquelyNamedModule):
         for what, (mean, sd) in (("loc", moments["component_loc"]), ("scale", (loc, scale))):
             for m, a, b in zip(self.modalities, mean.split(sizes, -1), sd.split(sizes, -1)):
                 out[f"component_{what}_{m}"] = (a, b)
+        return out, q.resp
+
+    def _start_loadings(self, model: MultimodalDPMixture, batch: TensorBatch,
+                        resp: torch.Tensor, values: Mapping[str, torch.Tensor]
+                        ) -> dict[str, torch.Tensor]:
+        """Factor components' start from the diagonal start in ``values`` and its
+        responsibilities ``resp (B, K)`` of the rows of ``batch``: loadings along each
+        component's principal directions, and scale sites lowered by what they explain
+        (:func:`~pyro_mm.model.factor_analysis.initial_loadings`)."""
+        x, seen = self._cells(model, batch)
+        floor = torch.cat(model.scale_floors()).pow(2)
+        locs = torch.cat([values[f"component_loc_{m}"] for m in self.modalities], -1)
+        sigma = torch.cat([values[f"component_scale_{m}"] for m in self.modalities], -1)
+        loadings, noise = initial_loadings(x, seen, resp.to(x.dtype), locs,
+                                           sigma.pow(2) + floor, model.rank)
+        sigma = (noise - floor).clamp_min(1e-4 * noise).sqrt()
+        sizes = [model.dims[m] for m in self.modalities]
+        out = {}
+        for m, w, s in zip(self.modalities, loadings.split(sizes, -2), sigma.split(sizes, -1)):
+            out[f"component_loadings_{m}"], out[f"component_scale_{m}"] = w, s
         return out
 
     def _cells(self, model: MultimodalDPMixture, batch: TensorBatch

@@ -19,7 +19,7 @@ from .distributions import MultimodalMixture, effective_scale, stick_breaking_lo
 
 #: Names of the global latent sites (``<m>`` is each modality's name).
 GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>",
-                "component_df_<m>")
+                "component_df_<m>", "component_loadings_<m>")
 
 #: ``(shape, rate)`` of the Gamma prior on learned Student-t degrees of freedom (mean 20,
 #: the usual weakly informative choice of Juarez and Steel, 2010).
@@ -37,8 +37,9 @@ class MixtureParams:
         alpha: concentration (scalar tensor).
         sticks: ``(K - 1,)`` stick proportions.
         floors: one ``(d_m,)`` scale floor per modality, or ``None`` (no floor).
-        component: ``"normal"`` or ``"studentt"``.
+        component: ``"normal"``, ``"studentt"`` or ``"factor"``.
         df: with ``"studentt"``, one degrees-of-freedom scalar per modality.
+        loadings: with ``"factor"``, one ``(K, d_m, r)`` loading matrix per modality.
 
     Build it with :meth:`~pyro_mm.model.dp_mixture.MultimodalDPMixture.sample_globals` or
     :meth:`~pyro_mm.model.dp_mixture.MultimodalDPMixture.params_from_sites`, which fill in the
@@ -53,6 +54,7 @@ class MixtureParams:
     floors: list[torch.Tensor] | None = None
     component: str = "normal"
     df: list[torch.Tensor] | None = None
+    loadings: list[torch.Tensor] | None = None
     #: What the mixtures of these parameters share within one step (the effective
     #: scales, the last value's component log-densities); see
     #: :class:`~pyro_mm.model.distributions.MultimodalMixture`. Not an argument, so
@@ -65,16 +67,20 @@ class MixtureParams:
                    floors=None, component: str = "normal", df=None) -> "MixtureParams":
         """From a mapping of global site values (``"sticks"``, ``"component_loc_<m>"``,
         ``"component_scale_<m>"`` and, when learned, ``"alpha"`` and
-        ``"component_df_<m>"``): a guide draw or its point estimate. ``df``: fixed
-        degrees of freedom per modality; ``None`` reads the ``component_df_<m>`` sites."""
+        ``"component_df_<m>"``; ``"component_loadings_<m>"`` for factor components): a
+        guide draw or its point estimate. ``df``: fixed degrees of freedom per
+        modality; ``None`` reads the ``component_df_<m>`` sites."""
         sticks = values["sticks"]
         if component == "studentt" and df is None:
             df = [values[f"component_df_{m}"] for m in modalities]
+        loadings = None
+        if component == "factor":
+            loadings = [values[f"component_loadings_{m}"] for m in modalities]
         return cls(log_weights=stick_breaking_log_weights(sticks),
                    locs=[values[f"component_loc_{m}"] for m in modalities],
                    scales=[values[f"component_scale_{m}"] for m in modalities],
                    alpha=values.get("alpha", default_alpha), sticks=sticks,
-                   floors=floors, component=component, df=df)
+                   floors=floors, component=component, df=df, loadings=loadings)
 
     @property
     def effective_scales(self) -> list[torch.Tensor]:
@@ -91,6 +97,7 @@ class MixtureParams:
         return MultimodalMixture(self.log_weights, self.locs, self.effective_scales,
                                  mixture=mixture, mask=mask, batch_size=batch_size,
                                  stacked=stacked, component=self.component, df=self.df,
+                                 loadings=self.loadings,
                                  cache=self._cache.setdefault("densities", {}))
 
 

@@ -112,10 +112,13 @@ def draws_per_pass(model: MultimodalDPMixture, examples: int,
                    budget: int = DRAW_BUDGET) -> int:
     """How many draws to evaluate at once on ``examples`` examples so that the largest
     per-example intermediates (components, representations, hidden layers, features,
-    of every modality) stay within ``budget`` elements."""
+    of every modality; a factor component's conditional moments of every feature) stay
+    within ``budget`` elements."""
     M, K = len(model.modalities), model.num_components
     widest = max([*model.hidden, *model.dims.values(), model.latent_dim, 1])
     per_draw = examples * (M * (K + model.latent_dim + widest) + (model.num_classes or 0))
+    if model.component == "factor":
+        per_draw += examples * K * sum(model.dims.values())
     return max(1, budget // max(1, per_draw))
 
 

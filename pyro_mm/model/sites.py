@@ -27,7 +27,7 @@ def unbatched(value: torch.Tensor, event_dim: int) -> torch.Tensor:
 
 #: Event dims of each global site (``<m>`` stands for a modality's name).
 _EVENT_DIMS = {"alpha": 0, "sticks": 1, "component_loc_": 2, "component_scale_": 2,
-               "component_df_": 0}
+               "component_df_": 0, "component_loadings_": 3}
 
 
 def draw_values(values) -> dict[str, torch.Tensor]:

@@ -7,8 +7,9 @@ the fit: a component is **occupied** when it is the most responsible one for at 
 ``min_members`` examples of ``data`` (default 1). Assignments come from the plug-in
 posterior (global parameters at their point estimate):
 ``p(c_i = k | x_i) ∝ pi_k prod_{m present} N(r_im; mu_mk, sigma_mk)``, where ``r_im`` is
-modality ``m``'s representation (its features, or its encoder's posterior mean). Only
-the modalities present in example ``i`` count, so an example with views missing is
+modality ``m``'s representation (its features, or its encoder's posterior mean); factor
+components replace the product by the Gaussian density of the present views together
+(:mod:`pyro_mm.model.factor_analysis`). Only the modalities present in example ``i`` count, so an example with views missing is
 clustered on the ones it has (a missing view's fill-in is a function of the present
 ones and would count them twice). With ``mixture="independent"`` each modality has its
 own component; the example's cluster is then the component that explains all its
@@ -67,8 +68,7 @@ def cluster_probabilities(model, guide, batch, chunk_size: int = 4096) -> torch.
                 value, stacked = part.concatenated(model.modalities), False
             mixture = params.mixture("joint", mask=part.masks, batch_size=part.size,
                                      stacked=stacked)
-            lp = mixture.component_log_density(value).sum(-2)           # (B, K)
-            out.append(torch.softmax(params.log_weights + lp, dim=-1))
+            out.append(mixture.responsibilities(value))
     return torch.cat(out)
 
 

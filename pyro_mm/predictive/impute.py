@@ -11,8 +11,10 @@ scale. Each of ``S`` draws ``s`` takes the global parameters from the global pos
   ``N(mu_m(z_im), sd_m(z_im)^2)``;
 * observed models: a component ``k`` from the responsibilities of the present
   modalities (the weights ``pi`` for ``independent``) and that component's Gaussian
-  ``N(mu_mk, sigma_mk^2)``: the conditional of a Gaussian mixture is a Gaussian mixture,
-  and this samples it one component at a time.
+  ``N(mu_mk, sigma_mk^2)`` (for factor components, its Gaussian given the present
+  modalities: a regression on them, :mod:`pyro_mm.model.factor_analysis`): the
+  conditional of a Gaussian mixture is a Gaussian mixture, and this samples it one
+  component at a time.
 
 So the predictive is an equal-weight mixture of ``S`` Gaussians per feature: its mean,
 its standard deviation (``E_s[sd_s^2] + Var_s[mu_s]``, the total variance) and its
@@ -70,16 +72,19 @@ def _draw_gaussians(model: MultimodalDPMixture, posterior: Posterior, part: Tens
     x = part.concatenated(model.modalities)
     mixture = params.mixture(model.mixture, mask=part.masks, batch_size=part.size,
                              stacked=False)
-    resp = mixture.responsibilities(x)    # (S, B, K) joint; (S, B, M, K) independent
     if model.mixture == "joint":
-        # One component per example for all its modalities, as the model generates.
-        comps = [_categorical(resp)] * len(model.modalities)
-    else:  # a missing modality's row is pi: its component says nothing about others'
-        comps = list(_categorical(resp).unbind(-1))
-    # The components' own spreads: floored scales, and for Student-t components the
-    # moment-matched Gaussian (same variance), as the guide's fill-in does.
-    sds = [var.sqrt() for var in mixture.component_variances()]
-    return [(_pick(locs, k), _pick(sd, k)) for k, locs, sd in zip(comps, params.locs, sds)]
+        # One component per example for all its modalities, as the model generates;
+        # its moments given the present modalities (for Student-t components the
+        # moment-matched Gaussian, as the guide's fill-in does).
+        resp, locs, variances = mixture.component_conditionals(x, part.masks)
+        comp = _categorical(resp)                                          # (S, B)
+        return [(_pick(loc, comp), _pick(var, comp).sqrt())
+                for loc, var in zip(locs, variances)]
+    # A missing modality's row is pi: its component says nothing about the others'.
+    comps = list(_categorical(mixture.responsibilities(x)).unbind(-1))
+    sds = [var.sqrt().unsqueeze(-3) for var in mixture.component_variances()]
+    return [(_pick(loc.unsqueeze(-3), k), _pick(sd, k))
+            for k, loc, sd in zip(comps, params.locs, sds)]
 
 
 def _categorical(probs: torch.Tensor) -> torch.Tensor:
@@ -88,8 +93,11 @@ def _categorical(probs: torch.Tensor) -> torch.Tensor:
 
 
 def _pick(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table (S, K, d)`` at ``index (S, B)``: ``(S, B, d)``."""
-    return table.gather(-2, index.unsqueeze(-1).expand(*index.shape, table.shape[-1]))
+    """``table (S, B or 1, K, d)`` at ``index (S, B)``: ``(S, B, d)``, each example's
+    row of its component."""
+    table = table.expand(*index.shape, *table.shape[-2:])
+    index = index[..., None, None].expand(*index.shape, 1, table.shape[-1])
+    return table.gather(-2, index).squeeze(-2)
 
 
 def mixture_quantiles(locs: torch.Tensor, sds: torch.Tensor, probs: Sequence[float]
