@@ -26,9 +26,15 @@ Methods:
     fitted by ``pm.fit(num_epochs=None)`` (its closed-form fit: no SVI step), and the
     same followed by :data:`OBSERVED_SVI_EPOCHS` epochs of SVI, to show the fit does not
     drift with training;
+  * the observed mixture with factor components (``component="factor"``, rank 10:
+    each component's covariance low-rank-plus-diagonal, its factors shared by the
+    views), ``fit(num_epochs=None)`` (SVI from the closed-form start, stopped on a
+    held-out split) and at three times the epochs it ran (``--latent-seeds`` seeds);
   * the default (latent) model with a classifier, ``MultimodalDPMixture(dims,
     num_classes=C)``, at its own training length (``num_epochs=None``) and at three
     times the epochs it ran (``--latent-seeds`` seeds only: these fits are the slow part).
+
+``--methods pyro_mm_factor`` runs the factor rows alone (``pyro_mm``: all of ours).
 
 Reported per method: RMSE over the hidden test cells, the coverage of the 90 % interval
 (pyro_mm only), the largest absolute imputed value on that scale (an imputation far
@@ -64,6 +70,8 @@ NUM_SAMPLES = 100
 CLIPPED = "IterativeImputer, clipped to the training range"
 OBSERVED = "pyro_mm observed, fit(num_epochs=None)"
 OBSERVED_LONG = f"pyro_mm observed, + {OBSERVED_SVI_EPOCHS} SVI epochs"
+FACTOR = "pyro_mm observed, component='factor', fit(num_epochs=None)"
+FACTOR_LONG = "pyro_mm observed, component='factor', 3x its epochs"
 LATENT = "pyro_mm default (latent), fit(num_epochs=None)"
 LATENT_LONG = "pyro_mm default (latent), 3x its epochs"
 
@@ -123,9 +131,11 @@ def sklearn_imputers(xs: np.ndarray, xt: np.ndarray, seed: int, names=SKLEARN
     return out
 
 
-def pyro_mm_fits(train, test, stats, seed: int, latent: bool, num_samples: int):
+def pyro_mm_fits(train, test, stats, seed: int, latent: bool, num_samples: int,
+                 methods=("pyro_mm",)):
     """``name -> (mean, low, high, seconds, info)`` of the pyro_mm rows (module
-    docstring); the latent rows only when ``latent``."""
+    docstring); the latent rows and the factor model's long row only when ``latent``;
+    only the factor rows unless ``"pyro_mm"`` is in ``methods``."""
     def run(model, **fit):
         pyro.set_rng_seed(seed)
         start = time.perf_counter()
@@ -140,8 +150,19 @@ def pyro_mm_fits(train, test, stats, seed: int, latent: bool, num_samples: int):
     def latent_model():
         return pm.MultimodalDPMixture(train.dims, num_classes=train.num_classes)
 
-    out = {OBSERVED: run(observed(), num_epochs=None)[0],
-           OBSERVED_LONG: run(observed(), num_epochs=OBSERVED_SVI_EPOCHS)[0]}
+    def factor_model():
+        return pm.MultimodalDPMixture(train.dims, representation="observed",
+                                      component="factor")
+
+    out = {}
+    out[FACTOR], result = run(factor_model(), num_epochs=None)
+    if latent:
+        out[FACTOR_LONG] = run(factor_model(),
+                               num_epochs=3 * result.config["epochs_run"])[0]
+    if "pyro_mm" not in methods:
+        return out
+    out[OBSERVED] = run(observed(), num_epochs=None)[0]
+    out[OBSERVED_LONG] = run(observed(), num_epochs=OBSERVED_SVI_EPOCHS)[0]
     if latent:
         out[LATENT], result = run(latent_model(), num_epochs=None)
         out[LATENT_LONG] = run(latent_model(),
@@ -163,8 +184,9 @@ def run_one(name: str, data, seed: int, missing: float, latent: bool, num_sample
     rows = [{**meta, "method": k, "seconds": s, **scores(truth, hidden, x)}
             for k, (x, s) in sklearn_imputers(
                 xs.x, xt.x, seed, [m for m in SKLEARN if m in methods]).items()]
-    ours = (pyro_mm_fits(train, test, training_stats(train), seed, latent, num_samples)
-            if "pyro_mm" in methods else {})
+    ours = (pyro_mm_fits(train, test, training_stats(train), seed, latent, num_samples,
+                         methods)
+            if {"pyro_mm", "pyro_mm_factor"} & set(methods) else {})
     for k, (mean, low, high, s, info) in ours.items():
         rows.append({**meta, "method": k, "seconds": s, "info": info,
                      **scores(truth, hidden, mean, low, high)})
@@ -209,8 +231,9 @@ def main(argv=None) -> None:
                    help="seeds (the first ones) that also run the latent model's rows")
     p.add_argument("--datasets", nargs="+", default=list(LEVELS), choices=list(LEVELS))
     p.add_argument("--methods", nargs="+", default=list(SKLEARN) + ["pyro_mm"],
-                   choices=list(SKLEARN) + ["pyro_mm"],
-                   help="run these rows only (pyro_mm: all of ours)")
+                   choices=list(SKLEARN) + ["pyro_mm", "pyro_mm_factor"],
+                   help="run these rows only (pyro_mm: all of ours; pyro_mm_factor: the "
+                        "factor model's)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="record the rows of earlier runs' --out files (say, one per "
                         "data set, run side by side) instead of running")
@@ -228,7 +251,8 @@ def main(argv=None) -> None:
                 rows += run_one(name, data, seed, missing, seed < args.latent_seeds,
                                 num_samples, args.methods)
     notes = (f"{len(seeds)} seeds ({args.latent_seeds} for the latent rows); split and "
-             "masks of benchmarks.baselines_run.setting; RMSE over the hidden test cells "
+             "masks of benchmarks.baselines_run.setting (factor rows at 3x: the same "
+             "first seeds); RMSE over the hidden test cells "
              "on the training split's standardised scale; coverage of pm.impute's 90 % "
              f"interval ({num_samples} global draws); IterativeImputer {ITERATIVE}. Data: "
              f"mfeat (bundled), TCGA BRCA and KIPAN ({real_data.LICENCE}; read from the "
