@@ -229,3 +229,38 @@ def test_a_fitted_factor_model_predicts_clusters_describes_and_reloads(tmp_path)
 def test_factor_arguments_that_cannot_work_are_named(bad):
     with pytest.raises(ValueError, match="component|rank"):
         pm.MultimodalDPMixture({"a": 3, "b": 2}, **bad)
+
+
+def _from_the_model(n, seed=0):
+    """``n`` draws of a known three-component mixture of factor analysers over views of
+    10, 8 and 6 features (rank 3)."""
+    rng = np.random.default_rng(seed)
+    K, dims, rank = 3, {"a": 10, "b": 8, "c": 6}, 3
+    D = sum(dims.values())
+    locs = rng.normal(0, 2, (K, D))
+    loadings = rng.normal(0, 0.7, (K, D, rank))
+    noise = rng.uniform(0.2, 1.0, (K, D))
+    k = rng.integers(K, size=n)
+    x = (locs[k] + np.einsum("ndr,nr->nd", loadings[k], rng.normal(size=(n, rank)))
+         + np.sqrt(noise[k]) * rng.normal(size=(n, D)))
+    cuts = np.cumsum([0, *dims.values()])
+    return pm.MultimodalData({m: x[:, cuts[i]:cuts[i + 1]] for i, m in enumerate(dims)})
+
+
+def test_intervals_cover_hidden_views_of_data_drawn_from_the_model():
+    data = _from_the_model(700)
+    train = data.subset(np.arange(400)).mask_at_random(0.3, seed=1)
+    test = data.subset(np.arange(400, 700))
+    hidden = test.mask_at_random(0.5, seed=2)
+    model = pm.MultimodalDPMixture(train.dims, representation="observed",
+                                   component="factor", rank=3, num_components=8)
+    result = pm.fit(model, train, num_epochs=300, batch_size=400, seed=0, progress=False)
+    imputed = pm.impute(result, hidden, quantiles=(0.05, 0.95))
+    inside = []
+    for m in data.modalities:
+        rows = ~hidden.masks[m]
+        low, high = imputed[f"{m}_quantiles"].values[:, rows]
+        truth = test.features[m][rows]
+        inside.append(((truth >= low) & (truth <= high)).ravel())
+    coverage = float(np.concatenate(inside).mean())
+    assert 0.85 <= coverage <= 0.96, coverage
