@@ -134,7 +134,9 @@ def to_datatree(
       the site values ``sigma``; a component's scale is ``sqrt(sigma^2 + floor^2)``
       with the model's ``scale_floors()``, stored in ``constant_data``. With learned
       Student-t components, ``component_df`` [modality]; with factor components,
-      ``component_loadings_<m>`` [component, <m>_feature, factor].
+      ``component_loadings_<m>`` [component, <m>_feature, factor] (the model is
+      unchanged by a rotation of a component's factors, so two fits, or two chains,
+      may hold rotated loadings: compare ``W W^T``, not the entries).
     * ``posterior_predictive``: ``y`` [example] (a label drawn from the classifier, for
       every example) and the replicated features on the original scale: ``x``
       [example, feature] (observed) or ``x_<m>`` [example, <m>_feature] (latent,
