@@ -56,6 +56,16 @@ def test_train_the_missing_views_recipe(tmp_path, capsys):
     assert pm.load(run).model.classifier.pool == "mean"
 
 
+def test_train_an_imputer_with_factor_components(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--components", "4",
+                 "--representation", "observed", "--component", "factor", "--rank", "2",
+                 "--unsupervised", "--out", str(run), "--quiet"]) == 0
+    config = json.loads((run / "config.json").read_text())["model"]
+    assert config["component"] == "factor" and config["rank"] == 2
+    assert pm.load(run).model.rank == 2
+
+
 def test_bad_input_gives_a_clear_error_and_exit_code_2(tmp_path, capsys):
     assert main(["train", "--views", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

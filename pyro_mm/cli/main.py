@@ -169,7 +169,7 @@ def _train_new(args, group, say) -> int:
     model = MultimodalDPMixture(
         train.dims, num_classes=num_classes, latent_dim=args.latent_dim,
         num_components=args.components, mixture=args.mixture, component=args.component,
-        resolution_floor=args.resolution_floor,
+        rank=args.rank, resolution_floor=args.resolution_floor,
         representation=args.representation, fusion=args.fusion,
         alpha="learned" if args.alpha == "learned" else float(args.alpha),
         hidden=tuple(args.hidden), classifier_prior_scale=args.classifier_prior_scale,
@@ -220,7 +220,8 @@ RESUMED = ("batch_size", "learning_rate", "clip_norm", "lr_decay", "seed", "earl
 
 #: ``pyro-mm train`` options -> the model configuration key a resumed run must match.
 MODEL_OPTIONS = {"latent_dim": "latent_dim", "components": "num_components",
-                 "component": "component", "resolution_floor": "resolution_floor",
+                 "component": "component", "rank": "rank",
+                 "resolution_floor": "resolution_floor",
                  "mixture": "mixture", "representation": "representation",
                  "fusion": "fusion", "hidden": "hidden", "experts_pool": "experts_pool",
                  "classifier_prior_scale": "classifier_prior_scale", "alpha": "alpha",
@@ -419,9 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="learning rate (default: %(default)s)")
     train.add_argument("--components", type=int, default=MODEL["num_components"],
                        help="truncation level K (default: %(default)s)")
-    train.add_argument("--component", choices=["normal", "studentt"],
+    train.add_argument("--component", choices=["normal", "studentt", "factor"],
                        default=MODEL["component"],
-                       help="the mixture's component family (studentt: heavy tails)")
+                       help="the mixture's component family (studentt: heavy tails; "
+                            "factor: low-rank-plus-diagonal covariances, observed "
+                            "features only)")
+    train.add_argument("--rank", type=int, default=MODEL["rank"],
+                       help="factors per component with --component factor (default: "
+                            "%(default)s)")
     train.add_argument("--resolution-floor", action=argparse.BooleanOptionalAction,
                        default=MODEL["resolution_floor"],
                        help="add the features' recording resolution to the component "
