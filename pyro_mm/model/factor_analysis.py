@@ -37,14 +37,14 @@ class FactorPosterior:
     """The factors given the present features, per example and component.
 
     Attributes:
-        chol: ``(*L, B or 1, K, r, r)`` lower Cholesky factor of the capacitance ``C``
-            (``B`` is 1 when every example sees the same modalities).
+        covariance: ``(*L, B or 1, K, r, r)`` ``Cov[f | x_o, k] = C^-1`` (``B`` is 1
+            when every example sees the same modalities).
         mean: ``(*L, B, K, r)`` ``E[f | x_o, k] = C^-1 u``.
         correction: ``(*L, B, K)`` ``u^T C^-1 u / 2 - log|C| / 2``: what turns the
             diagonal Gaussian's log-density of the present features into the component's.
     """
 
-    chol: torch.Tensor
+    covariance: torch.Tensor
     mean: torch.Tensor
     correction: torch.Tensor
 
@@ -61,6 +61,11 @@ def factor_posterior(values: Sequence[torch.Tensor], locs: Sequence[torch.Tensor
         locs, variances: per modality ``(*L, K, d_m)``: ``mu_mk`` and ``psi_mk``.
         loadings: per modality ``(*L, K, d_m, r)``.
         present: ``(B, M)`` bool, or ``None`` (all present).
+
+    ``C`` depends on which modalities are present, not on their values: it is factorised
+    once per component and pattern of present modalities (at most ``2^M - 1`` of them),
+    and ``C^-1`` is applied to each example's ``u`` by products, not by a triangular
+    solve per example and component (tens of thousands of ``r x r`` solves per step).
     """
     capacitances, projections = [], []
     for x, loc, var, w in zip(values, locs, variances, loadings):
@@ -74,20 +79,24 @@ def factor_posterior(values: Sequence[torch.Tensor], locs: Sequence[torch.Tensor
                     device=capacitances[0].device)
     if present is None:
         capacitance = (eye + sum(capacitances)).unsqueeze(-4)         # (*L, 1, K, r, r)
-        u = sum(projections)
+        u, pattern = sum(projections), None
     else:
-        seen = present.to(capacitances[0].dtype)                      # (B, M)
+        patterns, pattern = torch.unique(present, dim=0, return_inverse=True)
         stacked = torch.stack(capacitances, -4)                       # (*L, M, K, r, r)
-        flat = stacked.flatten(-3)                                    # (*L, M, K r r)
-        capacitance = eye + (seen @ flat).unflatten(-1, stacked.shape[-3:])
+        capacitance = eye + (patterns.to(stacked.dtype) @ stacked.flatten(-3)).unflatten(
+            -1, stacked.shape[-3:])                                   # (*L, P, K, r, r)
         u = sum(torch.where(present[:, j, None, None], p, p.new_zeros(()))
                 for j, p in enumerate(projections))
     chol = torch.linalg.cholesky(capacitance)
-    v = torch.linalg.solve_triangular(chol, u.unsqueeze(-1), upper=False)
-    mean = torch.linalg.solve_triangular(chol.mT, v, upper=True).squeeze(-1)
-    log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return FactorPosterior(chol=chol, mean=mean,
-                           correction=0.5 * v.squeeze(-1).pow(2).sum(-1) - log_det)
+    covariance = torch.cholesky_inverse(chol)
+    log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)     # (*L, P|1, K)
+    if pattern is None:  # one C per component: a matrix product per component
+        mean = (u.transpose(-3, -2) @ covariance.squeeze(-4)).transpose(-3, -2)
+    else:  # each example's pattern's
+        covariance, log_det = covariance[..., pattern, :, :, :], log_det[..., pattern, :]
+        mean = (covariance * u.unsqueeze(-2)).sum(-1)                 # (*L, B, K, r)
+    return FactorPosterior(covariance=covariance, mean=mean,
+                           correction=0.5 * ((u * mean).sum(-1) - log_det))
 
 
 def conditional_moments(loc: torch.Tensor, variance: torch.Tensor, loading: torch.Tensor,
@@ -105,7 +114,7 @@ def conditional_moments(loc: torch.Tensor, variance: torch.Tensor, loading: torc
     shift = (posterior.mean.transpose(-3, -2) @ loading.mT).transpose(-3, -2)
     # diag(W C^-1 W^T)_d = sum_rs W_dr W_ds (C^-1)_rs: the outer products of W's rows do
     # not depend on the example, so no (B, K, d, r) intermediate is built.
-    inverse = torch.cholesky_inverse(posterior.chol).flatten(-2)     # (*L, B|1, K, r r)
+    inverse = posterior.covariance.flatten(-2)                        # (*L, B|1, K, r r)
     outer = (loading.unsqueeze(-1) * loading.unsqueeze(-2)).flatten(-2)  # (*L, K, d, r r)
     spread = (inverse.transpose(-3, -2) @ outer.mT).transpose(-3, -2)
     return loc.unsqueeze(-3) + shift, variance.unsqueeze(-3) + spread
