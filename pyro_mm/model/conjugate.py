@@ -206,5 +206,4 @@ def unconstrained_moments(q: ConjugatePosterior) -> dict[str, tuple[torch.Tensor
 
 
 __all__ = ["ConjugatePosterior", "ConjugatePrior", "closed_form_start", "conjugate_start",
-           "expected_log_weights",
-           "fit_conjugate_mixture", "unconstrained_moments"]
+           "expected_log_weights", "fit_conjugate_mixture", "unconstrained_moments"]

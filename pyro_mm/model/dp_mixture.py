@@ -9,7 +9,7 @@ Generative model (``K`` components, ``M`` modalities, latent size ``D``)::
     sigma_mk^2       ~ InverseGamma(nu0 / 2, nu0 s_m^2 / 2) per dimension  site "component_scale_<m>"
                        (scale_prior="lognormal": sigma_mk ~ LogNormal(log s1, t1))
     nu_m             ~ Gamma(2, 0.1)  if component="studentt", df="learned"  site "component_df_<m>"
-    W_mk             ~ Normal(0, 1) (d_m, r)  if component="factor"        site "component_loadings_<m>"
+    W_mk             ~ Normal(0, 1), (d_m, r)  if component="factor"  site "component_loadings_<m>"
     W                ~ Normal(0, sigma_W^2)  classifier weights, if classifier_prior_scale
                                                         factor "classifier_prior"
     for i in plate("data", N, subsample=...):
@@ -71,8 +71,9 @@ Decisions not fixed by the design:
   (what :func:`pyro_mm.impute` and the classifier's fill-in use), and responsibilities
   stop counting a view's correlated features as independent evidence. The loadings'
   prior ``Normal(0, 1)`` is weak on the standardised scale (a feature's variance is 1);
-  the diagonal keeps its inverse-gamma prior and floors. They start at the principal
-  directions of each component's members (:meth:`pyro_mm.model.guide.MultimodalGuide.initialize`).
+  the diagonal keeps its inverse-gamma prior and floors. The loadings start at the
+  principal directions of each component's members
+  (:meth:`pyro_mm.model.guide.MultimodalGuide.initialize`).
 * **Student-t components** (``component="studentt"``): each component is a product of
   univariate Student-t densities (same locs and effective scales) with ``nu_m`` degrees
   of freedom per modality, fixed or learned (site ``component_df_<m>``, prior

@@ -21,10 +21,12 @@ geometric (1/2, 1/4, ...) and later, redundant seeds start light: the
 richer-gets-richer dynamics then empties them instead of splitting clusters. The scale
 sites start at ``sqrt(spread^2 - floor^2)`` so the *effective* scales start at the
 spread. Where the model is conjugate (observed features, Gaussian components, one joint
-assignment, the inverse-gamma variance prior, ``alpha`` fixed:
-:func:`~pyro_mm.model.conjugate.closed_form_start`) the start goes on from those seeds to
-the closed-form variational posterior by coordinate ascent, and the global sites start
-at its moments (their scales too, for the mean-field guide).
+assignment, the inverse-gamma variance prior, ``alpha`` fixed), or is that model with
+factor components (:func:`~pyro_mm.model.conjugate.closed_form_start`), the start goes
+on from those seeds to the closed-form variational posterior of the diagonal Gaussian
+mixture by coordinate ascent, and the global sites start at its moments (their scales
+too, for the mean-field guide). Factor components' loadings then start along each
+component's principal directions (:meth:`MultimodalGuide._start_loadings`).
 """
 
 from __future__ import annotations

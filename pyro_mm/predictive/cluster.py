@@ -9,8 +9,8 @@ posterior (global parameters at their point estimate):
 ``p(c_i = k | x_i) ∝ pi_k prod_{m present} N(r_im; mu_mk, sigma_mk)``, where ``r_im`` is
 modality ``m``'s representation (its features, or its encoder's posterior mean); factor
 components replace the product by the Gaussian density of the present views together
-(:mod:`pyro_mm.model.factor_analysis`). Only the modalities present in example ``i`` count, so an example with views missing is
-clustered on the ones it has (a missing view's fill-in is a function of the present
+(:mod:`pyro_mm.model.factor_analysis`). Only the modalities present in example ``i``
+count, so an example with views missing is clustered on the ones it has (a missing view's fill-in is a function of the present
 ones and would count them twice). With ``mixture="independent"`` each modality has its
 own component; the example's cluster is then the component that explains all its
 present modalities at once (the formula above), the joint reading of the same
