@@ -203,7 +203,8 @@ def test_a_fitted_factor_model_predicts_clusters_describes_and_reloads(tmp_path)
     data = pm.datasets.make_synthetic(num_examples=120, num_clusters=3,
                                       dims={"a": 4, "b": 3}, seed=0, missing_rate=0.3)
     model = pm.MultimodalDPMixture(data.dims, num_classes=3, representation="observed",
-                                   component="factor", rank=2, num_components=6)
+                                   component="factor", rank=2, private_rank=1,
+                                   num_components=6)
     result = pm.fit(model, data, num_epochs=3, batch_size=40, seed=0, progress=False)
     probs = pm.predict(result, data)["probs"]
     assert np.allclose(np.asarray(probs).sum(-1), 1.0)
@@ -212,10 +213,11 @@ def test_a_fitted_factor_model_predicts_clusters_describes_and_reloads(tmp_path)
     tree = pm.to_datatree(result, data, num_samples=4)
     loadings = tree["posterior"]["component_loadings_a"]
     assert loadings.dims[-3:] == ("component", "a_feature", "factor")
-    assert loadings.shape[-3:] == (6, 4, 2)
+    assert loadings.shape[-3:] == (6, 4, 3)        # 2 shared factors, 1 of a's own
     saved = result.save(tmp_path / "run")
     again = pm.load(saved)
     assert again.model.component == "factor" and again.model.rank == 2
+    assert again.model.private_rank == 1
     torch.testing.assert_close(
         again.guide.point_estimate()["component_loadings_b"],
         result.guide.point_estimate()["component_loadings_b"])
@@ -225,9 +227,10 @@ def test_a_fitted_factor_model_predicts_clusters_describes_and_reloads(tmp_path)
     dict(component="factor"),                                  # latent representation
     dict(component="factor", representation="observed", rank=0),
     dict(component="factor", representation="observed", rank=2.5),
+    dict(component="factor", representation="observed", private_rank=-1),
 ])
 def test_factor_arguments_that_cannot_work_are_named(bad):
-    with pytest.raises(ValueError, match="component|rank"):
+    with pytest.raises(ValueError, match="component|rank|private_rank"):
         pm.MultimodalDPMixture({"a": 3, "b": 2}, **bad)
 
 
@@ -264,3 +267,27 @@ def test_intervals_cover_hidden_views_of_data_drawn_from_the_model():
         inside.append(((truth >= low) & (truth <= high)).ravel())
     coverage = float(np.concatenate(inside).mean())
     assert 0.85 <= coverage <= 0.96, coverage
+
+
+def test_private_factors_carry_nothing_across_views():
+    """With only view-private factors (no shared ones) the views are independent given
+    the component: a hidden view's conditional moments in each component are its own
+    marginal ones, whatever the present views hold."""
+    from pyro_mm.model.factor_analysis import embed_private
+
+    log_w, locs, scales, loadings, x = _parameters(rank=2)
+    private = embed_private(loadings, shared=0)
+    assert [w.shape[-1] for w in private] == [4, 4]
+    mix = MultimodalMixture(log_w, locs, scales, mask=MASK, batch_size=MASK.shape[0],
+                            stacked=False, component="factor", loadings=private)
+    _, means, variances = mix.component_conditionals(x, MASK)
+    b = 1  # view b is hidden in example 1
+    torch.testing.assert_close(means[1][b], locs[1])
+    torch.testing.assert_close(variances[1][b],
+                               scales[1].pow(2) + loadings[1].pow(2).sum(-1))
+    mu, cov = _full(locs, scales, private)
+    o = _columns(MASK[0])
+    expected = torch.logsumexp(log_w + torch.stack([
+        MultivariateNormal(mu[k][o], cov[k][o][:, o]).log_prob(x[0][o])
+        for k in range(len(log_w))]), 0)
+    torch.testing.assert_close(mix.log_prob(x)[0], expected)

@@ -309,7 +309,8 @@ def _allocate(model: MultimodalDPMixture, n: int, plan: Plan, S: int,
         "locs": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "scales": {m: np.empty((S, K, sizes[m]), np.float32) for m in mods},
         "alpha": np.empty(S, np.float32),
-        "loadings": ({m: np.empty((S, K, sizes[m], model.rank), np.float32) for m in mods}
+        "loadings": ({m: np.empty((S, K, sizes[m], model.rank + model.private_rank),
+                                  np.float32) for m in mods}
                      if model.component == "factor" else {}),
         "df": np.empty((S, len(mods)), np.float32),
         "lp": np.zeros(S, np.float64),

@@ -15,7 +15,7 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                     prior_loc_scale, prior_scale, prior_scale_spread, scale_floor,
                     component, df, classifier_prior_scale=None, scale_prior="inverse_gamma",
                     scale_pseudo_count=2.0,
-                    experts_pool="product", rank=1) -> None:
+                    experts_pool="product", rank=1, private_rank=0) -> None:
     """Raise ``ValueError`` for the first argument the model cannot be built with (see
     the model's docstring for their meaning; ``reconstruct`` already resolved)."""
     if not isinstance(dims, Mapping) or not dims:
@@ -65,6 +65,9 @@ def check_arguments(*, dims, num_classes, latent_dim, num_components, mixture,
                          "representations are already low-dimensional)")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ValueError(f"rank: must be a positive integer, got {rank!r}")
+    if (isinstance(private_rank, bool) or not isinstance(private_rank, (int, np.integer))
+            or private_rank < 0):
+        raise ValueError(f"private_rank: must be an integer >= 0, got {private_rank!r}")
     if df != "learned" and not (isinstance(df, (int, float)) and df > 0):
         raise ValueError(f"df: expected a positive number or 'learned', got {df!r}")
     if classifier_prior_scale is not None and not (

@@ -73,7 +73,12 @@ Decisions not fixed by the design:
   prior ``Normal(0, 1)`` is weak on the standardised scale (a feature's variance is 1);
   the diagonal keeps its inverse-gamma prior and floors. The loadings start at the
   principal directions of each component's members
-  (:meth:`pyro_mm.model.guide.MultimodalGuide.initialize`).
+  (:meth:`pyro_mm.model.guide.MultimodalGuide.initialize`). ``private_rank=p`` adds
+  ``p`` factors of each view alone (inter-battery factor analysis, Browne 1979; group
+  factor analysis): they explain a view's internal correlations without claiming them as
+  evidence about the other views
+  (:func:`~pyro_mm.model.factor_analysis.embed_private`); they start small, along
+  random directions.
 * **Student-t components** (``component="studentt"``): each component is a product of
   univariate Student-t densities (same locs and effective scales) with ``nu_m`` degrees
   of freedom per modality, fixed or learned (site ``component_df_<m>``, prior
@@ -198,7 +203,9 @@ class MultimodalDPMixture(UniquelyNamedModule):
             a warning. ``True`` refuses data on disk.
         component: ``"normal"`` (Gaussian components), ``"studentt"`` or
             ``"factor"`` (low-rank-plus-diagonal covariances; observed features only).
-        rank: ``r``, the factors of each ``"factor"`` component.
+        rank: ``r``, the factors of each ``"factor"`` component that every view shares.
+        private_rank: ``p``, factors of each view alone (``0``: none): they explain
+            variation within a view, so it is not read as evidence about the others.
         df: Student-t degrees of freedom: a positive number (fixed, every modality) or
             ``"learned"`` (one per modality, site ``component_df_<m>``).
         hidden: hidden sizes of the decoders and the classifier.
@@ -242,6 +249,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
         experts_pool: str = "product",
         factors: Sequence[AuxiliaryFactor] = (),
         rank: int = 10,
+        private_rank: int = 0,
     ):
         super().__init__("pyro_mm_model")
         if reconstruct is None:
@@ -259,7 +267,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
             scale_floor=scale_floor, component=component, df=df,
             scale_prior=scale_prior, scale_pseudo_count=scale_pseudo_count,
             classifier_prior_scale=classifier_prior_scale, experts_pool=experts_pool,
-            rank=rank)
+            rank=rank, private_rank=private_rank)
 
         self.modalities = tuple(str(m) for m in dims)
         self.dims = {m: int(d) for m, d in dims.items()}
@@ -272,6 +280,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
         self.learn_alpha = alpha == "learned"
         self.component = component
         self.rank = int(rank)
+        self.private_rank = int(private_rank)
         self.learn_df = component == "studentt" and df == "learned"
         self.scale_prior = scale_prior
         self.scale_floor = float(scale_floor)
@@ -293,6 +302,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
         )
         if component == "factor":  # only then: configs of other models stay as they were
             self._config["rank"] = self.rank
+            if self.private_rank:
+                self._config["private_rank"] = self.private_rank
 
         self._register_buffers(alpha, alpha_prior, prior_loc_scale, prior_scale,
                                prior_scale_spread, df)
@@ -549,7 +560,8 @@ class MultimodalDPMixture(UniquelyNamedModule):
         estimate), with this model's floors and component kind."""
         return MixtureParams.from_sites(
             self.modalities, values, self.alpha, floors=self.scale_floors(),
-            component=self.component, df=self._fixed_df())
+            component=self.component, df=self._fixed_df(),
+            shared_rank=self.rank if self.private_rank else None)
 
     def _fixed_df(self) -> list[torch.Tensor] | None:
         if self.component != "studentt" or self.learn_df:
@@ -588,7 +600,7 @@ class MultimodalDPMixture(UniquelyNamedModule):
             for m, size in self.site_sizes.items():
                 values[f"component_loadings_{m}"] = unbatched(pyro.sample(
                     f"component_loadings_{m}", dist.Normal(torch.zeros_like(one), one)
-                    .expand([K, size, self.rank]).to_event(3)), 3)
+                    .expand([K, size, self.rank + self.private_rank]).to_event(3)), 3)
         return self.params_from_sites(values)
 
     def scale_prior_distribution(self) -> dist.TorchDistribution:

@@ -120,6 +120,21 @@ def conditional_moments(loc: torch.Tensor, variance: torch.Tensor, loading: torc
     return loc.unsqueeze(-3) + shift, variance.unsqueeze(-3) + spread
 
 
+def embed_private(loadings: Sequence[torch.Tensor], shared: int) -> list[torch.Tensor]:
+    """Per-view loadings ``(*L, K, d_m, shared + p)`` (``p`` private factors per view)
+    placed in one factor space of ``shared + M p`` factors: view ``m``'s private columns
+    at ``shared + m p``, zeros for the other views' private factors, so those factors
+    explain variation within one view only and carry nothing across views."""
+    private = loadings[0].shape[-1] - shared
+    out = []
+    for j, w in enumerate(loadings):
+        pad = w.new_zeros(*w.shape[:-1], private)
+        blocks = [w[..., :shared]] + [w[..., shared:] if i == j else pad
+                                      for i in range(len(loadings))]
+        out.append(torch.cat(blocks, -1))
+    return out
+
+
 def marginal_variances(variances: Sequence[torch.Tensor], loadings: Sequence[torch.Tensor]
                        ) -> list[torch.Tensor]:
     """Per modality ``(*L, K, d_m)``: each feature's variance in each component,

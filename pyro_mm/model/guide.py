@@ -300,6 +300,10 @@ class MultimodalGuide(UniquelyNamedModule):
         loadings, noise = initial_loadings(x, seen, resp.to(x.dtype), locs,
                                            sigma.pow(2) + floor, model.rank)
         sigma = (noise - floor).clamp_min(1e-4 * noise).sqrt()
+        if model.private_rank:  # private factors start small, along random directions
+            private = 0.1 * noise.sqrt().unsqueeze(-1) * torch.randn(
+                *noise.shape, model.private_rank, dtype=noise.dtype, device=noise.device)
+            loadings = torch.cat([loadings, private], -1)
         sizes = [model.dims[m] for m in self.modalities]
         out = {}
         for m, w, s in zip(self.modalities, loadings.split(sizes, -2), sigma.split(sizes, -1)):

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 from .distributions import MultimodalMixture, effective_scale, stick_breaking_log_weights
+from .factor_analysis import embed_private
 
 #: Names of the global latent sites (``<m>`` is each modality's name).
 GLOBAL_SITES = ("alpha", "sticks", "component_loc_<m>", "component_scale_<m>",
@@ -55,6 +56,7 @@ class MixtureParams:
     component: str = "normal"
     df: list[torch.Tensor] | None = None
     loadings: list[torch.Tensor] | None = None
+    shared_rank: int | None = None
     #: What the mixtures of these parameters share within one step (the effective
     #: scales, the last value's component log-densities); see
     #: :class:`~pyro_mm.model.distributions.MultimodalMixture`. Not an argument, so
@@ -64,7 +66,8 @@ class MixtureParams:
 
     @classmethod
     def from_sites(cls, modalities, values, default_alpha: torch.Tensor | None = None,
-                   floors=None, component: str = "normal", df=None) -> "MixtureParams":
+                   floors=None, component: str = "normal", df=None,
+                   shared_rank: int | None = None) -> "MixtureParams":
         """From a mapping of global site values (``"sticks"``, ``"component_loc_<m>"``,
         ``"component_scale_<m>"`` and, when learned, ``"alpha"`` and
         ``"component_df_<m>"``; ``"component_loadings_<m>"`` for factor components): a
@@ -80,7 +83,8 @@ class MixtureParams:
                    locs=[values[f"component_loc_{m}"] for m in modalities],
                    scales=[values[f"component_scale_{m}"] for m in modalities],
                    alpha=values.get("alpha", default_alpha), sticks=sticks,
-                   floors=floors, component=component, df=df, loadings=loadings)
+                   floors=floors, component=component, df=df, loadings=loadings,
+                   shared_rank=shared_rank)
 
     @property
     def effective_scales(self) -> list[torch.Tensor]:
@@ -97,7 +101,9 @@ class MixtureParams:
         return MultimodalMixture(self.log_weights, self.locs, self.effective_scales,
                                  mixture=mixture, mask=mask, batch_size=batch_size,
                                  stacked=stacked, component=self.component, df=self.df,
-                                 loadings=self.loadings,
+                                 loadings=(self.loadings if self.shared_rank is None
+                                           else embed_private(self.loadings,
+                                                              self.shared_rank)),
                                  cache=self._cache.setdefault("densities", {}))
 
 
