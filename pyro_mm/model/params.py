@@ -41,6 +41,9 @@ class MixtureParams:
         component: ``"normal"``, ``"studentt"`` or ``"factor"``.
         df: with ``"studentt"``, one degrees-of-freedom scalar per modality.
         loadings: with ``"factor"``, one ``(K, d_m, r)`` loading matrix per modality.
+        shared_rank: with private factors, how many of each matrix's ``r`` columns are
+            shared by the views (the rest are the view's own; the mixture places them
+            with :func:`~pyro_mm.model.factor_analysis.embed_private`); ``None``: all.
 
     Build it with :meth:`~pyro_mm.model.dp_mixture.MultimodalDPMixture.sample_globals` or
     :meth:`~pyro_mm.model.dp_mixture.MultimodalDPMixture.params_from_sites`, which fill in the
