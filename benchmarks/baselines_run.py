@@ -208,6 +208,14 @@ def tiny_subset(data: pm.MultimodalData) -> pm.MultimodalData:
     return data.subset(np.arange(0, len(data), max(1, len(data) // 200)))
 
 
+def add_merge_option(p) -> None:
+    """``--merge JSON ...``: record earlier runs' rows with :func:`merge` instead of
+    running (one option for every benchmark that records rows this way)."""
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="record the rows of earlier runs' --out files (say, one per "
+                        "data set, run side by side) instead of running")
+
+
 def merge(paths: Sequence[str], out: str | None = None, name: str = "baselines",
           table: Callable[[list[dict]], str] | None = None) -> None:
     """Record the rows of several runs' JSON files as one result (their notes joined),
@@ -249,9 +257,7 @@ def main(argv=None) -> None:
     p.add_argument("--only-pyro-mm", action="store_true",
                    help="run the pyro_mm rows alone (the baselines' are recorded already): "
                         "the default model's, or with --recipe the recipe's")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="record the rows of earlier runs' --out files (say, one per "
-                        "data set, run side by side) instead of running")
+    add_merge_option(p)
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)

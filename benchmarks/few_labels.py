@@ -27,8 +27,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS),
                    choices=list(baselines_run.DATASETS))
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="record the rows of earlier runs' --out files instead of running")
+    baselines_run.add_merge_option(p)
     p.add_argument("--pyro-mm", action="store_true",
                    help=f"also run {baselines_run.PYRO_MM!r}")
     p.add_argument("--recipe", action="store_true",

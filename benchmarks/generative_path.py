@@ -156,8 +156,7 @@ def main(argv=None) -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--datasets", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="record the rows of earlier runs' --out files instead of running")
+    baselines_run.add_merge_option(p)
     args = p.parse_args(argv)
     if args.merge:
         return baselines_run.merge(args.merge, args.out, name="generative_path")

@@ -56,7 +56,7 @@ import pyro_mm as pm
 
 from . import baselines, real_data
 from .baselines import training_stats
-from .baselines_run import merge, record, setting, tiny_subset
+from .baselines_run import add_merge_option, merge, record, setting, tiny_subset
 from .common import markdown_table, parser
 
 LEVELS = {"mfeat": (0.3, 0.5, 0.7), "brca": (0.3, 0.5), "kipan": (0.3, 0.5)}
@@ -234,9 +234,7 @@ def main(argv=None) -> None:
                    choices=list(SKLEARN) + ["pyro_mm", "pyro_mm_factor"],
                    help="run these rows only (pyro_mm: all of ours; pyro_mm_factor: the "
                         "factor model's)")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="record the rows of earlier runs' --out files (say, one per "
-                        "data set, run side by side) instead of running")
+    add_merge_option(p)
     args = p.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out, name="imputation", table=tables)
