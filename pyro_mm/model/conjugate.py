@@ -78,9 +78,7 @@ def conjugate_start(model) -> bool:
     assignment, the inverse-gamma variance prior, ``alpha`` fixed. (A classifier,
     factors and the resolution floor are outside it; the closed form is then a start
     for SVI, which fits them.)"""
-    return (model.representation == "observed" and model.component == "normal"
-            and model.mixture == "joint" and model.scale_prior == "inverse_gamma"
-            and not model.learn_alpha)
+    return model.component == "normal" and _conjugate_but_components(model)
 
 
 def closed_form_start(model) -> bool:
@@ -88,8 +86,11 @@ def closed_form_start(model) -> bool:
     (:func:`conjugate_start`), or the same with factor components, whose diagonal
     Gaussian is that model (their loadings then start from its responsibilities, and
     SVI fits them: the closed form is never the whole fit)."""
-    if model.component != "factor":
-        return conjugate_start(model)
+    return model.component in ("normal", "factor") and _conjugate_but_components(model)
+
+
+def _conjugate_but_components(model) -> bool:
+    """The conditions of :func:`conjugate_start` other than the component family."""
     return (model.representation == "observed" and model.mixture == "joint"
             and model.scale_prior == "inverse_gamma" and not model.learn_alpha)
 

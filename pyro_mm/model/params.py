@@ -98,15 +98,26 @@ class MixtureParams:
                                                for s, f in zip(self.scales, floors)]
         return self._cache["effective_scales"]
 
+    @property
+    def component_loadings(self) -> list[torch.Tensor] | None:
+        """``[(K, d_m, R)]``: the loadings the components use, with any view-private
+        columns placed in the shared factor space
+        (:func:`~pyro_mm.model.factor_analysis.embed_private`); built once per set of
+        parameters, as :attr:`effective_scales` is."""
+        if self.shared_rank is None:
+            return self.loadings
+        if "component_loadings" not in self._cache:
+            self._cache["component_loadings"] = embed_private(self.loadings,
+                                                              self.shared_rank)
+        return self._cache["component_loadings"]
+
     def mixture(self, mixture: str, mask=None, batch_size=None, stacked=True
                 ) -> MultimodalMixture:
         """The mixture distribution of these parameters (effective scales)."""
         return MultimodalMixture(self.log_weights, self.locs, self.effective_scales,
                                  mixture=mixture, mask=mask, batch_size=batch_size,
                                  stacked=stacked, component=self.component, df=self.df,
-                                 loadings=(self.loadings if self.shared_rank is None
-                                           else embed_private(self.loadings,
-                                                              self.shared_rank)),
+                                 loadings=self.component_loadings,
                                  cache=self._cache.setdefault("densities", {}))
 
 
